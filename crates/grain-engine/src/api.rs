@@ -1,0 +1,257 @@
+//! The contract between the engine and its callers (the HTTP server, the benchmark).
+//!
+//! Everything here is plain data: the server builds a [`ChatRequest`] after validating JSON, hands it
+//! to [`crate::EngineHandle::generate`], and reads [`Event`]s back from a
+//! [`crate::GenerationStream`]. No type here knows about tensors or tokio.
+
+use serde::{Deserialize, Serialize};
+
+/// A chat completion request, already validated against the wire format by the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// Unique id, used in logs and echoed in responses.
+    pub request_id: String,
+    pub messages: Vec<Message>,
+    pub params: GenerationParams,
+    /// Request-level granularity (the `granularity` extension field). Per-image `detail` is applied
+    /// only when this is [`GranularityChoice::Auto`].
+    pub granularity: GranularityChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    /// Raw encoded image bytes (PNG, JPEG, ...), already fetched or base64-decoded by the server.
+    Image {
+        data: Vec<u8>,
+        detail: Detail,
+    },
+}
+
+/// OpenAI's `image_url.detail`: `low` → the coarsest granularity, `high` → the finest,
+/// `auto` → the router (or the default granularity for checkpoints without a router).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Detail {
+    #[default]
+    Auto,
+    Low,
+    High,
+}
+
+/// The request-level granularity knob: `"auto"` or one of the model's candidate token counts per crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GranularityChoice {
+    #[default]
+    Auto,
+    Fixed(u32),
+}
+
+/// Sampling and stopping knobs, with OpenAI's meaning and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// `None` → the engine's `default_max_tokens`; always clamped to the context left after the prompt.
+    pub max_tokens: Option<u32>,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: Option<u32>,
+    /// Same seed and same request → same output. Each of the `n` choices derives its own stream.
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    /// Number of choices (sibling sequences sharing the prompt).
+    pub n: u32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logprobs: bool,
+    /// How many alternatives per token (0..=20); only meaningful with `logprobs`.
+    pub top_logprobs: u32,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: None,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            seed: None,
+            stop: Vec::new(),
+            n: 1,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logprobs: false,
+            top_logprobs: 0,
+        }
+    }
+}
+
+/// What `GET /v1/models` and the usage block need to know about the served model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    /// Maximum positions (prompt + completion) per sequence.
+    pub context_length: u32,
+    /// Candidate visual tokens per crop, ascending (e.g. `[36, 72, 144, 288, 576]`).
+    pub granularities: Vec<u32>,
+    pub has_router: bool,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// One item of a generation stream. `Done` or `Error` is always the last event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New tokens for choice `index`. `text` may be empty while text is held back (an incomplete
+    /// UTF-8 character or a possible prefix of a stop string); `token_ids` and `logprobs` are never
+    /// held back. The EOS token is counted in usage but never appears here.
+    Delta {
+        index: u32,
+        text: String,
+        token_ids: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Finished {
+        index: u32,
+        reason: FinishReason,
+    },
+    Done {
+        usage: Usage,
+    },
+    Error(EngineError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Positions the prompt occupies: text tokens + visual tokens.
+    pub prompt_tokens: u32,
+    /// Summed over all choices, EOS included.
+    pub completion_tokens: u32,
+    /// Visual tokens actually used (sum over images, at the chosen granularity).
+    pub visual_tokens: u32,
+    /// Visual tokens the finest granularity would have cost.
+    pub visual_tokens_full: u32,
+    /// One entry per image, in prompt order.
+    pub images: Vec<ImageUsage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUsage {
+    /// Tokens per crop chosen for this image.
+    pub granularity: u32,
+    pub source: GranularitySource,
+}
+
+/// Who picked an image's granularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GranularitySource {
+    Router,
+    Detail,
+    Request,
+    Default,
+}
+
+impl GranularitySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GranularitySource::Router => "router",
+            GranularitySource::Detail => "detail",
+            GranularitySource::Request => "request",
+            GranularitySource::Default => "default",
+        }
+    }
+}
+
+/// Log-probability of one sampled token and its top alternatives, OpenAI style.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// `(token, bytes, logprob)`, most likely first; `top_logprobs` entries.
+    pub top: Vec<(String, Vec<u8>, f32)>,
+}
+
+/// Engine queue and cache occupancy, for `/metrics` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Sequences being computed (a request with `n` choices counts `n`).
+    pub running: usize,
+    /// Sequences admitted but waiting for a slot or KV blocks (including preempted ones).
+    pub waiting: usize,
+    /// Requests preprocessed and handed to the scheduler thread but not yet picked up.
+    pub queued: usize,
+    /// Requests accepted and not yet finished (preprocessing, queued, running or draining events).
+    pub in_flight: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    /// Preemptions since start (monotonic).
+    pub preemptions: u64,
+}
+
+/// Every way a request can fail inside the engine. The server maps each variant to an HTTP status
+/// and OpenAI error type in one exhaustive match.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("image {index}: {message}")]
+    InvalidImage { index: usize, message: String },
+    #[error(
+        "this model's maximum context length is {max} tokens, but the prompt needs {prompt_tokens} tokens"
+    )]
+    ContextLengthExceeded { prompt_tokens: usize, max: usize },
+    #[error("the engine is overloaded, retry in {retry_after_s} s")]
+    Overloaded { retry_after_s: u32 },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("the model is not ready")]
+    NotReady,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        EngineError::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+}

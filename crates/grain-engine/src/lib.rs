@@ -1,0 +1,28 @@
+//! Grain's engine: preprocessing hand-off, continuous-batching scheduler, paged KV block
+//! accounting, sampling and the cloneable handle the HTTP layer talks to.
+//!
+//! The model sits behind the traits in [`runner`]; this crate never imports candle.
+//! [`mock`] holds a deterministic toy model for tests of this crate and of the server.
+
+pub mod api;
+pub mod blocks;
+pub mod config;
+pub mod detok;
+mod handle;
+pub mod mock;
+mod request;
+pub mod runner;
+pub mod sampling;
+pub mod state;
+pub mod stop;
+mod validate;
+mod worker;
+
+pub use api::*;
+pub use config::{ConfigError, EngineConfig};
+pub use handle::{EngineHandle, GenerationStream};
+pub use runner::{
+    ImageInput, ModelRunner, PrepareItem, PreparedPrompt, Preprocessor, SeqId, StepBatch,
+    StepEntry, TokenDecoder, ValidRequest,
+};
+pub use validate::validate_params;

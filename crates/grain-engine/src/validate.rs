@@ -1,0 +1,164 @@
+//! Range checks on generation parameters. The server validates the wire format first; these
+//! guard the engine against any caller, with OpenAI's limits and parameter names.
+
+use crate::api::{EngineError, GenerationParams};
+
+/// OpenAI's limits.
+pub const MAX_N: u32 = 128;
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+pub const MAX_STOP_STRINGS: usize = 4;
+
+pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
+    let fail = |message: String, param: &str| Err(EngineError::invalid(message, Some(param)));
+    if p.max_tokens == Some(0) {
+        return fail("max_tokens must be at least 1".into(), "max_tokens");
+    }
+    if !(0.0..=2.0).contains(&p.temperature) {
+        return fail(
+            format!("temperature must be in [0, 2], got {}", p.temperature),
+            "temperature",
+        );
+    }
+    if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+        return fail(format!("top_p must be in (0, 1], got {}", p.top_p), "top_p");
+    }
+    if p.top_k == Some(0) {
+        return fail("top_k must be at least 1".into(), "top_k");
+    }
+    if !(1..=MAX_N).contains(&p.n) {
+        return fail(format!("n must be in [1, {MAX_N}], got {}", p.n), "n");
+    }
+    for (value, name) in [
+        (p.presence_penalty, "presence_penalty"),
+        (p.frequency_penalty, "frequency_penalty"),
+    ] {
+        if !(-2.0..=2.0).contains(&value) {
+            return fail(format!("{name} must be in [-2, 2], got {value}"), name);
+        }
+    }
+    if p.top_logprobs > MAX_TOP_LOGPROBS {
+        return fail(
+            format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+                p.top_logprobs
+            ),
+            "top_logprobs",
+        );
+    }
+    if p.top_logprobs > 0 && !p.logprobs {
+        return fail(
+            "top_logprobs requires logprobs to be true".into(),
+            "top_logprobs",
+        );
+    }
+    if p.stop.len() > MAX_STOP_STRINGS {
+        return fail(
+            format!("at most {MAX_STOP_STRINGS} stop sequences are allowed"),
+            "stop",
+        );
+    }
+    if p.stop.iter().any(String::is_empty) {
+        return fail("stop sequences must not be empty".into(), "stop");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of(p: GenerationParams) -> Option<String> {
+        match validate_params(&p) {
+            Err(EngineError::InvalidRequest { param, .. }) => param,
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(validate_params(&GenerationParams::default()).is_ok());
+    }
+
+    #[test]
+    fn each_out_of_range_value_names_its_parameter() {
+        let d = GenerationParams::default;
+        let cases = [
+            (
+                GenerationParams {
+                    max_tokens: Some(0),
+                    ..d()
+                },
+                "max_tokens",
+            ),
+            (
+                GenerationParams {
+                    temperature: 2.5,
+                    ..d()
+                },
+                "temperature",
+            ),
+            (
+                GenerationParams {
+                    temperature: f32::NAN,
+                    ..d()
+                },
+                "temperature",
+            ),
+            (GenerationParams { top_p: 0.0, ..d() }, "top_p"),
+            (
+                GenerationParams {
+                    top_k: Some(0),
+                    ..d()
+                },
+                "top_k",
+            ),
+            (GenerationParams { n: 0, ..d() }, "n"),
+            (
+                GenerationParams {
+                    presence_penalty: -3.0,
+                    ..d()
+                },
+                "presence_penalty",
+            ),
+            (
+                GenerationParams {
+                    frequency_penalty: 2.1,
+                    ..d()
+                },
+                "frequency_penalty",
+            ),
+            (
+                GenerationParams {
+                    logprobs: true,
+                    top_logprobs: 21,
+                    ..d()
+                },
+                "top_logprobs",
+            ),
+            (
+                GenerationParams {
+                    top_logprobs: 2,
+                    ..d()
+                },
+                "top_logprobs",
+            ),
+            (
+                GenerationParams {
+                    stop: vec![String::new()],
+                    ..d()
+                },
+                "stop",
+            ),
+            (
+                GenerationParams {
+                    stop: vec!["a".into(); 5],
+                    ..d()
+                },
+                "stop",
+            ),
+        ];
+        for (p, name) in cases {
+            assert_eq!(param_of(p).as_deref(), Some(name));
+        }
+    }
+}

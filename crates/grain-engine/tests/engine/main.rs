@@ -1,0 +1,6 @@
+//! End-to-end tests through `EngineHandle` with the toy model (one test binary).
+
+mod batching;
+mod lifecycle;
+mod output;
+mod support;

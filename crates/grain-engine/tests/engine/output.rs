@@ -1,0 +1,164 @@
+//! What a client sees: stop strings, logprobs, seeds, `n` choices, usage.
+
+use grain_engine::mock::ToyConfig;
+use grain_engine::{
+    Detail, EngineConfig, FinishReason, GenerationParams, GranularityChoice, GranularitySource,
+    ImageUsage,
+};
+
+use crate::support::*;
+
+fn sampled(max_tokens: u32, seed: Option<u64>, n: u32) -> GenerationParams {
+    GenerationParams {
+        max_tokens: Some(max_tokens),
+        temperature: 1.0,
+        seed,
+        n,
+        ..GenerationParams::default()
+    }
+}
+
+#[tokio::test]
+async fn stop_strings_end_the_text_and_never_leak() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    let prompt = request("s", "tell me a story", &[], greedy(80));
+    let full = run(&h, prompt.clone()).await.text[0].clone();
+    assert_eq!(full.len(), 80, "one byte per token");
+
+    // A 3-letter stop string taken from the middle of the greedy text, and one that never occurs.
+    let stop = full[30..33].to_owned();
+    let cut = full.find(&stop).unwrap();
+    let mut req = prompt;
+    req.params.stop = vec!["never-generated".into(), stop.clone()];
+    let out = run(&h, req).await;
+    assert_eq!(
+        out.text[0],
+        full[..cut],
+        "text ends right before the stop string"
+    );
+    assert_eq!(out.finish[0], Some(FinishReason::Stop));
+    for d in &out.deltas[0] {
+        assert!(!d.contains(&stop));
+    }
+    // The stop string's tokens were generated (and counted) but not shown.
+    assert_eq!(
+        out.usage.unwrap().completion_tokens as usize,
+        cut + stop.len()
+    );
+}
+
+#[tokio::test]
+async fn stop_string_spanning_the_length_limit_is_released() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    let full = run(&h, request("s", "abc", &[], greedy(20))).await.text[0].clone();
+    // Text ending with a prefix of a stop string that never completes comes out at the end.
+    let tail = &full[18..];
+    let mut req = request("s", "abc", &[], greedy(20));
+    req.params.stop = vec![format!("{tail}\u{1}")];
+    let out = run(&h, req).await;
+    assert_eq!(out.text[0], full);
+    assert_eq!(out.finish[0], Some(FinishReason::Length));
+}
+
+#[tokio::test]
+async fn logprobs_come_with_every_token() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    let mut req = request("l", "hello", &[], greedy(10));
+    req.params.logprobs = true;
+    req.params.top_logprobs = 3;
+    let mut stream = h.generate(req).await.unwrap();
+    let mut tokens = 0;
+    while let Some(ev) = stream.next().await {
+        if let grain_engine::Event::Delta {
+            token_ids,
+            logprobs,
+            ..
+        } = ev
+        {
+            assert_eq!(token_ids.len(), logprobs.len());
+            for (id, lp) in token_ids.iter().zip(&logprobs) {
+                assert_eq!(lp.bytes, vec![*id as u8]);
+                assert!(lp.logprob <= 0.0);
+                assert_eq!(lp.top.len(), 3);
+                // Greedy: the sampled token is the most likely alternative.
+                assert_eq!(lp.top[0].1, lp.bytes);
+                assert_eq!(lp.top[0].2, lp.logprob);
+                assert!(lp.top[0].2 >= lp.top[1].2 && lp.top[1].2 >= lp.top[2].2);
+                tokens += 1;
+            }
+        }
+    }
+    assert_eq!(tokens, 10);
+}
+
+#[tokio::test]
+async fn same_seed_same_output_other_seed_other_output() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    let a = run(&h, request("a", "seeded", &[], sampled(40, Some(7), 1))).await;
+    let b = run(&h, request("b", "seeded", &[], sampled(40, Some(7), 1))).await;
+    let c = run(&h, request("c", "seeded", &[], sampled(40, Some(8), 1))).await;
+    assert_eq!(a.tokens, b.tokens);
+    assert_ne!(a.tokens, c.tokens);
+}
+
+#[tokio::test]
+async fn n_choices_are_independent_and_reproducible() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    let out = run(&h, request("n", "three ways", &[], sampled(30, Some(1), 3))).await;
+    assert_eq!(out.finish, vec![Some(FinishReason::Length); 3]);
+    assert_ne!(out.tokens[0], out.tokens[1]);
+    assert_ne!(out.tokens[1], out.tokens[2]);
+    assert_eq!(out.usage.as_ref().unwrap().completion_tokens, 90);
+    let again = run(&h, request("n", "three ways", &[], sampled(30, Some(1), 3))).await;
+    assert_eq!(out.tokens, again.tokens);
+
+    // Greedy choices cannot differ.
+    let mut req = request("g", "three ways", &[], greedy(30));
+    req.params.n = 2;
+    let out = run(&h, req).await;
+    assert_eq!(out.tokens[0], out.tokens[1]);
+}
+
+#[tokio::test]
+async fn usage_counts_visual_tokens_per_image() {
+    // Toy images have 1 + len % 3 crops; toy granularities are [1, 2, 4, 8, 16] per crop.
+    let (h, _) = ready(EngineConfig::default(), ToyConfig::default()).await;
+    let two_crops = [0u8; 4];
+    let three_crops = [0u8; 5];
+    let text = "what is this";
+    // BOS + "U:" + text + one placeholder per image.
+    let text_tokens = 1 + 2 + text.len() as u32;
+
+    let req = request(
+        "u",
+        text,
+        &[(&two_crops, Detail::Low), (&three_crops, Detail::High)],
+        greedy(3),
+    );
+    let usage = run(&h, req).await.usage.unwrap();
+    assert_eq!(usage.visual_tokens, 2 + 3 * 16);
+    assert_eq!(usage.visual_tokens_full, 5 * 16);
+    assert_eq!(usage.prompt_tokens, text_tokens + 2 + 48);
+    assert_eq!(
+        usage.images,
+        vec![
+            ImageUsage {
+                granularity: 1,
+                source: GranularitySource::Detail
+            },
+            ImageUsage {
+                granularity: 16,
+                source: GranularitySource::Detail
+            },
+        ]
+    );
+
+    let mut req = request("u", text, &[(&two_crops, Detail::Low)], greedy(3));
+    req.granularity = GranularityChoice::Fixed(4);
+    let usage = run(&h, req).await.usage.unwrap();
+    assert_eq!(
+        usage.visual_tokens, 8,
+        "the request-level choice overrides detail"
+    );
+    assert_eq!(usage.images[0].source, GranularitySource::Request);
+}

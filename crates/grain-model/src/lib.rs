@@ -1,0 +1,28 @@
+//! Grain's model crate: the AVG-LLaVA / LLaVA-NeXT model in candle.
+//!
+//! - [`config`]: one typed config for both checkpoint layouts.
+//! - [`weights`]: safetensors loading (single file or shards) with layout-independent names.
+//! - [`image`]: decoding with limits, Pillow-exact bicubic resampling, AnyRes crops.
+//! - [`vision`], [`llama`], [`router`]: the networks; [`granularity`]: pooling, merge, token counts.
+//! - [`llava`]: the assembled model; [`kv_cache`]: paged KV storage; [`tiny`]: tiny checkpoints.
+
+pub mod config;
+pub mod error;
+pub mod granularity;
+pub mod image;
+pub mod kv_cache;
+pub mod llama;
+pub mod llava;
+pub mod policy;
+pub mod router;
+pub mod tiny;
+pub mod vision;
+pub mod weights;
+
+pub use candle_core::{DType, Device, Tensor};
+pub use config::{Layout, LlavaConfig};
+pub use error::{ModelError, Result};
+pub use kv_cache::KvCache;
+pub use llama::SeqChunk;
+pub use llava::LlavaModel;
+pub use router::{RouterInput, RouterOutput};

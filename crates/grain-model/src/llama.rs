@@ -1,0 +1,265 @@
+//! LLaMA-family decoder (RMSNorm, RoPE, GQA, SwiGLU, untied or tied head) over a *flat batch*:
+//! the new tokens of many sequences are concatenated into one `(T, hidden)` matrix so every linear
+//! layer runs once per step; attention runs per sequence through its paged KV block table.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::Linear;
+
+use crate::config::TextConfig;
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::vision::linear;
+use crate::weights::Weights;
+
+/// One sequence's share of a flat batch.
+#[derive(Debug, Clone)]
+pub struct SeqChunk<'a> {
+    /// Positions already in the KV cache (the chunk starts at this position).
+    pub start: usize,
+    /// New positions in this chunk (rows of the flat batch, in order).
+    pub len: usize,
+    /// KV blocks covering positions `0..start + len`.
+    pub block_table: &'a [u32],
+    /// Return logits for the chunk's last position.
+    pub want_logits: bool,
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    ln1: RmsNorm,
+    ln2: RmsNorm,
+}
+
+pub struct Llama {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    config: TextConfig,
+}
+
+fn rms(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<RmsNorm> {
+    Ok(RmsNorm { weight: w.get(name, &[dim])?, eps: eps as f32 })
+}
+
+impl Llama {
+    pub fn load(w: &Weights, c: &TextConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        let qd = c.num_attention_heads * c.head_dim;
+        let kvd = c.num_key_value_heads * c.head_dim;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("lm.layers.{i}");
+            layers.push(Layer {
+                q: linear(w, &format!("{p}.self_attn.q_proj"), qd, h, c.attention_bias)?,
+                k: linear(w, &format!("{p}.self_attn.k_proj"), kvd, h, c.attention_bias)?,
+                v: linear(w, &format!("{p}.self_attn.v_proj"), kvd, h, c.attention_bias)?,
+                o: linear(w, &format!("{p}.self_attn.o_proj"), h, qd, false)?,
+                gate: linear(w, &format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
+                up: linear(w, &format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
+                down: linear(w, &format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                ln1: rms(w, &format!("{p}.input_layernorm.weight"), h, c.rms_norm_eps)?,
+                ln2: rms(w, &format!("{p}.post_attention_layernorm.weight"), h, c.rms_norm_eps)?,
+            });
+        }
+        let embed = w.get("lm.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if w.contains("lm.lm_head.weight") || !c.tie_word_embeddings {
+            linear(w, "lm.lm_head", c.vocab_size, h, false)?
+        } else {
+            Linear::new(embed.clone(), None)
+        };
+        let (cos, sin) = rope_tables(c, w.device())?;
+        Ok(Self {
+            embed,
+            layers,
+            norm: rms(w, "lm.norm.weight", h, c.rms_norm_eps)?,
+            lm_head,
+            cos: cos.to_dtype(w.dtype())?,
+            sin: sin.to_dtype(w.dtype())?,
+            config: c.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TextConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// Token embeddings `(n, hidden)`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let vocab = self.config.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
+        let idx = Tensor::from_slice(ids, ids.len(), self.embed.device())?;
+        Ok(self.embed.index_select(&idx, 0)?)
+    }
+
+    /// Run the decoder over a flat batch. `embeds` is `(Σ len, hidden)`; returns the logits
+    /// `(n_wanted, vocab)` in f32 for the chunks with `want_logits`, in order.
+    pub fn forward(&self, embeds: &Tensor, chunks: &[SeqChunk<'_>], cache: &KvCache) -> Result<Tensor> {
+        let c = &self.config;
+        let total: usize = chunks.iter().map(|s| s.len).sum();
+        let (t, h) = embeds.dims2()?;
+        if t != total || h != c.hidden_size {
+            return Err(ModelError::Input(format!(
+                "flat batch is {t}x{h}, chunks need {total}x{}",
+                c.hidden_size
+            )));
+        }
+        for s in chunks {
+            if s.start + s.len > c.max_position_embeddings {
+                return Err(ModelError::Input(format!(
+                    "position {} exceeds the model's context of {}",
+                    s.start + s.len,
+                    c.max_position_embeddings
+                )));
+            }
+        }
+        let positions: Vec<u32> =
+            chunks.iter().flat_map(|s| (s.start..s.start + s.len).map(|p| p as u32)).collect();
+        let pos = Tensor::from_vec(positions, t, embeds.device())?;
+        let cos = self.cos.index_select(&pos, 0)?;
+        let sin = self.sin.index_select(&pos, 0)?;
+        let mut x = embeds.to_dtype(self.dtype())?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let y = layer.ln1.forward(&x)?;
+            let attn = self.attention(li, layer, &y, &cos, &sin, chunks, cache)?;
+            x = (x + layer.o.forward(&attn)?)?;
+            let y = layer.ln2.forward(&x)?;
+            let mlp = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&y)?)? * layer.up.forward(&y)?)?)?;
+            x = (x + mlp)?;
+        }
+        let mut rows = Vec::new();
+        let mut offset = 0u32;
+        for s in chunks {
+            offset += s.len as u32;
+            if s.want_logits && s.len > 0 {
+                rows.push(offset - 1);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Tensor::zeros((0, c.vocab_size), DType::F32, embeds.device())?);
+        }
+        let n = rows.len();
+        let idx = Tensor::from_vec(rows, n, embeds.device())?;
+        let last = self.norm.forward(&x.index_select(&idx, 0)?)?;
+        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        li: usize,
+        layer: &Layer,
+        y: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (t, _) = y.dims2()?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let q = layer.q.forward(y)?.reshape((1, t, nh, hd))?;
+        let k = layer.k.forward(y)?.reshape((1, t, nkv, hd))?;
+        let v = layer.v.forward(y)?.reshape((t, nkv, hd))?;
+        let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?.reshape((t, nh, hd))?;
+        let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?.reshape((t, nkv, hd))?;
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outs = Vec::with_capacity(chunks.len());
+        let mut offset = 0;
+        for s in chunks {
+            if s.len == 0 {
+                continue;
+            }
+            let ks = k.narrow(0, offset, s.len)?;
+            let vs = v.narrow(0, offset, s.len)?;
+            cache.write(li, s.block_table, s.start, &ks, &vs)?;
+            let ctx = s.start + s.len;
+            let (kc, vc) = if s.start == 0 { (ks, vs) } else { cache.gather(li, s.block_table, ctx)? };
+            // Queries grouped by their KV head: (nkv, group·len, hd) against (nkv, ctx, hd).
+            let qs = q
+                .narrow(0, offset, s.len)?
+                .reshape((s.len, nkv, group, hd))?
+                .permute((1, 2, 0, 3))?
+                .reshape((nkv, group * s.len, hd))?;
+            let kc = kc.permute((1, 2, 0))?.contiguous()?; // (nkv, hd, ctx)
+            let vc = vc.transpose(0, 1)?.contiguous()?; // (nkv, ctx, hd)
+            let mut scores = (qs.contiguous()?.matmul(&kc)? * scale)?.to_dtype(DType::F32)?;
+            if s.len > 1 {
+                let mask = causal_mask(s.start, s.len, y.device())?;
+                scores = scores.reshape((nkv, group, s.len, ctx))?.broadcast_add(&mask)?.reshape((
+                    nkv,
+                    group * s.len,
+                    ctx,
+                ))?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vc.dtype())?;
+            let o = probs
+                .matmul(&vc)?
+                .reshape((nkv, group, s.len, hd))?
+                .permute((2, 0, 1, 3))?
+                .reshape((s.len, nh * hd))?;
+            outs.push(o);
+            offset += s.len;
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+}
+
+/// `(len, start + len)` additive mask: query `i` (absolute position `start + i`) sees keys `≤ start + i`.
+fn causal_mask(start: usize, len: usize, device: &Device) -> Result<Tensor> {
+    let ctx = start + len;
+    let mask: Vec<f32> = (0..len)
+        .flat_map(|i| (0..ctx).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (len, ctx), device)?)
+}
+
+/// cos/sin tables `(max_positions, head_dim / 2)`, computed in f32 like transformers does.
+fn rope_tables(c: &TextConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = c.head_dim / 2;
+    let theta = c.rope_theta as f32;
+    let inv: Vec<f32> =
+        (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / c.head_dim as f32)).collect();
+    let n = c.max_position_embeddings;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for &f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    Ok((Tensor::from_vec(cos, (n, half), device)?, Tensor::from_vec(sin, (n, half), device)?))
+}
+
+/// Final hidden helper for tests: the index of the max of each row.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}

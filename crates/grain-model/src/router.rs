@@ -1,0 +1,192 @@
+//! The AVG-LLaVA granularity router (`model.router.*`).
+//!
+//! Per image: pick the prompt tokens most similar to the base crop, append them to every crop's
+//! tokens pooled at all granularities, mix the crops with one Transformer encoder layer that attends
+//! *across crops* (PyTorch's default `batch_first=False` makes the crop axis the sequence axis),
+//! score each token with an MLP, contract tokens with a learned voter, average over crops, and
+//! LayerNorm the five logits. Images with the same crop count are batched together: the 1148
+//! token positions are independent batch entries of the merger, so stacking images is exact.
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear};
+
+use crate::config::{LlavaConfig, RouterConfig};
+use crate::error::{ModelError, Result};
+use crate::vision::{layer_norm, linear};
+use crate::weights::Weights;
+
+/// What the router needs for one image.
+pub struct RouterInput {
+    /// Projected, unpooled crop features `(n_crops, 576, D)`, base first.
+    pub features: Tensor,
+    /// The prompt's token embeddings with image placeholders removed, `(T, D)`.
+    pub text_embeds: Tensor,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterOutput {
+    /// LayerNorm'd logits, one per granularity in config order.
+    pub logits: Vec<f32>,
+    /// Index into the config's granularities.
+    pub choice: usize,
+}
+
+pub struct Router {
+    in_proj: Linear,
+    out_proj: Linear,
+    linear1: Linear,
+    linear2: Linear,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    mlp1: Linear,
+    mlp2: Linear,
+    voter: Tensor,
+    norm: LayerNorm,
+    heads: usize,
+    text_queries: usize,
+    granularities: Vec<u32>,
+    hidden: usize,
+}
+
+impl Router {
+    pub fn load(w: &Weights, config: &LlavaConfig, rc: &RouterConfig) -> Result<Self> {
+        let d = config.text.hidden_size;
+        let e = config.granularities.len();
+        let seq: usize = config.granularities.iter().map(|&g| g as usize).sum::<usize>() + rc.text_queries;
+        if d % rc.merger_heads != 0 {
+            return Err(ModelError::Input(format!("router width {d} is not divisible by {} heads", rc.merger_heads)));
+        }
+        Ok(Self {
+            in_proj: Linear::new(
+                w.get("router.merger.self_attn.in_proj_weight", &[3 * d, d])?,
+                Some(w.get("router.merger.self_attn.in_proj_bias", &[3 * d])?),
+            ),
+            out_proj: linear(w, "router.merger.self_attn.out_proj", d, d, true)?,
+            linear1: linear(w, "router.merger.linear1", d, d, true)?,
+            linear2: linear(w, "router.merger.linear2", d, d, true)?,
+            norm1: layer_norm(w, "router.merger.norm1", d, 1e-5)?,
+            norm2: layer_norm(w, "router.merger.norm2", d, 1e-5)?,
+            mlp1: linear(w, "router.router.0", d, d, true)?,
+            mlp2: linear(w, "router.router.2", e, d, true)?,
+            voter: w.get("router.voter", &[seq, 1])?,
+            norm: layer_norm(w, "router.norm", e, 1e-5)?,
+            heads: rc.merger_heads,
+            text_queries: rc.text_queries,
+            granularities: config.granularities.clone(),
+            hidden: d,
+        })
+    }
+
+    pub fn granularities(&self) -> &[u32] {
+        &self.granularities
+    }
+
+    /// The top-`text_queries` prompt embeddings by mean cosine similarity to the base crop, in score
+    /// order, zero-padded: `(text_queries, D)`.
+    pub fn select_text(&self, base: &Tensor, text: &Tensor) -> Result<Tensor> {
+        let (t, d) = text.dims2()?;
+        let dev = base.device();
+        let k = self.text_queries;
+        if t == 0 {
+            return Ok(Tensor::zeros((k, d), base.dtype(), dev)?);
+        }
+        let unit = |x: &Tensor| -> Result<Tensor> {
+            let x = x.to_dtype(DType::F32)?;
+            let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-8f32, f32::MAX)?;
+            Ok(x.broadcast_div(&n)?)
+        };
+        let sim = unit(base)?.matmul(&unit(text)?.t()?)?; // (576, T)
+        let scores: Vec<f32> = sim.mean(0)?.to_vec1()?;
+        let mut order: Vec<usize> = (0..t).collect();
+        // Descending; ties keep prompt order (tied scores come from identical embeddings).
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        order.truncate(k);
+        let idx = Tensor::from_vec(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), order.len(), dev)?;
+        let picked = text.index_select(&idx, 0)?;
+        if order.len() == k {
+            return Ok(picked);
+        }
+        let pad = Tensor::zeros((k - order.len(), d), text.dtype(), dev)?;
+        Ok(Tensor::cat(&[&picked, &pad], 0)?)
+    }
+
+    /// The router's `(n_crops, Σg + text_queries, D)` input for one image.
+    pub fn build_input(&self, input: &RouterInput) -> Result<Tensor> {
+        let f = &input.features;
+        let (n, _, d) = f.dims3()?;
+        let text = self.select_text(&f.get(0)?, &input.text_embeds.to_dtype(f.dtype())?)?;
+        let pooled = crate::granularity::pool_all(f, &self.granularities)?;
+        let text = text.unsqueeze(0)?.broadcast_as((n, self.text_queries, d))?.contiguous()?;
+        Ok(Tensor::cat(&[&pooled, &text], 1)?)
+    }
+
+    /// Route a batch of images. Images with equal crop counts share one merger call.
+    pub fn route(&self, inputs: &[RouterInput]) -> Result<Vec<RouterOutput>> {
+        let mut out: Vec<Option<RouterOutput>> = vec![None; inputs.len()];
+        let mut by_crops: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, inp) in inputs.iter().enumerate() {
+            by_crops.entry(inp.features.dim(0)?).or_default().push(i);
+        }
+        for (n, members) in by_crops {
+            let xs = members.iter().map(|&i| self.build_input(&inputs[i])).collect::<Result<Vec<_>>>()?;
+            let seq = xs[0].dim(1)?;
+            // (n, B·seq, D): crops are the attention axis, (image, token) pairs the batch.
+            let x = Tensor::cat(&xs, 1)?;
+            let mixed = self.merger(&x)?;
+            let r = self.mlp2.forward(&self.mlp1.forward(&mixed)?.gelu_erf()?)?; // (n, B·seq, E)
+            let e = r.dim(2)?;
+            let r = r.reshape((n, members.len(), seq, e))?.to_dtype(DType::F32)?;
+            let voter = self.voter.to_dtype(DType::F32)?.reshape((1, 1, seq, 1))?;
+            let voted = r.broadcast_mul(&voter)?.sum(2)?; // (n, B, E)
+            let per_image = voted.mean(0)?; // (B, E)
+            let normed = self.norm_f32(&per_image)?;
+            for (row, &i) in members.iter().enumerate() {
+                let logits: Vec<f32> = normed.get(row)?.to_vec1()?;
+                let choice = argmax(&logits);
+                out[i] = Some(RouterOutput { logits, choice });
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every input is in one crop group")).collect())
+    }
+
+    fn norm_f32(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.norm.weight().to_dtype(DType::F32)?;
+        let b = self.norm.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+        let ln = LayerNorm::new(w, b.expect("router norm has a bias"), 1e-5);
+        Ok(ln.forward(x)?)
+    }
+
+    /// Post-LN `TransformerEncoderLayer` (ReLU FFN) with attention over axis 0: `(n_crops, seq, D)`
+    /// in and out. Public so parity tests can compare this stage on its own.
+    pub fn merger(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, b, d) = x.dims3()?;
+        let h = self.heads;
+        let hd = d / h;
+        let qkv = self.in_proj.forward(x)?; // (n, b, 3d)
+        let heads = |i: usize| -> Result<Tensor> {
+            // (n, b, d) → (b, h, n, hd)
+            Ok(qkv.narrow(2, i * d, d)?.reshape((n, b, h, hd))?.permute((1, 2, 0, 3))?.contiguous()?)
+        };
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = att.matmul(&v)?.permute((2, 0, 1, 3))?.reshape((n, b, d))?;
+        let x = self.norm1.forward(&(x + self.out_proj.forward(&o)?)?)?;
+        let ff = self.linear2.forward(&self.linear1.forward(&x)?.relu()?)?;
+        Ok(self.norm2.forward(&(x + ff)?)?)
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,171 @@
+//! CLIP ViT vision tower and the `mlp2x_gelu` projector.
+//!
+//! The tower returns the hidden state selected by `FeatureSelect` (LLaVA: the second-to-last layer)
+//! with the CLS token dropped — not the last layer, which is what candle-transformers' llava does.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+
+use crate::config::{FeatureSelect, VisionAct, VisionConfig};
+use crate::error::{ModelError, Result};
+use crate::weights::Weights;
+
+pub(crate) fn linear(w: &Weights, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+    let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+    let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
+    Ok(Linear::new(weight, bias))
+}
+
+pub(crate) fn layer_norm(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(w.get(&format!("{name}.weight"), &[dim])?, w.get(&format!("{name}.bias"), &[dim])?, eps))
+}
+
+struct EncoderLayer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    ln1: LayerNorm,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+    act: VisionAct,
+}
+
+impl EncoderLayer {
+    fn load(w: &Weights, p: &str, c: &VisionConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            q: linear(w, &format!("{p}.self_attn.q_proj"), h, h, true)?,
+            k: linear(w, &format!("{p}.self_attn.k_proj"), h, h, true)?,
+            v: linear(w, &format!("{p}.self_attn.v_proj"), h, h, true)?,
+            out: linear(w, &format!("{p}.self_attn.out_proj"), h, h, true)?,
+            ln1: layer_norm(w, &format!("{p}.layer_norm1"), h, c.layer_norm_eps)?,
+            ln2: layer_norm(w, &format!("{p}.layer_norm2"), h, c.layer_norm_eps)?,
+            fc1: linear(w, &format!("{p}.mlp.fc1"), c.intermediate_size, h, true)?,
+            fc2: linear(w, &format!("{p}.mlp.fc2"), h, c.intermediate_size, true)?,
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let hd = h / self.heads;
+        let y = self.ln1.forward(x)?;
+        let split = |t_: Tensor| -> candle_core::Result<Tensor> {
+            t_.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split(self.q.forward(&y)?.affine((hd as f64).powf(-0.5), 0.0)?)?;
+        let k = split(self.k.forward(&y)?)?;
+        let v = split(self.v.forward(&y)?)?;
+        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let x = (x + self.out.forward(&o)?)?;
+        let y = self.fc1.forward(&self.ln2.forward(&x)?)?;
+        let y = match self.act {
+            VisionAct::QuickGelu => (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)?,
+            VisionAct::Gelu => y.gelu_erf()?,
+        };
+        Ok((x + self.fc2.forward(&y)?)?)
+    }
+}
+
+/// CLIP vision transformer, truncated after the selected layer.
+pub struct VisionTower {
+    patch_weight: Tensor,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_ln: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    config: VisionConfig,
+    drop_cls: bool,
+}
+
+impl VisionTower {
+    pub fn load(w: &Weights, c: &VisionConfig, select: FeatureSelect) -> Result<Self> {
+        let h = c.hidden_size;
+        let p = c.patch_size;
+        let n_pos = c.patches_per_side() * c.patches_per_side() + 1;
+        // hidden_states[0] is the embedding output, [i] the output of layer i; negative indices count
+        // from the end of that (L + 1)-long list.
+        let total = c.num_hidden_layers as i64 + 1;
+        let idx = if select.layer < 0 { total + select.layer } else { select.layer };
+        if idx < 0 || idx >= total {
+            return Err(ModelError::Input(format!(
+                "vision feature layer {} is out of range for {} layers",
+                select.layer, c.num_hidden_layers
+            )));
+        }
+        let layers = (0..idx as usize)
+            .map(|i| EncoderLayer::load(w, &format!("vision.encoder.layers.{i}"), c))
+            .collect::<Result<Vec<_>>>()?;
+        let patch_weight = w
+            .get("vision.embeddings.patch_embedding.weight", &[h, 3, p, p])?
+            .reshape((h, 3 * p * p))?
+            .t()?
+            .contiguous()?;
+        Ok(Self {
+            patch_weight,
+            class_embedding: w.get("vision.embeddings.class_embedding", &[h])?,
+            position_embedding: w.get("vision.embeddings.position_embedding.weight", &[n_pos, h])?,
+            pre_ln: layer_norm(w, "vision.pre_layrnorm", h, c.layer_norm_eps)?,
+            layers,
+            config: c.clone(),
+            drop_cls: select.drop_cls,
+        })
+    }
+
+    /// `pixels`: `(n, 3, S, S)` → `(n, patches, hidden)` (or `patches + 1` when CLS is kept).
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (n, c, s, s2) = pixels.dims4()?;
+        let cfg = &self.config;
+        if c != 3 || s != cfg.image_size || s2 != cfg.image_size {
+            return Err(ModelError::Input(format!(
+                "pixel values must be (n, 3, {0}, {0}), got {1:?}",
+                cfg.image_size,
+                pixels.dims()
+            )));
+        }
+        let p = cfg.patch_size;
+        let g = s / p;
+        let h = cfg.hidden_size;
+        // A stride-p, bias-free p×p convolution is a matmul over flattened patches.
+        let patches = pixels
+            .to_dtype(self.patch_weight.dtype())?
+            .reshape((n, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((n * g * g, 3 * p * p))?;
+        let emb = patches.matmul(&self.patch_weight)?.reshape((n, g * g, h))?;
+        let cls = self.class_embedding.reshape((1, 1, h))?.broadcast_as((n, 1, h))?;
+        let x = Tensor::cat(&[&cls.contiguous()?, &emb], 1)?;
+        let mut x = self.pre_ln.forward(&x.broadcast_add(&self.position_embedding)?)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        if self.drop_cls {
+            x = x.narrow(1, 1, g * g)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `mlp2x_gelu`: Linear → GELU (erf) → Linear, from the vision width to the LM width.
+pub struct Projector {
+    l1: Linear,
+    l2: Linear,
+}
+
+impl Projector {
+    pub fn load(w: &Weights, vision_hidden: usize, text_hidden: usize) -> Result<Self> {
+        Ok(Self {
+            l1: linear(w, "proj.linear_1", text_hidden, vision_hidden, true)?,
+            l2: linear(w, "proj.linear_2", text_hidden, text_hidden, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.l2.forward(&self.l1.forward(x)?.gelu_erf()?)?)
+    }
+}

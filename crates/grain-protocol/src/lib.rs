@@ -1,0 +1,38 @@
+//! OpenAI chat-completions wire types for Grain, and the validation that turns a request body into a
+//! typed, range-checked [`ChatCompletionRequest`].
+//!
+//! This crate is deliberately transport-free (serde only): the server parses bodies with
+//! [`parse_chat_request`], clients (the bench tool, tests) build and read the same types.
+//!
+//! # Request fields
+//! Supported: `model`, `messages` (roles `system`, `developer` (treated as `system`), `user`,
+//! `assistant`; content a string or `text` / `image_url` parts), `max_tokens`,
+//! `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`, `presence_penalty`,
+//! `frequency_penalty`, `logprobs`, `top_logprobs`, `stream`, `stream_options.include_usage`,
+//! `user`, and the extensions `top_k` and `granularity` (`"auto"` or a candidate token count).
+//!
+//! Every other top-level field is rejected with a 400 that names it: OpenAI fields that Grain does
+//! not implement (`tools`, `response_format`, `logit_bias`, ...) get an "unsupported parameter"
+//! error, anything else an "unrecognized argument" error. Silently ignoring a field would make a
+//! client believe that, say, JSON mode or a logit bias was applied. The one leniency: an
+//! unsupported OpenAI field whose value is `null` is treated as absent, because several client
+//! libraries send explicit nulls for every field they know.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod request;
+mod response;
+mod validate;
+
+pub use error::{ErrorBody, ErrorDetail, RequestError};
+pub use request::{
+    ChatCompletionRequest, ChatMessage, ContentPart, Detail, GranularityRequest, ImageUrl,
+    MessageContent, Role, StopSequences, StreamOptions,
+};
+pub use response::{
+    AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
+    ChunkChoice, Delta, FinishReason, GranularitySource, ModelList, ModelObject,
+    PromptTokensDetails, TokenLogprob, TopLogprob, Usage,
+};
+pub use validate::{parse_chat_request, RequestLimits};

@@ -1,0 +1,424 @@
+//! Body → [`ChatCompletionRequest`], with one precise error per failure.
+//!
+//! Three passes, each giving better messages than the next could:
+//! 1. top-level keys: unknown and unsupported fields are named; each known field's JSON type is
+//!    checked here ("expected a number, but got a string") because serde's messages
+//!    ("invalid type: string \"x\", expected f64") are written for programmers;
+//! 2. serde (through `serde_path_to_error`) for the nested message structure, so a bad part is
+//!    reported with its path (`messages[0].content[1]`);
+//! 3. ranges and cross-field rules on the typed request.
+
+use serde_json::{Map, Value};
+
+use crate::error::RequestError;
+use crate::request::{ChatCompletionRequest, ContentPart, MessageContent, Role, StopSequences};
+
+/// Server-configurable bounds on a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest `n` (choices per request).
+    pub max_n: u32,
+    /// Most `stop` sequences (OpenAI allows 4).
+    pub max_stop_sequences: usize,
+    /// Largest `top_logprobs` (OpenAI allows 20).
+    pub max_top_logprobs: u32,
+    /// Most images across all messages of one request.
+    pub max_images: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_n: 16,
+            max_stop_sequences: 4,
+            max_top_logprobs: 20,
+            max_images: 8,
+        }
+    }
+}
+
+/// The JSON type a top-level field must have.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    String,
+    Array,
+    Object,
+    Bool,
+    Number,
+    Integer,
+    StringOrArray,
+    StringOrInteger,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::String => "a string",
+            Kind::Array => "an array",
+            Kind::Object => "an object",
+            Kind::Bool => "a boolean",
+            Kind::Number => "a number",
+            Kind::Integer => "an integer",
+            Kind::StringOrArray => "a string or an array of strings",
+            Kind::StringOrInteger => "\"auto\" or an integer",
+        }
+    }
+
+    fn accepts(self, value: &Value) -> bool {
+        match (self, value) {
+            (Kind::String, Value::String(_)) => true,
+            (Kind::Array, Value::Array(_)) => true,
+            (Kind::Object, Value::Object(_)) => true,
+            (Kind::Bool, Value::Bool(_)) => true,
+            (Kind::Number, Value::Number(_)) => true,
+            (Kind::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            (Kind::StringOrArray, Value::String(_)) => true,
+            (Kind::StringOrArray, Value::Array(items)) => items.iter().all(Value::is_string),
+            (Kind::StringOrInteger, Value::String(_)) => true,
+            (Kind::StringOrInteger, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            _ => false,
+        }
+    }
+}
+
+/// Every supported top-level field with its JSON type and whether it is required.
+const SUPPORTED: &[(&str, Kind, bool)] = &[
+    ("model", Kind::String, true),
+    ("messages", Kind::Array, true),
+    ("max_tokens", Kind::Integer, false),
+    ("max_completion_tokens", Kind::Integer, false),
+    ("temperature", Kind::Number, false),
+    ("top_p", Kind::Number, false),
+    ("top_k", Kind::Integer, false),
+    ("seed", Kind::Integer, false),
+    ("stop", Kind::StringOrArray, false),
+    ("n", Kind::Integer, false),
+    ("presence_penalty", Kind::Number, false),
+    ("frequency_penalty", Kind::Number, false),
+    ("logprobs", Kind::Bool, false),
+    ("top_logprobs", Kind::Integer, false),
+    ("stream", Kind::Bool, false),
+    ("stream_options", Kind::Object, false),
+    ("user", Kind::String, false),
+    ("granularity", Kind::StringOrInteger, false),
+];
+
+/// OpenAI chat-completions fields that Grain does not implement, with a hint for the message.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("tools", " (tool calling is not implemented)"),
+    ("tool_choice", " (tool calling is not implemented)"),
+    ("parallel_tool_calls", " (tool calling is not implemented)"),
+    ("functions", " (function calling is not implemented)"),
+    ("function_call", " (function calling is not implemented)"),
+    (
+        "response_format",
+        " (JSON mode and structured outputs are not implemented)",
+    ),
+    ("logit_bias", ""),
+    ("audio", " (audio output is not implemented)"),
+    ("modalities", " (only text output is implemented)"),
+    ("prediction", ""),
+    ("store", ""),
+    ("metadata", ""),
+    ("service_tier", ""),
+    ("reasoning_effort", ""),
+    ("web_search_options", ""),
+    ("verbosity", ""),
+    ("prompt_cache_key", ""),
+    ("safety_identifier", ""),
+    ("best_of", ""),
+    ("echo", ""),
+    ("suffix", ""),
+];
+
+/// Parses and validates a chat-completions body.
+pub fn parse_chat_request(
+    body: &[u8],
+    limits: &RequestLimits,
+) -> Result<ChatCompletionRequest, RequestError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::MalformedJson(e.to_string()))?;
+    let Value::Object(mut map) = value else {
+        return Err(RequestError::NotAnObject {
+            got: json_kind(&value),
+        });
+    };
+    check_top_level(&mut map)?;
+    let request: ChatCompletionRequest = serde_path_to_error::deserialize(Value::Object(map))
+        .map_err(|e| {
+            let param = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde names the unknown key in the path; report it like a top-level unknown field.
+            if message.starts_with("unknown field") {
+                RequestError::UnknownField { param }
+            } else {
+                RequestError::invalid_value(param, message)
+            }
+        })?;
+    validate(&request, limits)?;
+    Ok(request)
+}
+
+fn check_top_level(map: &mut Map<String, Value>) -> Result<(), RequestError> {
+    let mut null_unsupported = Vec::new();
+    for (key, value) in map.iter() {
+        if let Some((_, kind, required)) = SUPPORTED.iter().find(|(name, ..)| name == key) {
+            if value.is_null() && !required {
+                continue;
+            }
+            if !kind.accepts(value) {
+                return Err(RequestError::InvalidType {
+                    param: key.clone(),
+                    expected: kind.describe(),
+                    got: json_kind(value),
+                });
+            }
+            if let (Kind::Integer, Value::Number(n)) = (kind, value) {
+                if !n.is_i64() {
+                    return Err(RequestError::invalid_value(
+                        key.as_str(),
+                        format!("{n} is too large"),
+                    ));
+                }
+            }
+        } else if let Some((_, hint)) = UNSUPPORTED.iter().find(|(name, _)| name == key) {
+            if !value.is_null() {
+                return Err(RequestError::UnsupportedField {
+                    param: key.clone(),
+                    hint,
+                });
+            }
+            null_unsupported.push(key.clone());
+        } else {
+            return Err(RequestError::UnknownField { param: key.clone() });
+        }
+    }
+    for key in null_unsupported {
+        map.remove(&key);
+    }
+    for (name, _, required) in SUPPORTED {
+        if *required && !map.contains_key(*name) {
+            return Err(RequestError::MissingField {
+                param: (*name).to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), RequestError> {
+    if req.model.trim().is_empty() {
+        return Err(RequestError::invalid_value("model", "must not be empty"));
+    }
+    validate_messages(req, limits)?;
+
+    for (param, value) in [
+        ("max_tokens", req.max_tokens),
+        ("max_completion_tokens", req.max_completion_tokens),
+    ] {
+        if let Some(v) = value {
+            if v < 1 {
+                return Err(RequestError::invalid_value(
+                    param,
+                    format!("must be at least 1, got {v}"),
+                ));
+            }
+            if v > i64::from(u32::MAX) {
+                return Err(RequestError::invalid_value(
+                    param,
+                    format!("must be at most {}, got {v}", u32::MAX),
+                ));
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (req.max_tokens, req.max_completion_tokens) {
+        if a != b {
+            return Err(RequestError::invalid_value(
+                "max_tokens",
+                format!("conflicts with max_completion_tokens ({a} != {b}); set only one"),
+            ));
+        }
+    }
+    check_range("temperature", req.temperature, 0.0, 2.0)?;
+    if let Some(p) = req.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(RequestError::invalid_value(
+                "top_p",
+                format!("must be greater than 0 and at most 1, got {p}"),
+            ));
+        }
+    }
+    if let Some(k) = req.top_k {
+        if k < 1 || k > i64::from(u32::MAX) {
+            return Err(RequestError::invalid_value(
+                "top_k",
+                format!("must be at least 1 (omit it to disable top-k), got {k}"),
+            ));
+        }
+    }
+    check_range("presence_penalty", req.presence_penalty, -2.0, 2.0)?;
+    check_range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)?;
+    if let Some(n) = req.n {
+        if n < 1 || n > i64::from(limits.max_n) {
+            return Err(RequestError::invalid_value(
+                "n",
+                format!("must be between 1 and {}, got {n}", limits.max_n),
+            ));
+        }
+    }
+    validate_stop(req.stop.as_ref(), limits)?;
+    if let Some(t) = req.top_logprobs {
+        if t < 0 || t > i64::from(limits.max_top_logprobs) {
+            return Err(RequestError::invalid_value(
+                "top_logprobs",
+                format!("must be between 0 and {}, got {t}", limits.max_top_logprobs),
+            ));
+        }
+        if t > 0 && !req.wants_logprobs() {
+            return Err(RequestError::invalid_value(
+                "top_logprobs",
+                "requires 'logprobs' to be true",
+            ));
+        }
+    }
+    if req.stream_options.is_some() && !req.is_stream() {
+        return Err(RequestError::invalid_value(
+            "stream_options",
+            "is only allowed when 'stream' is true",
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(param: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), RequestError> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(RequestError::invalid_value(
+            param,
+            format!("must be between {lo} and {hi}, got {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_stop(stop: Option<&StopSequences>, limits: &RequestLimits) -> Result<(), RequestError> {
+    let sequences: &[String] = match stop {
+        None => return Ok(()),
+        Some(StopSequences::One(s)) => std::slice::from_ref(s),
+        Some(StopSequences::Many(v)) => v,
+    };
+    if sequences.len() > limits.max_stop_sequences {
+        return Err(RequestError::invalid_value(
+            "stop",
+            format!(
+                "at most {} stop sequences are allowed, got {}",
+                limits.max_stop_sequences,
+                sequences.len()
+            ),
+        ));
+    }
+    if sequences.iter().any(String::is_empty) {
+        return Err(RequestError::invalid_value(
+            "stop",
+            "stop sequences must not be empty strings",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_messages(
+    req: &ChatCompletionRequest,
+    limits: &RequestLimits,
+) -> Result<(), RequestError> {
+    if req.messages.is_empty() {
+        return Err(RequestError::invalid_value(
+            "messages",
+            "must contain at least one message",
+        ));
+    }
+    let mut images = 0usize;
+    for (i, msg) in req.messages.iter().enumerate() {
+        if matches!(msg.role, Role::Tool | Role::Function) {
+            return Err(RequestError::invalid_value(
+                format!("messages[{i}].role"),
+                format!(
+                    "role '{}' is not supported: this server does not implement tool calling",
+                    msg.role.as_str()
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("tool_calls", &msg.tool_calls),
+            ("function_call", &msg.function_call),
+            ("audio", &msg.audio),
+            ("refusal", &msg.refusal),
+            ("annotations", &msg.annotations),
+        ] {
+            if value.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(RequestError::UnsupportedField {
+                    param: format!("messages[{i}].{field}"),
+                    hint: "",
+                });
+            }
+        }
+        match &msg.content {
+            MessageContent::Null => {
+                return Err(RequestError::invalid_value(
+                    format!("messages[{i}].content"),
+                    "must be a string or an array of content parts, got null",
+                ));
+            }
+            MessageContent::Text(_) => {}
+            MessageContent::Parts(parts) => {
+                if parts.is_empty() {
+                    return Err(RequestError::invalid_value(
+                        format!("messages[{i}].content"),
+                        "must contain at least one content part",
+                    ));
+                }
+                for (j, part) in parts.iter().enumerate() {
+                    let ContentPart::ImageUrl { image_url } = part else {
+                        continue;
+                    };
+                    if msg.role != Role::User {
+                        return Err(RequestError::invalid_value(
+                            format!("messages[{i}].content[{j}]"),
+                            format!(
+                                "image_url parts are only allowed in 'user' messages, not '{}'",
+                                msg.role.as_str()
+                            ),
+                        ));
+                    }
+                    if image_url.url.trim().is_empty() {
+                        return Err(RequestError::invalid_value(
+                            format!("messages[{i}].content[{j}].image_url.url"),
+                            "must not be empty",
+                        ));
+                    }
+                    images += 1;
+                }
+            }
+        }
+    }
+    if images > limits.max_images {
+        return Err(RequestError::invalid_value(
+            "messages",
+            format!(
+                "at most {} images per request are allowed, got {images}",
+                limits.max_images
+            ),
+        ));
+    }
+    Ok(())
+}

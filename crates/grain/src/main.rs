@@ -1,0 +1,31 @@
+//! `grain`: the command-line entry point (serve, inspect, make-tiny, …).
+
+#![forbid(unsafe_code)]
+
+mod inspect;
+mod make_tiny;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "grain", version, about = "OpenAI-compatible server for adaptive-granularity multimodal models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a tiny deterministic checkpoint (test fixture / embedded default model).
+    MakeTiny(make_tiny::MakeTinyArgs),
+    /// Run one image + prompt through a checkpoint and print token counts, router logits and logits.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::MakeTiny(a) => make_tiny::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    }
+}
