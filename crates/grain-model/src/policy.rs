@@ -86,14 +86,16 @@ impl Policy {
     /// Decide for one image. `request` is the request-level extension field.
     pub fn resolve(&self, detail: Detail, request: GranularityChoice, has_router: bool) -> Resolved {
         let fixed = |g: u32, source| Resolved::Fixed { granularity: self.capped(g), source };
+        // An explicit request-level granularity is the caller's deliberate choice for every image;
+        // `detail` is OpenAI's coarser per-image hint and applies when the request says `auto`.
+        match request {
+            GranularityChoice::Fixed(g) => return fixed(g, GranularitySource::Request),
+            GranularityChoice::Auto => {}
+        }
         match detail {
             Detail::Low => return fixed(self.coarsest(), GranularitySource::Detail),
             Detail::High => return fixed(self.finest(), GranularitySource::Detail),
             Detail::Auto => {}
-        }
-        match request {
-            GranularityChoice::Fixed(g) => return fixed(g, GranularitySource::Request),
-            GranularityChoice::Auto => {}
         }
         match self.default {
             GranularityChoice::Fixed(g) => fixed(g, GranularitySource::Default),
@@ -131,7 +133,8 @@ mod tests {
     fn detail_maps_to_extremes() {
         let p = policy();
         assert_eq!(p.resolve(Detail::Low, GranularityChoice::Auto, true), Resolved::Fixed { granularity: 36, source: S::Detail });
-        assert_eq!(p.resolve(Detail::High, GranularityChoice::Fixed(72), true), Resolved::Fixed { granularity: 576, source: S::Detail });
+        // An explicit request-level granularity wins over the per-image hint.
+        assert_eq!(p.resolve(Detail::High, GranularityChoice::Fixed(72), true), Resolved::Fixed { granularity: 72, source: S::Request });
     }
 
     #[test]

@@ -2,8 +2,11 @@
 
 #![forbid(unsafe_code)]
 
+mod config;
+mod download;
 mod inspect;
 mod make_tiny;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API (with no model: the embedded tiny model).
+    Serve(Box<config::ServeArgs>),
     /// Write a tiny deterministic checkpoint (test fixture / embedded default model).
     MakeTiny(make_tiny::MakeTinyArgs),
     /// Run one image + prompt through a checkpoint and print token counts, router logits and logits.
@@ -25,6 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => serve::run(*a),
         Command::MakeTiny(a) => make_tiny::run(a),
         Command::Inspect(a) => inspect::run(a),
     }

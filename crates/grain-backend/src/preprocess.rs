@@ -1,0 +1,132 @@
+//! `ChatRequest` → `ValidRequest`: chat template, tokenization, image decoding with limits, AnyRes.
+//! Runs on tokio's blocking pool, so everything here is plain CPU work without the model.
+
+use std::sync::Arc;
+
+use grain_engine::{ChatRequest, EngineError, ImageInput, Part, Preprocessor, Role, ValidRequest};
+use grain_model::image::{decode_rgb, DecodeLimits};
+use grain_model::llava::preprocess_image;
+use grain_model::LlavaConfig;
+use grain_tokenizer::{ChatMessage, ChatTemplate, ContentPart, Tokenizer, IMAGE_PLACEHOLDER, IMAGE_TOKEN_SENTINEL};
+use sha2::{Digest, Sha256};
+
+/// Limits on what a request may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct InputLimits {
+    pub max_images: usize,
+    pub decode: DecodeLimits,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self { max_images: 8, decode: DecodeLimits::default() }
+    }
+}
+
+pub struct LlavaPreprocessor {
+    pub(crate) config: LlavaConfig,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) template: ChatTemplate,
+    pub(crate) limits: InputLimits,
+}
+
+impl LlavaPreprocessor {
+    /// The id that marks an image in `prompt_ids`.
+    pub fn image_token_id(&self) -> u32 {
+        self.config.image_token_id.unwrap_or(IMAGE_TOKEN_SENTINEL)
+    }
+
+    fn render(&self, req: &ChatRequest) -> Result<(String, Vec<(usize, Vec<u8>, grain_engine::Detail)>), EngineError> {
+        let mut messages = Vec::with_capacity(req.messages.len());
+        let mut images = Vec::new();
+        for (mi, m) in req.messages.iter().enumerate() {
+            let role = match m.role {
+                Role::System => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            let mut content = Vec::with_capacity(m.parts.len());
+            for part in &m.parts {
+                match part {
+                    Part::Text(t) => {
+                        // A literal placeholder in user text would be read as an image.
+                        if t.contains(IMAGE_PLACEHOLDER) {
+                            return Err(EngineError::invalid(
+                                format!("message text may not contain the image placeholder `{IMAGE_PLACEHOLDER}`"),
+                                Some(&format!("messages[{mi}].content")),
+                            ));
+                        }
+                        content.push(ContentPart::Text(t.clone()));
+                    }
+                    Part::Image { data, detail } => {
+                        if m.role != Role::User {
+                            return Err(EngineError::invalid(
+                                "images are only accepted in user messages",
+                                Some(&format!("messages[{mi}].content")),
+                            ));
+                        }
+                        images.push((images.len(), data.clone(), *detail));
+                        content.push(ContentPart::Image);
+                    }
+                }
+            }
+            messages.push(ChatMessage { role: role.into(), content });
+        }
+        if images.len() > self.limits.max_images {
+            return Err(EngineError::invalid(
+                format!("{} images in one request; the limit is {}", images.len(), self.limits.max_images),
+                Some("messages"),
+            ));
+        }
+        let add_generation_prompt = req.messages.last().is_none_or(|m| m.role != Role::Assistant);
+        let text = self
+            .template
+            .render(&messages, add_generation_prompt)
+            .map_err(|e| EngineError::invalid(format!("chat template: {e}"), Some("messages")))?;
+        Ok((text, images))
+    }
+}
+
+impl Preprocessor for LlavaPreprocessor {
+    fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
+        let (text, raw_images) = self.render(&req)?;
+        let prompt_ids = self
+            .tokenizer
+            .encode_prompt(&text, IMAGE_PLACEHOLDER)
+            .map_err(|e| EngineError::Internal(format!("tokenizer: {e}")))?;
+        let image_id = self.image_token_id();
+        let placeholders = prompt_ids.iter().filter(|&&i| i == image_id).count();
+        if placeholders != raw_images.len() {
+            return Err(EngineError::invalid(
+                format!(
+                    "the chat template placed {placeholders} image placeholders for {} images",
+                    raw_images.len()
+                ),
+                Some("messages"),
+            ));
+        }
+        let mut images = Vec::with_capacity(raw_images.len());
+        for (index, data, detail) in raw_images {
+            let img = decode_rgb(&data, self.limits.decode, self.config.alpha)
+                .map_err(|e| EngineError::InvalidImage { index, message: e.to_string() })?;
+            let (n_crops, px) = preprocess_image(&img, &self.config)
+                .map_err(|e| EngineError::InvalidImage { index, message: e.to_string() })?;
+            images.push(ImageInput {
+                width: img.width as u32,
+                height: img.height as u32,
+                hash: Sha256::digest(&data).into(),
+                pixel_values: Arc::new(px),
+                n_crops,
+                detail,
+            });
+        }
+        Ok(ValidRequest {
+            request_id: req.request_id,
+            text_tokens: prompt_ids.len() - placeholders,
+            prompt_ids,
+            images,
+            params: req.params,
+            granularity: req.granularity,
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! Wire types ↔ engine types.
+
+use futures_util::future::try_join_all;
+use grain_engine as engine;
+use grain_protocol as wire;
+
+use crate::errors::ApiError;
+use crate::images::ImageLoader;
+
+/// Builds the engine request: images are fetched or decoded from their data URLs (concurrently),
+/// sampling fields get their OpenAI defaults.
+pub async fn to_engine_request(
+    req: &wire::ChatCompletionRequest,
+    request_id: String,
+    images: &ImageLoader,
+) -> Result<engine::ChatRequest, ApiError> {
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, msg) in req.messages.iter().enumerate() {
+        let role = match msg.role {
+            wire::Role::System | wire::Role::Developer => engine::Role::System,
+            wire::Role::User => engine::Role::User,
+            wire::Role::Assistant => engine::Role::Assistant,
+            // Refused by validation; kept explicit so a new role cannot slip through.
+            wire::Role::Tool | wire::Role::Function => {
+                return Err(ApiError::Internal(format!(
+                    "role {} passed validation",
+                    msg.role.as_str()
+                )))
+            }
+        };
+        let parts = match &msg.content {
+            wire::MessageContent::Text(text) => vec![engine::Part::Text(text.clone())],
+            wire::MessageContent::Parts(parts) => {
+                let loads = parts.iter().enumerate().map(|(j, part)| async move {
+                    match part {
+                        wire::ContentPart::Text { text } => {
+                            Ok::<_, ApiError>(engine::Part::Text(text.clone()))
+                        }
+                        wire::ContentPart::ImageUrl { image_url } => {
+                            let data = images.load(&image_url.url).await.map_err(|error| {
+                                ApiError::Image {
+                                    param: format!("messages[{i}].content[{j}].image_url.url"),
+                                    error,
+                                }
+                            })?;
+                            Ok(engine::Part::Image {
+                                data,
+                                detail: detail(image_url.detail),
+                            })
+                        }
+                    }
+                });
+                try_join_all(loads).await?
+            }
+            wire::MessageContent::Null => {
+                return Err(ApiError::Internal("null content passed validation".into()))
+            }
+        };
+        messages.push(engine::Message { role, parts });
+    }
+    Ok(engine::ChatRequest {
+        request_id,
+        messages,
+        params: engine::GenerationParams {
+            max_tokens: req.max_new_tokens(),
+            temperature: req.temperature_or_default(),
+            top_p: req.top_p_or_default(),
+            top_k: req.top_k_value(),
+            seed: req.seed_value(),
+            stop: req.stop_sequences(),
+            n: req.n_or_default(),
+            presence_penalty: req.presence_penalty.unwrap_or(0.0) as f32,
+            frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
+            logprobs: req.wants_logprobs(),
+            top_logprobs: req.top_logprobs_or_default(),
+        },
+        granularity: match req.granularity {
+            None | Some(wire::GranularityRequest::Auto) => engine::GranularityChoice::Auto,
+            Some(wire::GranularityRequest::Tokens(n)) => engine::GranularityChoice::Fixed(n),
+        },
+    })
+}
+
+fn detail(d: wire::Detail) -> engine::Detail {
+    match d {
+        wire::Detail::Auto => engine::Detail::Auto,
+        wire::Detail::Low => engine::Detail::Low,
+        wire::Detail::High => engine::Detail::High,
+    }
+}
+
+pub fn finish_reason(r: engine::FinishReason) -> wire::FinishReason {
+    match r {
+        engine::FinishReason::Stop => wire::FinishReason::Stop,
+        engine::FinishReason::Length => wire::FinishReason::Length,
+    }
+}
+
+pub fn finish_label(r: engine::FinishReason) -> grain_metrics::FinishReasonLabel {
+    match r {
+        engine::FinishReason::Stop => grain_metrics::FinishReasonLabel::Stop,
+        engine::FinishReason::Length => grain_metrics::FinishReasonLabel::Length,
+    }
+}
+
+pub fn source(s: engine::GranularitySource) -> wire::GranularitySource {
+    match s {
+        engine::GranularitySource::Router => wire::GranularitySource::Router,
+        engine::GranularitySource::Detail => wire::GranularitySource::Detail,
+        engine::GranularitySource::Request => wire::GranularitySource::Request,
+        engine::GranularitySource::Default => wire::GranularitySource::Default,
+    }
+}
+
+pub fn source_label(s: engine::GranularitySource) -> grain_metrics::GranularitySourceLabel {
+    match s {
+        engine::GranularitySource::Router => grain_metrics::GranularitySourceLabel::Router,
+        engine::GranularitySource::Detail => grain_metrics::GranularitySourceLabel::Detail,
+        engine::GranularitySource::Request => grain_metrics::GranularitySourceLabel::Request,
+        engine::GranularitySource::Default => grain_metrics::GranularitySourceLabel::Default,
+    }
+}
+
+pub fn usage(u: &engine::Usage) -> wire::Usage {
+    wire::Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+        prompt_tokens_details: Some(wire::PromptTokensDetails {
+            cached_tokens: 0,
+            visual_tokens: u.visual_tokens,
+            visual_tokens_full: u.visual_tokens_full,
+            granularity: u.images.iter().map(|i| i.granularity).collect(),
+            granularity_source: u.images.iter().map(|i| source(i.source)).collect(),
+        }),
+    }
+}
+
+/// The `x-grain-granularity` header value: each image's granularity in prompt order (`144,36`).
+pub fn granularity_header(u: &engine::Usage) -> Option<String> {
+    (!u.images.is_empty()).then(|| {
+        u.images
+            .iter()
+            .map(|i| i.granularity.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+pub fn logprob(l: &engine::TokenLogprob) -> wire::TokenLogprob {
+    wire::TokenLogprob {
+        token: l.token.clone(),
+        logprob: l.logprob,
+        bytes: l.bytes.clone(),
+        top_logprobs: l
+            .top
+            .iter()
+            .map(|(token, bytes, logprob)| wire::TopLogprob {
+                token: token.clone(),
+                logprob: *logprob,
+                bytes: bytes.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Records the metrics of a successful request from its final usage.
+pub fn record_success(
+    metrics: &grain_metrics::Metrics,
+    u: &engine::Usage,
+    reasons: &[grain_metrics::FinishReasonLabel],
+) {
+    metrics.record_success(u.prompt_tokens, u.completion_tokens, reasons);
+    for image in &u.images {
+        metrics.record_granularity(image.granularity, source_label(image.source));
+    }
+    metrics.record_visual_tokens(u64::from(u.visual_tokens), u64::from(u.visual_tokens_full));
+}

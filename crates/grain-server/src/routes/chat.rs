@@ -1,0 +1,249 @@
+//! `POST /v1/chat/completions`.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use grain_engine::{Event, GenerationStream};
+use grain_metrics::Metrics;
+use grain_protocol as wire;
+
+use crate::convert;
+use crate::errors::ApiError;
+use crate::middleware::RequestId;
+use crate::shutdown::InFlight;
+use crate::sse;
+use crate::state::AppState;
+
+/// Each image's granularity, in prompt order (`144,36`).
+pub static X_GRAIN_GRANULARITY: HeaderName = HeaderName::from_static("x-grain-granularity");
+
+/// Latency bookkeeping shared by the streaming and non-streaming paths.
+pub(crate) struct Timing {
+    started: Instant,
+    first_token: bool,
+    last_token: Vec<Option<Instant>>,
+}
+
+impl Timing {
+    pub(crate) fn new(started: Instant, n: u32) -> Self {
+        Self {
+            started,
+            first_token: false,
+            last_token: vec![None; n as usize],
+        }
+    }
+
+    /// Records `tokens` new tokens of choice `index` arriving now.
+    pub(crate) fn on_tokens(&mut self, metrics: &Metrics, index: u32, tokens: usize) {
+        if tokens == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if !self.first_token {
+            self.first_token = true;
+            metrics.observe_time_to_first_token((now - self.started).as_secs_f64());
+        }
+        if let Some(slot) = self.last_token.get_mut(index as usize) {
+            if let Some(last) = *slot {
+                // Several tokens in one delta share the gap evenly.
+                let gap = (now - last).as_secs_f64() / tokens as f64;
+                for _ in 0..tokens {
+                    metrics.observe_inter_token_latency(gap);
+                }
+            }
+            *slot = Some(now);
+        }
+    }
+
+    pub(crate) fn finish(&self, metrics: &Metrics) {
+        metrics.observe_e2e_request_latency(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// What every chunk or response of one completion shares.
+#[derive(Debug, Clone)]
+pub(crate) struct CompletionMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub n: u32,
+    pub logprobs: bool,
+    pub include_usage: bool,
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let Some(guard) = state.enter() else {
+        return fail(&state, ApiError::Draining);
+    };
+    match handle(&state, request_id, body, started, guard).await {
+        Ok(response) => response,
+        Err(e) => fail(&state, e),
+    }
+}
+
+fn fail(state: &AppState, e: ApiError) -> Response {
+    state.metrics().record_failure(e.describe().metric);
+    e.into_response()
+}
+
+async fn handle(
+    state: &AppState,
+    request_id: String,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+    guard: InFlight,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.config().max_body_bytes,
+            }
+        } else {
+            ApiError::BadBody(rejection.body_text())
+        }
+    })?;
+    let req = wire::parse_chat_request(&body, &state.config().limits)?;
+    drop(body);
+    let model = state
+        .resolve_model(&req.model)
+        .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?
+        .to_owned();
+    let engine_req = convert::to_engine_request(&req, request_id, state.images()).await?;
+    let meta = CompletionMeta {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: unix_now(),
+        model,
+        n: req.n_or_default(),
+        logprobs: req.wants_logprobs(),
+        include_usage: req.include_usage(),
+    };
+    let timeout = state.config().request_timeout;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let stream = tokio::time::timeout_at(deadline, state.engine().generate(engine_req))
+        .await
+        .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
+    if req.is_stream() {
+        sse::respond(
+            state.clone(),
+            stream,
+            meta,
+            Timing::new(started, req.n_or_default()),
+            deadline,
+            guard,
+        )
+        .await
+    } else {
+        let collected = tokio::time::timeout_at(
+            deadline,
+            collect(stream, &meta, state.metrics(), Timing::new(started, meta.n)),
+        )
+        .await
+        .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
+        drop(guard);
+        Ok(collected)
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs a non-streaming completion to the end and builds its JSON response.
+async fn collect(
+    mut stream: GenerationStream,
+    meta: &CompletionMeta,
+    metrics: &Metrics,
+    mut timing: Timing,
+) -> Result<Response, ApiError> {
+    let n = meta.n as usize;
+    let mut texts = vec![String::new(); n];
+    let mut logprobs: Vec<Vec<wire::TokenLogprob>> = vec![Vec::new(); n];
+    let mut reasons = vec![None; n];
+    let usage = loop {
+        let Some(event) = stream.next().await else {
+            return Err(ApiError::Internal(
+                "generation stream ended without a result".into(),
+            ));
+        };
+        match event {
+            Event::Delta {
+                index,
+                text,
+                token_ids,
+                logprobs: lps,
+            } => {
+                timing.on_tokens(metrics, index, token_ids.len());
+                let i = checked_index(index, n)?;
+                texts[i].push_str(&text);
+                if meta.logprobs {
+                    logprobs[i].extend(lps.iter().map(convert::logprob));
+                }
+            }
+            Event::Finished { index, reason } => {
+                reasons[checked_index(index, n)?] = Some(reason);
+            }
+            Event::Done { usage } => break usage,
+            Event::Error(e) => return Err(ApiError::Engine(e)),
+        }
+    };
+    timing.finish(metrics);
+    let mut labels = Vec::with_capacity(n);
+    let mut choices = Vec::with_capacity(n);
+    for (i, (text, lps)) in texts.into_iter().zip(logprobs).enumerate() {
+        // A choice the engine did not mark finished ran out of budget.
+        let reason = reasons[i].unwrap_or(grain_engine::FinishReason::Length);
+        labels.push(convert::finish_label(reason));
+        choices.push(wire::ChatChoice {
+            index: i as u32,
+            message: wire::AssistantMessage::new(text),
+            logprobs: meta
+                .logprobs
+                .then_some(wire::ChoiceLogprobs { content: lps }),
+            finish_reason: convert::finish_reason(reason),
+        });
+    }
+    convert::record_success(metrics, &usage, &labels);
+    let body = wire::ChatCompletionResponse {
+        id: meta.id.clone(),
+        object: wire::ChatCompletionResponse::OBJECT.into(),
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage: convert::usage(&usage),
+        system_fingerprint: None,
+    };
+    let mut response = Json(body).into_response();
+    if let Some(value) = convert::granularity_header(&usage) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(X_GRAIN_GRANULARITY.clone(), value);
+        }
+    }
+    Ok(response)
+}
+
+/// An engine event for a choice that does not exist is an engine bug, not a client error.
+pub(crate) fn checked_index(index: u32, n: usize) -> Result<usize, ApiError> {
+    let i = index as usize;
+    if i < n {
+        Ok(i)
+    } else {
+        Err(ApiError::Internal(format!(
+            "engine sent choice {index} of {n}"
+        )))
+    }
+}

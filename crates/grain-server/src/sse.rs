@@ -1,0 +1,244 @@
+//! Server-sent events for `stream: true`, in OpenAI's chunk format.
+//!
+//! Order on the wire: one role chunk per choice, content chunks, one chunk per choice with its
+//! `finish_reason`, the usage chunk (`choices: []`, only with `stream_options.include_usage`),
+//! then `data: [DONE]`. Every chunk carries the same `id`. An error after the response has
+//! started becomes an `event: error` whose data is the usual `{"error": {...}}` body, followed
+//! by `[DONE]`.
+//!
+//! Dropping the body (client gone) drops the [`GenerationStream`], which cancels the request.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use grain_engine::{Event, FinishReason, GenerationStream};
+use grain_metrics::ErrorLabel;
+use grain_protocol as wire;
+use tokio::time::Instant;
+
+use crate::convert;
+use crate::errors::ApiError;
+use crate::routes::chat::{checked_index, CompletionMeta, Timing};
+use crate::shutdown::InFlight;
+use crate::state::AppState;
+
+/// Starts the SSE response. The engine has already prepared the prompt when `stream` exists,
+/// so prompt-level errors (context length, a bad image, an unknown granularity) were returned
+/// by `generate` with their HTTP status; only errors after that become SSE error events.
+pub(crate) async fn respond(
+    state: AppState,
+    stream: GenerationStream,
+    meta: CompletionMeta,
+    timing: Timing,
+    deadline: Instant,
+    guard: InFlight,
+) -> Result<Response, ApiError> {
+    let timeout_s = state.config().request_timeout.as_secs();
+    let mut sse = SseState {
+        reasons: vec![None; meta.n as usize],
+        state,
+        stream,
+        meta,
+        timing,
+        deadline,
+        timeout_s,
+        pending: VecDeque::new(),
+        finished: false,
+        outcome_recorded: false,
+        span: tracing::Span::current(),
+        _guard: guard,
+    };
+    for index in 0..sse.meta.n {
+        let role = wire::Delta {
+            role: Some(wire::Role::Assistant),
+            content: Some(String::new()),
+        };
+        sse.push_choice(index, role, None, None);
+    }
+    let body = futures_util::stream::unfold(sse, SseState::next_event);
+    Ok(Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+struct SseState {
+    state: AppState,
+    stream: GenerationStream,
+    meta: CompletionMeta,
+    timing: Timing,
+    deadline: Instant,
+    timeout_s: u64,
+    pending: VecDeque<SseEvent>,
+    reasons: Vec<Option<FinishReason>>,
+    /// `[DONE]` is queued; nothing follows.
+    finished: bool,
+    /// Success or failure was counted; a stream dropped before that was cancelled.
+    outcome_recorded: bool,
+    span: tracing::Span,
+    _guard: InFlight,
+}
+
+impl Drop for SseState {
+    fn drop(&mut self) {
+        if !self.outcome_recorded {
+            self.state.metrics().record_failure(ErrorLabel::Cancelled);
+            self.span
+                .in_scope(|| tracing::info!("client disconnected; request cancelled"));
+        }
+    }
+}
+
+impl SseState {
+    async fn next_event(mut self) -> Option<(Result<SseEvent, Infallible>, Self)> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some((Ok(event), self));
+            }
+            if self.finished {
+                return None;
+            }
+            let event = match tokio::time::timeout_at(self.deadline, self.stream.next()).await {
+                Ok(event) => event,
+                Err(_) => {
+                    self.fail(ApiError::Timeout(self.timeout_s));
+                    continue;
+                }
+            };
+            self.on_engine_event(event);
+        }
+    }
+
+    fn on_engine_event(&mut self, event: Option<Event>) {
+        let n = self.meta.n as usize;
+        match event {
+            Some(Event::Delta {
+                index,
+                text,
+                token_ids,
+                logprobs,
+            }) => {
+                let metrics = self.state.metrics().clone();
+                self.timing.on_tokens(&metrics, index, token_ids.len());
+                if let Err(e) = checked_index(index, n) {
+                    return self.fail(e);
+                }
+                let logprobs =
+                    (self.meta.logprobs && !logprobs.is_empty()).then(|| wire::ChoiceLogprobs {
+                        content: logprobs.iter().map(convert::logprob).collect(),
+                    });
+                // Text held back by the engine (a partial character or stop-string prefix)
+                // arrives as an empty delta: nothing to send unless it carries logprobs.
+                if !text.is_empty() || logprobs.is_some() {
+                    let delta = wire::Delta {
+                        role: None,
+                        content: Some(text),
+                    };
+                    self.push_choice(index, delta, logprobs, None);
+                }
+            }
+            Some(Event::Finished { index, reason }) => match checked_index(index, n) {
+                Ok(i) => {
+                    self.reasons[i] = Some(reason);
+                    let reason = convert::finish_reason(reason);
+                    self.push_choice(index, wire::Delta::default(), None, Some(reason));
+                }
+                Err(e) => self.fail(e),
+            },
+            Some(Event::Done { usage }) => {
+                let metrics = self.state.metrics();
+                self.timing.finish(metrics);
+                let labels: Vec<_> = self
+                    .reasons
+                    .iter()
+                    .map(|r| convert::finish_label(r.unwrap_or(FinishReason::Length)))
+                    .collect();
+                convert::record_success(metrics, &usage, &labels);
+                self.outcome_recorded = true;
+                if self.meta.include_usage {
+                    let chunk = self.chunk(Vec::new(), Some(convert::usage(&usage)));
+                    self.push_json(&chunk);
+                }
+                self.span.in_scope(|| {
+                    tracing::info!(
+                        prompt_tokens = usage.prompt_tokens,
+                        completion_tokens = usage.completion_tokens,
+                        "stream finished"
+                    );
+                });
+                self.push_done();
+            }
+            Some(Event::Error(e)) => self.fail(ApiError::Engine(e)),
+            None => self.fail(ApiError::Internal(
+                "generation stream ended without a result".into(),
+            )),
+        }
+    }
+
+    /// Ends the stream with an error event and `[DONE]`.
+    fn fail(&mut self, error: ApiError) {
+        let d = error.describe();
+        self.span.in_scope(|| {
+            if d.status.is_server_error() {
+                tracing::error!(error = %error, "stream failed");
+            } else {
+                tracing::info!(error = %error, "stream refused");
+            }
+        });
+        self.state.metrics().record_failure(d.metric);
+        self.outcome_recorded = true;
+        let body = serde_json::to_string(&error.body()).unwrap_or_else(|_| {
+            r#"{"error":{"message":"error","type":"server_error","param":null,"code":null}}"#
+                .to_owned()
+        });
+        self.pending
+            .push_back(SseEvent::default().event("error").data(body));
+        self.push_done();
+    }
+
+    fn push_done(&mut self) {
+        self.pending.push_back(SseEvent::default().data("[DONE]"));
+        self.finished = true;
+    }
+
+    fn chunk(
+        &self,
+        choices: Vec<wire::ChunkChoice>,
+        usage: Option<wire::Usage>,
+    ) -> wire::ChatCompletionChunk {
+        wire::ChatCompletionChunk {
+            id: self.meta.id.clone(),
+            object: wire::ChatCompletionChunk::OBJECT.into(),
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            choices,
+            usage,
+            system_fingerprint: None,
+        }
+    }
+
+    fn push_choice(
+        &mut self,
+        index: u32,
+        delta: wire::Delta,
+        logprobs: Option<wire::ChoiceLogprobs>,
+        finish_reason: Option<wire::FinishReason>,
+    ) {
+        let choice = wire::ChunkChoice {
+            index,
+            delta,
+            logprobs,
+            finish_reason,
+        };
+        let chunk = self.chunk(vec![choice], None);
+        self.push_json(&chunk);
+    }
+
+    fn push_json(&mut self, chunk: &wire::ChatCompletionChunk) {
+        match serde_json::to_string(chunk) {
+            Ok(json) => self.pending.push_back(SseEvent::default().data(json)),
+            Err(e) => self.fail(ApiError::Internal(format!("serializing a chunk: {e}"))),
+        }
+    }
+}

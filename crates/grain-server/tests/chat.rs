@@ -1,0 +1,455 @@
+//! Handler tests through `tower::ServiceExt::oneshot`: the real router and engine handle, a mock
+//! model. Expected token counts are derived from the mock's definition (one BOS, one role id,
+//! one id per text byte, one placeholder per image replaced by its granularity).
+
+mod common;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use grain_server::ServerConfig;
+use serde_json::{json, Value};
+
+fn content(resp: &TestResponse, choice: usize) -> String {
+    resp.json()["choices"][choice]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn image_request(details: &[&str], extra: Value) -> Value {
+    let mut parts = vec![json!({"type": "text", "text": "hi"})];
+    for detail in details {
+        parts.push(
+            json!({"type": "image_url", "image_url": {"url": png_data_url(), "detail": detail}}),
+        );
+    }
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": parts}]});
+    if let Value::Object(extra) = extra {
+        body.as_object_mut().unwrap().extend(extra);
+    }
+    body
+}
+
+#[tokio::test]
+async fn non_streaming_completion_has_the_openai_shape() {
+    let h = harness(ServerConfig::default()).await;
+    let resp = chat(&h.app, &user("hi")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let body = resp.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["model"], MODEL);
+    assert!(body["created"].as_u64().unwrap() > 1_600_000_000);
+    let choice = &body["choices"][0];
+    assert_eq!(choice["index"], 0);
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["finish_reason"], "stop");
+    assert_eq!(choice["logprobs"], Value::Null);
+    let text = choice["message"]["content"].as_str().unwrap();
+    assert_eq!(text.len(), ANSWER_LEN);
+    assert!(
+        text.bytes().all(|b| b.is_ascii_lowercase() || b == b' '),
+        "{text:?}"
+    );
+    // BOS + role + "hi"; the answer plus its EOS.
+    assert_eq!(body["usage"]["prompt_tokens"], 4);
+    assert_eq!(body["usage"]["completion_tokens"], ANSWER_LEN + 1);
+    assert_eq!(body["usage"]["total_tokens"], 4 + ANSWER_LEN + 1);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["visual_tokens"], 0);
+    assert!(resp.header("x-grain-granularity").is_none());
+    let rid = resp.header("x-request-id").unwrap();
+    assert_eq!(rid.len(), 32, "generated ids are uuid-v4 simple: {rid}");
+}
+
+#[tokio::test]
+async fn greedy_is_deterministic_and_seeds_reproduce() {
+    let h = harness(ServerConfig::default()).await;
+    let greedy =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 0});
+    assert_eq!(
+        content(&chat(&h.app, &greedy).await, 0),
+        content(&chat(&h.app, &greedy).await, 0)
+    );
+
+    let seeded = |seed: u64| {
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+               "temperature": 1.0, "seed": seed})
+    };
+    let a = content(&chat(&h.app, &seeded(42)).await, 0);
+    let b = content(&chat(&h.app, &seeded(42)).await, 0);
+    let c = content(&chat(&h.app, &seeded(43)).await, 0);
+    assert_eq!(a, b, "same seed, same text");
+    assert_ne!(a, c, "another seed samples another text");
+}
+
+#[tokio::test]
+async fn max_tokens_truncates_with_finish_reason_length() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["max_tokens"] = json!(3);
+    let resp = chat(&h.app, &body).await;
+    let json = resp.json();
+    assert_eq!(json["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        json["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(json["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn stop_sequences_cut_the_text() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("stop test");
+    body["temperature"] = json!(0);
+    let full = content(&chat(&h.app, &body).await, 0);
+    let stop = &full[3..5];
+    let expected = &full[..full.find(stop).unwrap()];
+    body["stop"] = json!([stop]);
+    let resp = chat(&h.app, &body).await;
+    assert_eq!(content(&resp, 0), expected);
+    assert_eq!(resp.json()["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn n_choices_are_indexed_and_usage_sums_them() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["n"] = json!(3);
+    body["temperature"] = json!(1.0);
+    body["seed"] = json!(7);
+    let json = chat(&h.app, &body).await.json();
+    let choices = json["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["finish_reason"], "stop");
+    }
+    assert_eq!(json["usage"]["completion_tokens"], 3 * (ANSWER_LEN + 1));
+    assert_eq!(json["usage"]["prompt_tokens"], 4);
+}
+
+#[tokio::test]
+async fn detail_low_costs_fewer_prompt_tokens_than_high() {
+    let h = harness(ServerConfig::default()).await;
+    let low = chat(&h.app, &image_request(&["low"], json!({}))).await;
+    let high = chat(&h.app, &image_request(&["high"], json!({}))).await;
+    assert_eq!(low.status, 200, "{}", low.text());
+    let (low_json, high_json) = (low.json(), high.json());
+    // Text: BOS + role + "hi" = 4; images: 36 vs 576 tokens for one crop.
+    assert_eq!(low_json["usage"]["prompt_tokens"], 4 + 36);
+    assert_eq!(high_json["usage"]["prompt_tokens"], 4 + 576);
+    let details = &low_json["usage"]["prompt_tokens_details"];
+    assert_eq!(details["visual_tokens"], 36);
+    assert_eq!(details["visual_tokens_full"], 576);
+    assert_eq!(details["granularity"], json!([36]));
+    assert_eq!(details["granularity_source"], json!(["detail"]));
+    assert_eq!(low.header("x-grain-granularity"), Some("36"));
+    assert_eq!(high.header("x-grain-granularity"), Some("576"));
+}
+
+#[tokio::test]
+async fn granularity_header_lists_every_image_in_order() {
+    let h = harness(ServerConfig::default()).await;
+    let resp = chat(&h.app, &image_request(&["auto", "low"], json!({}))).await;
+    assert_eq!(resp.header("x-grain-granularity"), Some("144,36"));
+    let details = &resp.json()["usage"]["prompt_tokens_details"];
+    assert_eq!(details["granularity_source"], json!(["router", "detail"]));
+    assert_eq!(details["visual_tokens"], 180);
+    assert_eq!(details["visual_tokens_full"], 1152);
+}
+
+#[tokio::test]
+async fn request_granularity_overrides_detail() {
+    let h = harness(ServerConfig::default()).await;
+    let resp = chat(
+        &h.app,
+        &image_request(&["high", "low"], json!({"granularity": 72})),
+    )
+    .await;
+    assert_eq!(resp.header("x-grain-granularity"), Some("72,72"));
+    let details = &resp.json()["usage"]["prompt_tokens_details"];
+    assert_eq!(details["granularity_source"], json!(["request", "request"]));
+}
+
+#[tokio::test]
+async fn logprobs_are_returned_per_token() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    let json = chat(&h.app, &body).await.json();
+    let text = json["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tokens = json["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(tokens.len(), ANSWER_LEN, "one entry per delivered token");
+    let joined: String = tokens
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, text);
+    for t in tokens {
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        assert_eq!(t["bytes"].as_array().unwrap().len(), 1);
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+    }
+}
+
+#[tokio::test]
+async fn streaming_follows_the_openai_chunk_sequence() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["temperature"] = json!(0);
+    let reference = chat(&h.app, &body).await.json();
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = chat(&h.app, &body).await;
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = resp.sse_events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert!(
+        events.iter().all(|(name, _)| name.is_none()),
+        "no error events"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(chunks
+        .iter()
+        .all(|c| c["id"] == id && c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        text,
+        reference["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"]
+                .get(0)
+                .is_some_and(|ch| !ch["finish_reason"].is_null())
+        })
+        .collect();
+    assert_eq!(finish.len(), 1);
+    assert_eq!(finish[0]["choices"][0]["finish_reason"], "stop");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"], reference["usage"]);
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c.get("usage").is_none()));
+}
+
+#[tokio::test]
+async fn streaming_without_include_usage_and_with_n() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["stream"] = json!(true);
+    body["n"] = json!(2);
+    let events = chat(&h.app, &body).await.sse_events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+    for index in [0, 1] {
+        let of_choice: Vec<&Value> = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == index)
+            .collect();
+        assert_eq!(of_choice[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(
+            of_choice.last().unwrap()["choices"][0]["finish_reason"],
+            "stop"
+        );
+    }
+}
+
+#[tokio::test]
+async fn models_list_and_aliases() {
+    let config = ServerConfig {
+        model_aliases: vec!["short".into()],
+        ..ServerConfig::default()
+    };
+    let h = harness(config).await;
+    let list = get(&h.app, "/v1/models").await.json();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![MODEL, "short"]);
+    assert_eq!(list["data"][0]["object"], "model");
+    assert_eq!(list["data"][0]["max_model_len"], CONTEXT);
+    assert_eq!(list["data"][0]["granularities"], json!(GRANULARITIES));
+    assert_eq!(
+        get(&h.app, &format!("/v1/models/{MODEL}")).await.json()["id"],
+        MODEL
+    );
+
+    let mut body = user("hi");
+    body["model"] = json!("short");
+    let resp = chat(&h.app, &body).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.json()["model"],
+        MODEL,
+        "responses name the served model"
+    );
+}
+
+#[tokio::test]
+async fn probes_and_request_ids() {
+    let h = harness(ServerConfig::default()).await;
+    assert_eq!(get(&h.app, "/health").await.json()["status"], "ok");
+    let ready = get(&h.app, "/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "ready");
+
+    let req = Request::get("/health")
+        .header("x-request-id", "client-id-1")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&h.app, req).await.header("x-request-id"),
+        Some("client-id-1")
+    );
+    let req = Request::get("/health")
+        .header("x-request-id", "bad id\twith tab")
+        .body(Body::empty())
+        .unwrap();
+    assert_ne!(
+        send(&h.app, req).await.header("x-request-id"),
+        Some("bad id\twith tab")
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_visual_tokens_and_requests() {
+    let h = harness(ServerConfig::default()).await;
+    assert_eq!(
+        chat(&h.app, &image_request(&["low"], json!({})))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        chat(&h.app, &image_request(&["auto"], json!({})))
+            .await
+            .status,
+        200
+    );
+    let resp = get(&h.app, "/metrics").await;
+    assert_eq!(resp.status, 200);
+    assert!(resp
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = resp.text();
+    // 576 − 36 for the low image, 576 − 144 for the routed one.
+    assert_eq!(metric(&text, "grain_visual_tokens_saved_total"), 972.0);
+    assert_eq!(
+        metric(&text, "grain_visual_tokens_total{kind=\"selected\"}"),
+        180.0
+    );
+    assert_eq!(
+        metric(&text, "grain_visual_tokens_total{kind=\"full\"}"),
+        1152.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "grain_granularity_selected_total{granularity=\"144\",source=\"router\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "grain_request_success_total{finish_reason=\"stop\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "grain_time_to_first_token_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "grain_e2e_request_latency_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "grain_request_prompt_tokens_sum"),
+        (40 + 148) as f64
+    );
+    assert_eq!(metric(&text, "grain_num_requests_running"), 0.0);
+}
+
+#[tokio::test]
+async fn api_keys_guard_v1_routes_only() {
+    let config = ServerConfig {
+        api_keys: vec!["sk-test-key".into()],
+        ..ServerConfig::default()
+    };
+    let h = harness(config).await;
+    let authed = Request::post("/v1/chat/completions")
+        .header("authorization", "Bearer sk-test-key")
+        .body(Body::from(user("hi").to_string()))
+        .unwrap();
+    assert_eq!(send(&h.app, authed).await.status, 200);
+    assert_eq!(get(&h.app, "/health").await.status, 200);
+    assert_eq!(get(&h.app, "/metrics").await.status, 200);
+    assert_eq!(get(&h.app, "/v1/models").await.status, 401);
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_configurable() {
+    let preflight = || {
+        Request::options("/v1/chat/completions")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let h = harness(ServerConfig::default()).await;
+    assert!(send(&h.app, preflight())
+        .await
+        .header("access-control-allow-origin")
+        .is_none());
+    let h = harness(ServerConfig {
+        cors_allowed_origins: vec!["https://app.example.com".into()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let resp = send(&h.app, preflight()).await;
+    assert_eq!(
+        resp.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+}
