@@ -20,8 +20,15 @@ impl TokenDecoder for TokDecoder {
                 return (String::from_utf8_lossy(&[b]).into_owned(), vec![b]);
             }
         }
-        let text = self.0.decode(&[id], false).unwrap_or_else(|_| piece.replace('\u{2581}', " "));
-        let text = if piece.starts_with('\u{2581}') && !text.starts_with(' ') { format!(" {text}") } else { text };
+        let text = self
+            .0
+            .decode(&[id], false)
+            .unwrap_or_else(|_| piece.replace('\u{2581}', " "));
+        let text = if piece.starts_with('\u{2581}') && !text.starts_with(' ') {
+            format!(" {text}")
+        } else {
+            text
+        };
         let bytes = text.as_bytes().to_vec();
         (text, bytes)
     }

@@ -18,7 +18,15 @@ pub struct EncoderCache {
 
 impl EncoderCache {
     pub fn new(capacity_bytes: usize) -> Self {
-        Self { capacity_bytes, used_bytes: 0, entries: HashMap::new(), order: VecDeque::new(), hits: 0, misses: 0, reported: (0, 0) }
+        Self {
+            capacity_bytes,
+            used_bytes: 0,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            hits: 0,
+            misses: 0,
+            reported: (0, 0),
+        }
     }
 
     pub fn get(&mut self, key: &[u8; 32]) -> Option<Tensor> {
@@ -46,7 +54,9 @@ impl EncoderCache {
             self.order.retain(|k| k != &key);
         }
         while self.used_bytes + bytes > self.capacity_bytes {
-            let Some(oldest) = self.order.pop_front() else { break };
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
             if let Some((_, b)) = self.entries.remove(&oldest) {
                 self.used_bytes -= b;
             }

@@ -49,7 +49,10 @@ pub struct BackendConfig {
 
 impl BackendConfig {
     pub fn new(model_dir: PathBuf) -> Self {
-        let model_id = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "grain".into());
+        let model_id = model_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "grain".into());
         Self {
             model_dir,
             model_id,
@@ -86,7 +89,10 @@ fn policy(cfg: &BackendConfig, model: &LlavaConfig) -> Result<Policy, BackendErr
         if p.is_candidate(g) {
             Ok(g)
         } else {
-            Err(BackendError::Invalid(format!("{what} {g} is not one of the model's granularities {:?}", p.candidates)))
+            Err(BackendError::Invalid(format!(
+                "{what} {g} is not one of the model's granularities {:?}",
+                p.candidates
+            )))
         }
     };
     if let GranularityChoice::Fixed(g) = cfg.default_granularity {
@@ -112,10 +118,13 @@ pub fn start(
 ) -> Result<EngineHandle, BackendError> {
     let config = LlavaConfig::from_dir(&cfg.model_dir)?;
     let tokenizer = Tokenizer::from_dir(&cfg.model_dir)?;
-    let template = ChatTemplate::from_dir(&cfg.model_dir, &tokenizer)?.unwrap_or_else(ChatTemplate::vicuna_v1);
+    let template =
+        ChatTemplate::from_dir(&cfg.model_dir, &tokenizer)?.unwrap_or_else(ChatTemplate::vicuna_v1);
     let policy = policy(&cfg, &config)?;
     let bytes_per_block = KvCache::bytes_per_block(&config.text, engine.block_size, cfg.dtype);
-    let num_blocks = engine.num_kv_blocks.unwrap_or((cfg.kv_cache_bytes / bytes_per_block).max(1));
+    let num_blocks = engine
+        .num_kv_blocks
+        .unwrap_or((cfg.kv_cache_bytes / bytes_per_block).max(1));
     engine.num_kv_blocks = Some(num_blocks);
     let context = config.text.max_position_embeddings;
     engine.max_context = Some(engine.max_context.map_or(context, |c| c.min(context)));
@@ -124,7 +133,10 @@ pub fn start(
         context_length: context as u32,
         granularities: config.granularities.clone(),
         has_router: config.router.is_some(),
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     let image_token = config.image_token_id.unwrap_or(IMAGE_TOKEN_SENTINEL);
     let mut eos: Vec<u32> = tokenizer.eos_ids().to_vec();
@@ -137,13 +149,19 @@ pub fn start(
         config: config.clone(),
         tokenizer: tokenizer.clone(),
         template,
-        limits: InputLimits { max_images: cfg.max_images, decode: cfg.decode },
+        limits: InputLimits {
+            max_images: cfg.max_images,
+            decode: cfg.decode,
+        },
     };
     let block_size = engine.block_size;
     let load = move || -> Result<LlavaRunner, String> {
         let started = std::time::Instant::now();
-        let model = LlavaModel::load(&cfg.model_dir, cfg.dtype, &Device::Cpu).map_err(|e| e.to_string())?;
-        let cache = model.new_kv_cache(num_blocks, block_size).map_err(|e| e.to_string())?;
+        let model =
+            LlavaModel::load(&cfg.model_dir, cfg.dtype, &Device::Cpu).map_err(|e| e.to_string())?;
+        let cache = model
+            .new_kv_cache(num_blocks, block_size)
+            .map_err(|e| e.to_string())?;
         tracing::info!(
             model = %cfg.model_dir.display(), kv_blocks = num_blocks, block_size,
             router = model.has_router(), secs = started.elapsed().as_secs_f64(), "model loaded"

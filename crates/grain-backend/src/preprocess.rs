@@ -7,7 +7,9 @@ use grain_engine::{ChatRequest, EngineError, ImageInput, Part, Preprocessor, Rol
 use grain_model::image::{decode_rgb, DecodeLimits};
 use grain_model::llava::preprocess_image;
 use grain_model::LlavaConfig;
-use grain_tokenizer::{ChatMessage, ChatTemplate, ContentPart, Tokenizer, IMAGE_PLACEHOLDER, IMAGE_TOKEN_SENTINEL};
+use grain_tokenizer::{
+    ChatMessage, ChatTemplate, ContentPart, Tokenizer, IMAGE_PLACEHOLDER, IMAGE_TOKEN_SENTINEL,
+};
 use sha2::{Digest, Sha256};
 
 /// Limits on what a request may carry.
@@ -19,8 +21,18 @@ pub struct InputLimits {
 
 impl Default for InputLimits {
     fn default() -> Self {
-        Self { max_images: 8, decode: DecodeLimits::default() }
+        Self {
+            max_images: 8,
+            decode: DecodeLimits::default(),
+        }
     }
+}
+
+/// An image part as it arrived, before decoding.
+struct RawImage {
+    index: usize,
+    data: Vec<u8>,
+    detail: grain_engine::Detail,
 }
 
 pub struct LlavaPreprocessor {
@@ -36,7 +48,10 @@ impl LlavaPreprocessor {
         self.config.image_token_id.unwrap_or(IMAGE_TOKEN_SENTINEL)
     }
 
-    fn render(&self, req: &ChatRequest) -> Result<(String, Vec<(usize, Vec<u8>, grain_engine::Detail)>), EngineError> {
+    fn render(
+        &self,
+        req: &ChatRequest,
+    ) -> Result<(String, Vec<RawImage>), EngineError> {
         let mut messages = Vec::with_capacity(req.messages.len());
         let mut images = Vec::new();
         for (mi, m) in req.messages.iter().enumerate() {
@@ -65,20 +80,30 @@ impl LlavaPreprocessor {
                                 Some(&format!("messages[{mi}].content")),
                             ));
                         }
-                        images.push((images.len(), data.clone(), *detail));
+                        images.push(RawImage { index: images.len(), data: data.clone(), detail: *detail });
                         content.push(ContentPart::Image);
                     }
                 }
             }
-            messages.push(ChatMessage { role: role.into(), content });
+            messages.push(ChatMessage {
+                role: role.into(),
+                content,
+            });
         }
         if images.len() > self.limits.max_images {
             return Err(EngineError::invalid(
-                format!("{} images in one request; the limit is {}", images.len(), self.limits.max_images),
+                format!(
+                    "{} images in one request; the limit is {}",
+                    images.len(),
+                    self.limits.max_images
+                ),
                 Some("messages"),
             ));
         }
-        let add_generation_prompt = req.messages.last().is_none_or(|m| m.role != Role::Assistant);
+        let add_generation_prompt = req
+            .messages
+            .last()
+            .is_none_or(|m| m.role != Role::Assistant);
         let text = self
             .template
             .render(&messages, add_generation_prompt)
@@ -106,11 +131,18 @@ impl Preprocessor for LlavaPreprocessor {
             ));
         }
         let mut images = Vec::with_capacity(raw_images.len());
-        for (index, data, detail) in raw_images {
-            let img = decode_rgb(&data, self.limits.decode, self.config.alpha)
-                .map_err(|e| EngineError::InvalidImage { index, message: e.to_string() })?;
-            let (n_crops, px) = preprocess_image(&img, &self.config)
-                .map_err(|e| EngineError::InvalidImage { index, message: e.to_string() })?;
+        for RawImage { index, data, detail } in raw_images {
+            let img = decode_rgb(&data, self.limits.decode, self.config.alpha).map_err(|e| {
+                EngineError::InvalidImage {
+                    index,
+                    message: e.to_string(),
+                }
+            })?;
+            let (n_crops, px) =
+                preprocess_image(&img, &self.config).map_err(|e| EngineError::InvalidImage {
+                    index,
+                    message: e.to_string(),
+                })?;
             images.push(ImageInput {
                 width: img.width as u32,
                 height: img.height as u32,

@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use grain_engine::{
-    EngineError, GranularityChoice, GranularitySource, ImageUsage, ModelRunner, PrepareItem, PreparedPrompt,
-    SeqId, StepBatch, TokenDecoder,
+    EngineError, GranularityChoice, GranularitySource, ImageUsage, ModelRunner, PrepareItem,
+    PreparedPrompt, SeqId, StepBatch, TokenDecoder,
 };
 use grain_model::policy::{self, Policy, Resolved};
 use grain_model::{KvCache, LlavaModel, RouterInput, SeqChunk};
 
 use crate::encoder_cache::EncoderCache;
-use grain_metrics::{GranularitySourceLabel, Metrics};
+// Granularity mix and visual tokens are recorded by the server from each response's usage;
+// the runner records what only it can time: the vision tower, the router and the encoder cache.
+use grain_metrics::{Metrics, StepPhase};
 
 pub struct LlavaRunner {
     pub(crate) model: LlavaModel,
@@ -31,15 +33,6 @@ pub struct LlavaRunner {
     /// Prompt embeddings per sequence; siblings share one tensor.
     pub(crate) prompts: HashMap<SeqId, Arc<Tensor>>,
     pub(crate) metrics: Option<Metrics>,
-}
-
-fn source_label(s: GranularitySource) -> GranularitySourceLabel {
-    match s {
-        GranularitySource::Router => GranularitySourceLabel::Router,
-        GranularitySource::Detail => GranularitySourceLabel::Detail,
-        GranularitySource::Request => GranularitySourceLabel::Request,
-        GranularitySource::Default => GranularitySourceLabel::Default,
-    }
 }
 
 fn internal(e: impl std::fmt::Display) -> EngineError {
@@ -94,7 +87,10 @@ impl LlavaRunner {
         let started = std::time::Instant::now();
         let images: Vec<_> = items.iter().flat_map(|i| i.images.iter()).collect();
         let total_crops: usize = pending.iter().map(|&p| images[p].n_crops).sum();
-        let pixels = self.model.pixels_tensor(total_crops, &flat).map_err(internal)?;
+        let pixels = self
+            .model
+            .pixels_tensor(total_crops, &flat)
+            .map_err(internal)?;
         let features = self.model.encode_crops(&pixels).map_err(internal)?;
         if let Some(m) = &self.metrics {
             m.observe_vision_encoder_duration(started.elapsed().as_secs_f64());
@@ -110,7 +106,10 @@ impl LlavaRunner {
         Ok(())
     }
 
-    fn prepare_all(&mut self, items: &[PrepareItem]) -> Result<Vec<Result<PreparedPrompt, EngineError>>, EngineError> {
+    fn prepare_all(
+        &mut self,
+        items: &[PrepareItem],
+    ) -> Result<Vec<Result<PreparedPrompt, EngineError>>, EngineError> {
         let has_router = self.model.has_router();
         let mut plans = Vec::new();
         let mut item_errors: Vec<Option<EngineError>> = vec![None; items.len()];
@@ -128,8 +127,14 @@ impl LlavaRunner {
                 }
             };
             for img in &item.images {
-                let decision = self.policy.resolve(Self::to_policy_detail(img.detail), request, has_router);
-                plans.push(Planned { item: ii, features: None, decision });
+                let decision =
+                    self.policy
+                        .resolve(Self::to_policy_detail(img.detail), request, has_router);
+                plans.push(Planned {
+                    item: ii,
+                    features: None,
+                    decision,
+                });
             }
         }
         self.encode(items, &mut plans)?;
@@ -151,7 +156,10 @@ impl LlavaRunner {
                     }
                 };
                 let features = plan.features.clone().expect("encoded above");
-                router_inputs.push(RouterInput { features, text_embeds: text });
+                router_inputs.push(RouterInput {
+                    features,
+                    text_embeds: text,
+                });
                 router_slots.push(k);
             }
         }
@@ -184,33 +192,47 @@ impl LlavaRunner {
             let mut full = 0;
             for (j, (plan, img)) in my_plans.iter().zip(&item.images).enumerate() {
                 let (g, source) = match plan.decision {
-                    Resolved::Fixed { granularity, source } => (granularity, Self::to_source(source)),
+                    Resolved::Fixed {
+                        granularity,
+                        source,
+                    } => (granularity, Self::to_source(source)),
                     Resolved::Router => (chosen[&(first + j)], GranularitySource::Router),
                 };
                 let feats = plan.features.as_ref().expect("encoded above");
-                tokens.push(self.model.image_tokens(feats, g, img.width, img.height).map_err(internal)?);
-                full += self.model.visual_tokens(img.width, img.height, finest).map_err(internal)?;
-                usage.push(ImageUsage { granularity: g, source });
+                tokens.push(
+                    self.model
+                        .image_tokens(feats, g, img.width, img.height)
+                        .map_err(internal)?,
+                );
+                full += self
+                    .model
+                    .visual_tokens(img.width, img.height, finest)
+                    .map_err(internal)?;
+                usage.push(ImageUsage {
+                    granularity: g,
+                    source,
+                });
             }
-            let embeds = match self.model.prompt_embeddings(&item.prompt_ids, self.image_token, &tokens) {
-                Ok(e) => Arc::new(e),
-                Err(e) => {
-                    results.push(Err(EngineError::invalid(e.to_string(), Some("messages"))));
-                    continue;
-                }
-            };
+            let embeds =
+                match self
+                    .model
+                    .prompt_embeddings(&item.prompt_ids, self.image_token, &tokens)
+                {
+                    Ok(e) => Arc::new(e),
+                    Err(e) => {
+                        results.push(Err(EngineError::invalid(e.to_string(), Some("messages"))));
+                        continue;
+                    }
+                };
             let prompt_len = embeds.dim(0).map_err(internal)?;
             for s in &item.seqs {
                 self.prompts.insert(*s, embeds.clone());
             }
-            if let Some(m) = &self.metrics {
-                let selected = prompt_len - (item.prompt_ids.len() - n);
-                m.record_visual_tokens(selected as u64, full as u64);
-                for u in &usage {
-                    m.record_granularity(u.granularity, source_label(u.source));
-                }
-            }
-            results.push(Ok(PreparedPrompt { prompt_len, images: usage, visual_tokens_full: full }));
+            results.push(Ok(PreparedPrompt {
+                prompt_len,
+                images: usage,
+                visual_tokens_full: full,
+            }));
         }
         if let Some(m) = &self.metrics {
             let (h, mi) = self.encoder_cache.take_counts();
@@ -237,12 +259,15 @@ impl ModelRunner for LlavaRunner {
                 continue;
             }
             if e.start < e.prompt_len {
-                let prompt = self
-                    .prompts
-                    .get(&e.seq)
-                    .ok_or_else(|| EngineError::Internal(format!("no prompt stored for sequence {:?}", e.seq)))?;
+                let prompt = self.prompts.get(&e.seq).ok_or_else(|| {
+                    EngineError::Internal(format!("no prompt stored for sequence {:?}", e.seq))
+                })?;
                 let stop = e.end.min(e.prompt_len);
-                parts.push(prompt.narrow(0, e.start, stop - e.start).map_err(internal)?);
+                parts.push(
+                    prompt
+                        .narrow(0, e.start, stop - e.start)
+                        .map_err(internal)?,
+                );
             }
             if !e.tokens.is_empty() {
                 parts.push(self.model.lm().embed(&e.tokens).map_err(internal)?);
@@ -257,9 +282,25 @@ impl ModelRunner for LlavaRunner {
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let flat = Tensor::cat(&parts, 0).map_err(internal)?;
-        let logits = self.model.forward(&flat, &chunks, &self.cache).map_err(internal)?;
-        logits.to_vec2::<f32>().map_err(internal)
+        let logits = self
+            .model
+            .forward(&flat, &chunks, &self.cache)
+            .map_err(internal)?;
+        let rows = logits.to_vec2::<f32>().map_err(internal)?;
+        if let Some(m) = &self.metrics {
+            let prefill = batch.entries.iter().any(|e| e.start < e.prompt_len);
+            let decode = batch.entries.iter().any(|e| e.start >= e.prompt_len);
+            let phase = match (prefill, decode) {
+                (true, true) => StepPhase::Mixed,
+                (true, false) => StepPhase::Prefill,
+                _ => StepPhase::Decode,
+            };
+            m.observe_step_duration(phase, started.elapsed().as_secs_f64());
+            m.observe_batch_size(chunks.len());
+        }
+        Ok(rows)
     }
 
     fn release(&mut self, seq: SeqId) {

@@ -208,7 +208,7 @@ impl Metrics {
             request_queue_time: histogram(
                 r,
                 "request_queue_time_seconds",
-                "Time between request arrival and its first scheduled step.",
+                "Time from request arrival until the scheduler admitted it and prepared its prompt (preprocessing, queueing, vision tower and router).",
                 REQUEST_LATENCY_BUCKETS,
             )?,
             request_prompt_tokens: histogram(

@@ -142,19 +142,32 @@ impl LlavaConfig {
     /// Read `config.json` (and `preprocessor_config.json` when present) from a checkpoint directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ModelError::Io { path: path.clone(), message: e.to_string() })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Config { path: path.clone(), message: e.to_string() })?;
-        let mut config = Self::from_json(&value)
-            .map_err(|message| ModelError::Config { path: path.clone(), message })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut config = Self::from_json(&value).map_err(|message| ModelError::Config {
+            path: path.clone(),
+            message,
+        })?;
         // transformers < 5 writes `preprocessor_config.json`; 5.x nests the image processor's
         // settings under `image_processor` in `processor_config.json`.
-        for (file, key) in [("preprocessor_config.json", None), ("processor_config.json", Some("image_processor"))] {
+        for (file, key) in [
+            ("preprocessor_config.json", None),
+            ("processor_config.json", Some("image_processor")),
+        ] {
             let pre = dir.join(file);
-            let Ok(text) = std::fs::read_to_string(&pre) else { continue };
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::Config { path: pre.clone(), message: e.to_string() })?;
+            let Ok(text) = std::fs::read_to_string(&pre) else {
+                continue;
+            };
+            let value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: pre.clone(),
+                message: e.to_string(),
+            })?;
             let section = match key {
                 Some(k) => match value.get(k) {
                     Some(v) => v,
@@ -210,7 +223,9 @@ impl LlavaConfig {
                     "vision_feature_layer as a list ({} layers) is not supported",
                     a.len()
                 )),
-                other => other.as_i64().ok_or_else(|| "vision_feature_layer must be an integer".to_string()),
+                other => other
+                    .as_i64()
+                    .ok_or_else(|| "vision_feature_layer must be an integer".to_string()),
             })
             .transpose()?
             .unwrap_or(-2);
@@ -222,7 +237,9 @@ impl LlavaConfig {
         };
         let act = str_or(v, "projector_hidden_act", "gelu");
         if act != "gelu" {
-            return Err(format!("projector_hidden_act `{act}` is not supported (only gelu)"));
+            return Err(format!(
+                "projector_hidden_act `{act}` is not supported (only gelu)"
+            ));
         }
         let image_token_id = opt_u32(v, "image_token_index")
             .or_else(|| opt_u32(v, "image_token_id"))
@@ -268,15 +285,21 @@ impl LlavaConfig {
         }
         let proj = str_or(v, "mm_projector_type", "mlp2x_gelu");
         if proj != "mlp2x_gelu" {
-            return Err(format!("mm_projector_type `{proj}` is not supported (only mlp2x_gelu)"));
+            return Err(format!(
+                "mm_projector_type `{proj}` is not supported (only mlp2x_gelu)"
+            ));
         }
         let merge = str_or(v, "mm_patch_merge_type", "spatial_unpad");
         if merge != "spatial_unpad" {
-            return Err(format!("mm_patch_merge_type `{merge}` is not supported (only spatial_unpad)"));
+            return Err(format!(
+                "mm_patch_merge_type `{merge}` is not supported (only spatial_unpad)"
+            ));
         }
         let aspect = str_or(v, "image_aspect_ratio", "anyres");
         if aspect != "anyres" {
-            return Err(format!("image_aspect_ratio `{aspect}` is not supported (only anyres)"));
+            return Err(format!(
+                "image_aspect_ratio `{aspect}` is not supported (only anyres)"
+            ));
         }
         let select = str_or(v, "mm_vision_select_feature", "patch");
         let drop_cls = match select.as_str() {
@@ -284,10 +307,20 @@ impl LlavaConfig {
             "cls_patch" => false,
             other => return Err(format!("unknown mm_vision_select_feature `{other}`")),
         };
-        let layer = v.get("mm_vision_select_layer").and_then(Value::as_i64).unwrap_or(-2);
-        let router = if v.get("router_select").and_then(Value::as_bool).unwrap_or(false) {
+        let layer = v
+            .get("mm_vision_select_layer")
+            .and_then(Value::as_i64)
+            .unwrap_or(-2);
+        let router = if v
+            .get("router_select")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
             Some(RouterConfig {
-                text_queries: v.get("filtered_text_num").and_then(Value::as_u64).unwrap_or(32) as usize,
+                text_queries: v
+                    .get("filtered_text_num")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(32) as usize,
                 merger_heads: 8,
             })
         } else {
@@ -300,7 +333,10 @@ impl LlavaConfig {
             feature_select: FeatureSelect { layer, drop_cls },
             // The original code reads each pinpoint as [width, height]; store (height, width) like HF,
             // keeping the order, which decides ties in best-resolution selection.
-            grid_pinpoints: pinpoints(v.get("image_grid_pinpoints"))?.into_iter().map(|(a, b)| (b, a)).collect(),
+            grid_pinpoints: pinpoints(v.get("image_grid_pinpoints"))?
+                .into_iter()
+                .map(|(a, b)| (b, a))
+                .collect(),
             image_token_id: None,
             granularities: granularities(v)?,
             router,
@@ -318,7 +354,10 @@ impl LlavaConfig {
                 Some(Value::Array(a)) if a.len() == 3 => {
                     let mut out = [0f32; 3];
                     for (o, x) in out.iter_mut().zip(a) {
-                        *o = x.as_f64().ok_or_else(|| format!("{key} must hold numbers"))? as f32;
+                        *o = x
+                            .as_f64()
+                            .ok_or_else(|| format!("{key} must hold numbers"))?
+                            as f32;
                     }
                     Ok(Some(out))
                 }
@@ -365,7 +404,10 @@ fn arch_is(v: &Value, name: &str) -> bool {
 }
 
 fn str_or(v: &Value, key: &str, default: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or(default).to_string()
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or(default)
+        .to_string()
 }
 
 fn opt_u32(v: &Value, key: &str) -> Option<u32> {
@@ -385,13 +427,19 @@ fn usize_or(v: &Value, key: &str, default: usize) -> std::result::Result<usize, 
 fn f64_or(v: &Value, key: &str, default: f64) -> std::result::Result<f64, String> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_f64().ok_or_else(|| format!("`{key}` must be a number")),
+        Some(x) => x
+            .as_f64()
+            .ok_or_else(|| format!("`{key}` must be a number")),
     }
 }
 
 fn eos_ids(v: &Value) -> Vec<u32> {
     match v.get("eos_token_id") {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         None => Vec::new(),
     }
@@ -434,7 +482,9 @@ fn text_config(v: &Value) -> std::result::Result<TextConfig, String> {
     let model_type = str_or(v, "model_type", "llama");
     let act = str_or(v, "hidden_act", "silu");
     if act != "silu" {
-        return Err(format!("text hidden_act `{act}` is not supported (only silu)"));
+        return Err(format!(
+            "text hidden_act `{act}` is not supported (only silu)"
+        ));
     }
     Ok(TextConfig {
         hidden_size,
@@ -447,7 +497,10 @@ fn text_config(v: &Value) -> std::result::Result<TextConfig, String> {
         rope_theta,
         max_position_embeddings: usize_or(v, "max_position_embeddings", 2048)?,
         vocab_size: usize_or(v, "vocab_size", 32000)?,
-        tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        tie_word_embeddings: v
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         attention_bias: v
             .get("attention_bias")
             .and_then(Value::as_bool)
@@ -475,7 +528,10 @@ fn vision_config(v: &Value, d: VisionConfig) -> std::result::Result<VisionConfig
         hidden_act: act,
     };
     if c.patch_size == 0 || c.image_size % c.patch_size != 0 {
-        return Err(format!("image_size {} is not a multiple of patch_size {}", c.image_size, c.patch_size));
+        return Err(format!(
+            "image_size {} is not a multiple of patch_size {}",
+            c.image_size, c.patch_size
+        ));
     }
     if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
         return Err("vision hidden_size is not divisible by num_attention_heads".into());
@@ -495,10 +551,15 @@ fn pinpoints(v: Option<&Value>) -> std::result::Result<Vec<(u32, u32)>, String> 
         }
         Some(other) => other,
     };
-    let arr = list.as_array().ok_or("image_grid_pinpoints must be a list of [h, w] pairs")?;
+    let arr = list
+        .as_array()
+        .ok_or("image_grid_pinpoints must be a list of [h, w] pairs")?;
     let mut out = Vec::with_capacity(arr.len());
     for p in arr {
-        let pair = p.as_array().filter(|a| a.len() == 2).ok_or("each pinpoint must be [h, w]")?;
+        let pair = p
+            .as_array()
+            .filter(|a| a.len() == 2)
+            .ok_or("each pinpoint must be [h, w]")?;
         let h = pair[0].as_u64().ok_or("pinpoints must be integers")? as u32;
         let w = pair[1].as_u64().ok_or("pinpoints must be integers")? as u32;
         if h == 0 || w == 0 {
@@ -516,13 +577,19 @@ fn granularities(v: &Value) -> std::result::Result<Vec<u32>, String> {
     match v.get("vis_token_granularity") {
         None | Some(Value::Null) => Ok(DEFAULT_GRANULARITIES.to_vec()),
         Some(Value::Array(a)) => {
-            let g: Vec<u32> = a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect();
+            let g: Vec<u32> = a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect();
             if g.len() != a.len() || g.is_empty() {
                 return Err("vis_token_granularity must be a list of integers".into());
             }
             for x in &g {
                 if !DEFAULT_GRANULARITIES.contains(x) {
-                    return Err(format!("granularity {x} is not one of {DEFAULT_GRANULARITIES:?}"));
+                    return Err(format!(
+                        "granularity {x} is not one of {DEFAULT_GRANULARITIES:?}"
+                    ));
                 }
             }
             Ok(g)
@@ -566,8 +633,12 @@ mod tests {
     fn bad_values_are_reported() {
         let v = serde_json::json!({"hidden_size": 64, "num_attention_heads": 5,
             "mm_vision_tower": "openai/clip-vit-large-patch14-336"});
-        assert!(LlavaConfig::from_json(&v).unwrap_err().contains("divisible"));
+        assert!(LlavaConfig::from_json(&v)
+            .unwrap_err()
+            .contains("divisible"));
         let v = serde_json::json!({"mm_vision_tower": "mystery"});
-        assert!(LlavaConfig::from_json(&v).unwrap_err().contains("vision_config"));
+        assert!(LlavaConfig::from_json(&v)
+            .unwrap_err()
+            .contains("vision_config"));
     }
 }

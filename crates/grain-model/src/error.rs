@@ -12,11 +12,20 @@ pub enum ModelError {
     #[error("tensor `{name}` is missing (looked in {files})")]
     MissingTensor { name: String, files: String },
     #[error("tensor `{name}` in {file} has shape {actual:?}, expected {expected:?}")]
-    TensorShape { name: String, file: PathBuf, expected: Vec<usize>, actual: Vec<usize> },
+    TensorShape {
+        name: String,
+        file: PathBuf,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("cannot read safetensors file {file}: {message}")]
     Safetensors { file: PathBuf, message: String },
     #[error("tensor `{name}` in {file}: {message}")]
-    TensorData { name: String, file: PathBuf, message: String },
+    TensorData {
+        name: String,
+        file: PathBuf,
+        message: String,
+    },
     #[error("invalid image: {0}")]
     Image(String),
     #[error("invalid input: {0}")]

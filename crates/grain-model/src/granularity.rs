@@ -24,8 +24,11 @@ pub fn pool_window(g: u32, side: usize) -> Result<(usize, usize)> {
         let k = (l as f64 / g as f64).sqrt().round() as usize;
         (k, k)
     };
-    if win.0 == 0 || side % win.0 != 0 || side % win.1 != 0 || (side / win.0) * (side / win.1) != g {
-        return Err(ModelError::Input(format!("granularity {g} does not tile a {side}x{side} map")));
+    if win.0 == 0 || side % win.0 != 0 || side % win.1 != 0 || (side / win.0) * (side / win.1) != g
+    {
+        return Err(ModelError::Input(format!(
+            "granularity {g} does not tile a {side}x{side} map"
+        )));
     }
     Ok(win)
 }
@@ -48,7 +51,9 @@ pub fn pool(features: &Tensor, g: u32) -> Result<Tensor> {
     let (n, l, d) = features.dims3()?;
     let side = (l as f64).sqrt() as usize;
     if side * side != l {
-        return Err(ModelError::Input(format!("{l} tokens per crop is not a square map")));
+        return Err(ModelError::Input(format!(
+            "{l} tokens per crop is not a square map"
+        )));
     }
     let (kh, kw) = pool_window(g, side)?;
     if (kh, kw) == (1, 1) {
@@ -146,7 +151,10 @@ pub fn merge(
 /// Concatenate one image's crops pooled at every granularity of `grans` along the token axis:
 /// `(n, Σg, D)`, the router's visual input.
 pub fn pool_all(features: &Tensor, grans: &[u32]) -> Result<Tensor> {
-    let pooled = grans.iter().map(|&g| pool(features, g)).collect::<Result<Vec<_>>>()?;
+    let pooled = grans
+        .iter()
+        .map(|&g| pool(features, g))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&pooled, D::Minus2)?)
 }
 
@@ -187,8 +195,10 @@ mod tests {
             ((1008, 336), [150, 186, 588, 732, 2328]),
         ];
         for ((w, h), want) in cases {
-            let got: Vec<usize> =
-                [36, 72, 144, 288, 576].iter().map(|&g| visual_tokens(w, h, g, &c).unwrap()).collect();
+            let got: Vec<usize> = [36, 72, 144, 288, 576]
+                .iter()
+                .map(|&g| visual_tokens(w, h, g, &c).unwrap())
+                .collect();
             assert_eq!(got, want, "{w}x{h}");
         }
     }

@@ -15,9 +15,17 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(c: &TextConfig, num_blocks: usize, block_size: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        c: &TextConfig,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if block_size == 0 || num_blocks == 0 {
-            return Err(ModelError::Input("KV cache needs at least one block of at least one slot".into()));
+            return Err(ModelError::Input(
+                "KV cache needs at least one block of at least one slot".into(),
+            ));
         }
         let shape = (num_blocks * block_size, c.num_key_value_heads, c.head_dim);
         let mut k = Vec::with_capacity(c.num_hidden_layers);
@@ -26,12 +34,21 @@ impl KvCache {
             k.push(Tensor::zeros(shape, dtype, device)?);
             v.push(Tensor::zeros(shape, dtype, device)?);
         }
-        Ok(Self { block_size, num_blocks, k, v })
+        Ok(Self {
+            block_size,
+            num_blocks,
+            k,
+            v,
+        })
     }
 
     /// Bytes one block takes across all layers (keys and values).
     pub fn bytes_per_block(c: &TextConfig, block_size: usize, dtype: DType) -> usize {
-        2 * c.num_hidden_layers * block_size * c.num_key_value_heads * c.head_dim * dtype.size_in_bytes()
+        2 * c.num_hidden_layers
+            * block_size
+            * c.num_key_value_heads
+            * c.head_dim
+            * dtype.size_in_bytes()
     }
 
     pub fn block_size(&self) -> usize {
@@ -45,16 +62,29 @@ impl KvCache {
     /// Cache slot of position `pos` for a sequence with `table`.
     pub fn slot(&self, table: &[u32], pos: usize) -> Result<usize> {
         let b = *table.get(pos / self.block_size).ok_or_else(|| {
-            ModelError::Input(format!("block table of {} blocks does not cover position {pos}", table.len()))
+            ModelError::Input(format!(
+                "block table of {} blocks does not cover position {pos}",
+                table.len()
+            ))
         })? as usize;
         if b >= self.num_blocks {
-            return Err(ModelError::Input(format!("block {b} is outside the cache ({} blocks)", self.num_blocks)));
+            return Err(ModelError::Input(format!(
+                "block {b} is outside the cache ({} blocks)",
+                self.num_blocks
+            )));
         }
         Ok(b * self.block_size + pos % self.block_size)
     }
 
     /// Store keys/values `(len, kv_heads, head_dim)` for positions `start..start + len`.
-    pub(crate) fn write(&self, layer: usize, table: &[u32], start: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+    pub(crate) fn write(
+        &self,
+        layer: usize,
+        table: &[u32],
+        start: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<()> {
         let len = k.dim(0)?;
         let mut i = 0;
         while i < len {
@@ -69,9 +99,19 @@ impl KvCache {
     }
 
     /// Keys and values for positions `0..len`, gathered through the block table.
-    pub(crate) fn gather(&self, layer: usize, table: &[u32], len: usize) -> Result<(Tensor, Tensor)> {
-        let slots = (0..len).map(|p| self.slot(table, p).map(|s| s as u32)).collect::<Result<Vec<_>>>()?;
+    pub(crate) fn gather(
+        &self,
+        layer: usize,
+        table: &[u32],
+        len: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let slots = (0..len)
+            .map(|p| self.slot(table, p).map(|s| s as u32))
+            .collect::<Result<Vec<_>>>()?;
         let idx = Tensor::from_vec(slots, len, self.k[layer].device())?;
-        Ok((self.k[layer].index_select(&idx, 0)?, self.v[layer].index_select(&idx, 0)?))
+        Ok((
+            self.k[layer].index_select(&idx, 0)?,
+            self.v[layer].index_select(&idx, 0)?,
+        ))
     }
 }

@@ -58,7 +58,10 @@ pub struct Llama {
 }
 
 fn rms(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm { weight: w.get(name, &[dim])?, eps: eps as f32 })
+    Ok(RmsNorm {
+        weight: w.get(name, &[dim])?,
+        eps: eps as f32,
+    })
 }
 
 impl Llama {
@@ -71,14 +74,49 @@ impl Llama {
             let p = format!("lm.layers.{i}");
             layers.push(Layer {
                 q: linear(w, &format!("{p}.self_attn.q_proj"), qd, h, c.attention_bias)?,
-                k: linear(w, &format!("{p}.self_attn.k_proj"), kvd, h, c.attention_bias)?,
-                v: linear(w, &format!("{p}.self_attn.v_proj"), kvd, h, c.attention_bias)?,
+                k: linear(
+                    w,
+                    &format!("{p}.self_attn.k_proj"),
+                    kvd,
+                    h,
+                    c.attention_bias,
+                )?,
+                v: linear(
+                    w,
+                    &format!("{p}.self_attn.v_proj"),
+                    kvd,
+                    h,
+                    c.attention_bias,
+                )?,
                 o: linear(w, &format!("{p}.self_attn.o_proj"), h, qd, false)?,
-                gate: linear(w, &format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
-                up: linear(w, &format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
-                down: linear(w, &format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                gate: linear(
+                    w,
+                    &format!("{p}.mlp.gate_proj"),
+                    c.intermediate_size,
+                    h,
+                    false,
+                )?,
+                up: linear(
+                    w,
+                    &format!("{p}.mlp.up_proj"),
+                    c.intermediate_size,
+                    h,
+                    false,
+                )?,
+                down: linear(
+                    w,
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    c.intermediate_size,
+                    false,
+                )?,
                 ln1: rms(w, &format!("{p}.input_layernorm.weight"), h, c.rms_norm_eps)?,
-                ln2: rms(w, &format!("{p}.post_attention_layernorm.weight"), h, c.rms_norm_eps)?,
+                ln2: rms(
+                    w,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                    c.rms_norm_eps,
+                )?,
             });
         }
         let embed = w.get("lm.embed_tokens.weight", &[c.vocab_size, h])?;
@@ -111,7 +149,9 @@ impl Llama {
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         let vocab = self.config.vocab_size as u32;
         if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         let idx = Tensor::from_slice(ids, ids.len(), self.embed.device())?;
         Ok(self.embed.index_select(&idx, 0)?)
@@ -119,7 +159,12 @@ impl Llama {
 
     /// Run the decoder over a flat batch. `embeds` is `(Σ len, hidden)`; returns the logits
     /// `(n_wanted, vocab)` in f32 for the chunks with `want_logits`, in order.
-    pub fn forward(&self, embeds: &Tensor, chunks: &[SeqChunk<'_>], cache: &KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let total: usize = chunks.iter().map(|s| s.len).sum();
         let (t, h) = embeds.dims2()?;
@@ -138,8 +183,10 @@ impl Llama {
                 )));
             }
         }
-        let positions: Vec<u32> =
-            chunks.iter().flat_map(|s| (s.start..s.start + s.len).map(|p| p as u32)).collect();
+        let positions: Vec<u32> = chunks
+            .iter()
+            .flat_map(|s| (s.start..s.start + s.len).map(|p| p as u32))
+            .collect();
         let pos = Tensor::from_vec(positions, t, embeds.device())?;
         let cos = self.cos.index_select(&pos, 0)?;
         let sin = self.sin.index_select(&pos, 0)?;
@@ -149,7 +196,9 @@ impl Llama {
             let attn = self.attention(li, layer, &y, &cos, &sin, chunks, cache)?;
             x = (x + layer.o.forward(&attn)?)?;
             let y = layer.ln2.forward(&x)?;
-            let mlp = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&y)?)? * layer.up.forward(&y)?)?)?;
+            let mlp = layer.down.forward(
+                &(candle_nn::ops::silu(&layer.gate.forward(&y)?)? * layer.up.forward(&y)?)?,
+            )?;
             x = (x + mlp)?;
         }
         let mut rows = Vec::new();
@@ -161,7 +210,11 @@ impl Llama {
             }
         }
         if rows.is_empty() {
-            return Ok(Tensor::zeros((0, c.vocab_size), DType::F32, embeds.device())?);
+            return Ok(Tensor::zeros(
+                (0, c.vocab_size),
+                DType::F32,
+                embeds.device(),
+            )?);
         }
         let n = rows.len();
         let idx = Tensor::from_vec(rows, n, embeds.device())?;
@@ -186,8 +239,10 @@ impl Llama {
         let q = layer.q.forward(y)?.reshape((1, t, nh, hd))?;
         let k = layer.k.forward(y)?.reshape((1, t, nkv, hd))?;
         let v = layer.v.forward(y)?.reshape((t, nkv, hd))?;
-        let q = candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?.reshape((t, nh, hd))?;
-        let k = candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?.reshape((t, nkv, hd))?;
+        let q =
+            candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?.reshape((t, nh, hd))?;
+        let k =
+            candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?.reshape((t, nkv, hd))?;
         let group = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut outs = Vec::with_capacity(chunks.len());
@@ -200,7 +255,11 @@ impl Llama {
             let vs = v.narrow(0, offset, s.len)?;
             cache.write(li, s.block_table, s.start, &ks, &vs)?;
             let ctx = s.start + s.len;
-            let (kc, vc) = if s.start == 0 { (ks, vs) } else { cache.gather(li, s.block_table, ctx)? };
+            let (kc, vc) = if s.start == 0 {
+                (ks, vs)
+            } else {
+                cache.gather(li, s.block_table, ctx)?
+            };
             // Queries grouped by their KV head: (nkv, group·len, hd) against (nkv, ctx, hd).
             let qs = q
                 .narrow(0, offset, s.len)?
@@ -212,11 +271,10 @@ impl Llama {
             let mut scores = (qs.contiguous()?.matmul(&kc)? * scale)?.to_dtype(DType::F32)?;
             if s.len > 1 {
                 let mask = causal_mask(s.start, s.len, y.device())?;
-                scores = scores.reshape((nkv, group, s.len, ctx))?.broadcast_add(&mask)?.reshape((
-                    nkv,
-                    group * s.len,
-                    ctx,
-                ))?;
+                scores = scores
+                    .reshape((nkv, group, s.len, ctx))?
+                    .broadcast_add(&mask)?
+                    .reshape((nkv, group * s.len, ctx))?;
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vc.dtype())?;
             let o = probs
@@ -235,7 +293,15 @@ impl Llama {
 fn causal_mask(start: usize, len: usize, device: &Device) -> Result<Tensor> {
     let ctx = start + len;
     let mask: Vec<f32> = (0..len)
-        .flat_map(|i| (0..ctx).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..ctx).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (len, ctx), device)?)
 }
@@ -244,8 +310,9 @@ fn causal_mask(start: usize, len: usize, device: &Device) -> Result<Tensor> {
 fn rope_tables(c: &TextConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = c.head_dim / 2;
     let theta = c.rope_theta as f32;
-    let inv: Vec<f32> =
-        (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / c.head_dim as f32)).collect();
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / c.head_dim as f32))
+        .collect();
     let n = c.max_position_embeddings;
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
@@ -256,7 +323,10 @@ fn rope_tables(c: &TextConfig, device: &Device) -> Result<(Tensor, Tensor)> {
             sin.push(a.sin());
         }
     }
-    Ok((Tensor::from_vec(cos, (n, half), device)?, Tensor::from_vec(sin, (n, half), device)?))
+    Ok((
+        Tensor::from_vec(cos, (n, half), device)?,
+        Tensor::from_vec(sin, (n, half), device)?,
+    ))
 }
 
 /// Final hidden helper for tests: the index of the max of each row.

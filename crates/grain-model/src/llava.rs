@@ -41,7 +41,15 @@ impl LlavaModel {
             Some(rc) => Some(Router::load(w, &config, rc)?),
             None => None,
         };
-        Ok(Self { vision, projector, newline, lm, router, device: w.device().clone(), config })
+        Ok(Self {
+            vision,
+            projector,
+            newline,
+            lm,
+            router,
+            device: w.device().clone(),
+            config,
+        })
     }
 
     pub fn config(&self) -> &LlavaConfig {
@@ -79,7 +87,11 @@ impl LlavaModel {
     pub fn pixels_tensor(&self, n: usize, data: &[f32]) -> Result<Tensor> {
         let s = self.config.vision.image_size;
         if data.len() != n * 3 * s * s {
-            return Err(ModelError::Input(format!("expected {} pixel values, got {}", n * 3 * s * s, data.len())));
+            return Err(ModelError::Input(format!(
+                "expected {} pixel values, got {}",
+                n * 3 * s * s,
+                data.len()
+            )));
         }
         Ok(Tensor::from_slice(data, (n, 3, s, s), &self.device)?)
     }
@@ -94,12 +106,21 @@ impl LlavaModel {
 
     /// The router's assembled input for one image (for dumps and parity checks).
     pub fn router_input(&self, input: &RouterInput) -> Result<Option<Tensor>> {
-        self.router.as_ref().map(|r| r.build_input(input)).transpose()
+        self.router
+            .as_ref()
+            .map(|r| r.build_input(input))
+            .transpose()
     }
 
     /// Pool projected crop features to granularity `g` and merge them into the image's token
     /// sequence `(visual_tokens, hidden)`.
-    pub fn image_tokens(&self, features: &Tensor, g: u32, img_w: u32, img_h: u32) -> Result<Tensor> {
+    pub fn image_tokens(
+        &self,
+        features: &Tensor,
+        g: u32,
+        img_w: u32,
+        img_h: u32,
+    ) -> Result<Tensor> {
         let pooled = granularity::pool(features, g)?;
         granularity::merge(&pooled, img_w, img_h, &self.newline, &self.config)
     }
@@ -110,7 +131,12 @@ impl LlavaModel {
     }
 
     /// Prompt embeddings: text embeddings with each `image_token` replaced by that image's tokens.
-    pub fn prompt_embeddings(&self, ids: &[u32], image_token: u32, images: &[Tensor]) -> Result<Tensor> {
+    pub fn prompt_embeddings(
+        &self,
+        ids: &[u32],
+        image_token: u32,
+        images: &[Tensor],
+    ) -> Result<Tensor> {
         let n_placeholders = ids.iter().filter(|&&i| i == image_token).count();
         if n_placeholders != images.len() {
             return Err(ModelError::Input(format!(
@@ -127,7 +153,12 @@ impl LlavaModel {
                     parts.push(self.lm.embed(&run)?);
                     run.clear();
                 }
-                parts.push(images.next().expect("counted above").to_dtype(self.dtype())?);
+                parts.push(
+                    images
+                        .next()
+                        .expect("counted above")
+                        .to_dtype(self.dtype())?,
+                );
             } else {
                 run.push(id);
             }
@@ -142,17 +173,32 @@ impl LlavaModel {
     pub fn text_embeddings(&self, ids: &[u32], image_token: u32) -> Result<Tensor> {
         let text: Vec<u32> = ids.iter().copied().filter(|&i| i != image_token).collect();
         if text.is_empty() {
-            return Ok(Tensor::zeros((0, self.config.text.hidden_size), self.dtype(), &self.device)?);
+            return Ok(Tensor::zeros(
+                (0, self.config.text.hidden_size),
+                self.dtype(),
+                &self.device,
+            )?);
         }
         self.lm.embed(&text)
     }
 
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
-        KvCache::new(&self.config.text, num_blocks, block_size, self.dtype(), &self.device)
+        KvCache::new(
+            &self.config.text,
+            num_blocks,
+            block_size,
+            self.dtype(),
+            &self.device,
+        )
     }
 
     /// One decoder step over a flat batch (see [`Llama::forward`]).
-    pub fn forward(&self, embeds: &Tensor, chunks: &[SeqChunk<'_>], cache: &KvCache) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+    ) -> Result<Tensor> {
         self.lm.forward(embeds, chunks, cache)
     }
 }
@@ -160,5 +206,8 @@ impl LlavaModel {
 /// AnyRes crops of an image, normalised with the config's mean/std.
 pub fn preprocess_image(img: &Rgb8, config: &LlavaConfig) -> Result<(usize, Vec<f32>)> {
     let crops = anyres::crops(img, config)?;
-    Ok((crops.len(), anyres::normalize(&crops, config.image_mean, config.image_std)))
+    Ok((
+        crops.len(),
+        anyres::normalize(&crops, config.image_mean, config.image_std),
+    ))
 }

@@ -48,7 +48,10 @@ impl GranularitySource {
 pub enum Resolved {
     /// Run the router; apply [`Policy::after_router`] to its choice.
     Router,
-    Fixed { granularity: u32, source: GranularitySource },
+    Fixed {
+        granularity: u32,
+        source: GranularitySource,
+    },
 }
 
 /// Server-side policy.
@@ -67,7 +70,12 @@ pub struct Policy {
 impl Policy {
     pub fn new(candidates: Vec<u32>) -> Self {
         let finest = candidates.iter().copied().max().unwrap_or(576);
-        Self { candidates, default: GranularityChoice::Auto, no_router_fallback: finest, cap: None }
+        Self {
+            candidates,
+            default: GranularityChoice::Auto,
+            no_router_fallback: finest,
+            cap: None,
+        }
     }
 
     pub fn coarsest(&self) -> u32 {
@@ -84,8 +92,16 @@ impl Policy {
     }
 
     /// Decide for one image. `request` is the request-level extension field.
-    pub fn resolve(&self, detail: Detail, request: GranularityChoice, has_router: bool) -> Resolved {
-        let fixed = |g: u32, source| Resolved::Fixed { granularity: self.capped(g), source };
+    pub fn resolve(
+        &self,
+        detail: Detail,
+        request: GranularityChoice,
+        has_router: bool,
+    ) -> Resolved {
+        let fixed = |g: u32, source| Resolved::Fixed {
+            granularity: self.capped(g),
+            source,
+        };
         // An explicit request-level granularity is the caller's deliberate choice for every image;
         // `detail` is OpenAI's coarser per-image hint and applies when the request says `auto`.
         match request {
@@ -112,9 +128,13 @@ impl Policy {
     /// Apply the cap: the largest candidate not above it (or the coarsest when none is).
     pub fn capped(&self, g: u32) -> u32 {
         match self.cap {
-            Some(cap) if g > cap => {
-                self.candidates.iter().copied().filter(|&c| c <= cap).max().unwrap_or_else(|| self.coarsest())
-            }
+            Some(cap) if g > cap => self
+                .candidates
+                .iter()
+                .copied()
+                .filter(|&c| c <= cap)
+                .max()
+                .unwrap_or_else(|| self.coarsest()),
             _ => g,
         }
     }
@@ -132,26 +152,65 @@ mod tests {
     #[test]
     fn detail_maps_to_extremes() {
         let p = policy();
-        assert_eq!(p.resolve(Detail::Low, GranularityChoice::Auto, true), Resolved::Fixed { granularity: 36, source: S::Detail });
+        assert_eq!(
+            p.resolve(Detail::Low, GranularityChoice::Auto, true),
+            Resolved::Fixed {
+                granularity: 36,
+                source: S::Detail
+            }
+        );
         // An explicit request-level granularity wins over the per-image hint.
-        assert_eq!(p.resolve(Detail::High, GranularityChoice::Fixed(72), true), Resolved::Fixed { granularity: 72, source: S::Request });
+        assert_eq!(
+            p.resolve(Detail::High, GranularityChoice::Fixed(72), true),
+            Resolved::Fixed {
+                granularity: 72,
+                source: S::Request
+            }
+        );
     }
 
     #[test]
     fn request_then_default_then_router() {
         let mut p = policy();
-        assert_eq!(p.resolve(Detail::Auto, GranularityChoice::Fixed(144), true), Resolved::Fixed { granularity: 144, source: S::Request });
-        assert_eq!(p.resolve(Detail::Auto, GranularityChoice::Auto, true), Resolved::Router);
-        assert_eq!(p.resolve(Detail::Auto, GranularityChoice::Auto, false), Resolved::Fixed { granularity: 576, source: S::Default });
+        assert_eq!(
+            p.resolve(Detail::Auto, GranularityChoice::Fixed(144), true),
+            Resolved::Fixed {
+                granularity: 144,
+                source: S::Request
+            }
+        );
+        assert_eq!(
+            p.resolve(Detail::Auto, GranularityChoice::Auto, true),
+            Resolved::Router
+        );
+        assert_eq!(
+            p.resolve(Detail::Auto, GranularityChoice::Auto, false),
+            Resolved::Fixed {
+                granularity: 576,
+                source: S::Default
+            }
+        );
         p.default = GranularityChoice::Fixed(72);
-        assert_eq!(p.resolve(Detail::Auto, GranularityChoice::Auto, true), Resolved::Fixed { granularity: 72, source: S::Default });
+        assert_eq!(
+            p.resolve(Detail::Auto, GranularityChoice::Auto, true),
+            Resolved::Fixed {
+                granularity: 72,
+                source: S::Default
+            }
+        );
     }
 
     #[test]
     fn cap_applies_everywhere() {
         let mut p = policy();
         p.cap = Some(144);
-        assert_eq!(p.resolve(Detail::High, GranularityChoice::Auto, true), Resolved::Fixed { granularity: 144, source: S::Detail });
+        assert_eq!(
+            p.resolve(Detail::High, GranularityChoice::Auto, true),
+            Resolved::Fixed {
+                granularity: 144,
+                source: S::Detail
+            }
+        );
         assert_eq!(p.after_router(288), 144);
         assert_eq!(p.after_router(72), 72);
         p.cap = Some(10);
@@ -160,7 +219,13 @@ mod tests {
 
     #[test]
     fn choice_deserialises_from_json() {
-        assert_eq!(serde_json::from_str::<GranularityChoice>("\"auto\"").unwrap(), GranularityChoice::Auto);
-        assert_eq!(serde_json::from_str::<GranularityChoice>("144").unwrap(), GranularityChoice::Fixed(144));
+        assert_eq!(
+            serde_json::from_str::<GranularityChoice>("\"auto\"").unwrap(),
+            GranularityChoice::Auto
+        );
+        assert_eq!(
+            serde_json::from_str::<GranularityChoice>("144").unwrap(),
+            GranularityChoice::Fixed(144)
+        );
     }
 }

@@ -52,9 +52,17 @@ impl Router {
     pub fn load(w: &Weights, config: &LlavaConfig, rc: &RouterConfig) -> Result<Self> {
         let d = config.text.hidden_size;
         let e = config.granularities.len();
-        let seq: usize = config.granularities.iter().map(|&g| g as usize).sum::<usize>() + rc.text_queries;
+        let seq: usize = config
+            .granularities
+            .iter()
+            .map(|&g| g as usize)
+            .sum::<usize>()
+            + rc.text_queries;
         if d % rc.merger_heads != 0 {
-            return Err(ModelError::Input(format!("router width {d} is not divisible by {} heads", rc.merger_heads)));
+            return Err(ModelError::Input(format!(
+                "router width {d} is not divisible by {} heads",
+                rc.merger_heads
+            )));
         }
         Ok(Self {
             in_proj: Linear::new(
@@ -92,7 +100,11 @@ impl Router {
         }
         let unit = |x: &Tensor| -> Result<Tensor> {
             let x = x.to_dtype(DType::F32)?;
-            let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-8f32, f32::MAX)?;
+            let n = x
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .clamp(1e-8f32, f32::MAX)?;
             Ok(x.broadcast_div(&n)?)
         };
         let sim = unit(base)?.matmul(&unit(text)?.t()?)?; // (576, T)
@@ -101,7 +113,11 @@ impl Router {
         // Descending; ties keep prompt order (tied scores come from identical embeddings).
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
         order.truncate(k);
-        let idx = Tensor::from_vec(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), order.len(), dev)?;
+        let idx = Tensor::from_vec(
+            order.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            order.len(),
+            dev,
+        )?;
         let picked = text.index_select(&idx, 0)?;
         if order.len() == k {
             return Ok(picked);
@@ -116,7 +132,10 @@ impl Router {
         let (n, _, d) = f.dims3()?;
         let text = self.select_text(&f.get(0)?, &input.text_embeds.to_dtype(f.dtype())?)?;
         let pooled = crate::granularity::pool_all(f, &self.granularities)?;
-        let text = text.unsqueeze(0)?.broadcast_as((n, self.text_queries, d))?.contiguous()?;
+        let text = text
+            .unsqueeze(0)?
+            .broadcast_as((n, self.text_queries, d))?
+            .contiguous()?;
         Ok(Tensor::cat(&[&pooled, &text], 1)?)
     }
 
@@ -128,14 +147,19 @@ impl Router {
             by_crops.entry(inp.features.dim(0)?).or_default().push(i);
         }
         for (n, members) in by_crops {
-            let xs = members.iter().map(|&i| self.build_input(&inputs[i])).collect::<Result<Vec<_>>>()?;
+            let xs = members
+                .iter()
+                .map(|&i| self.build_input(&inputs[i]))
+                .collect::<Result<Vec<_>>>()?;
             let seq = xs[0].dim(1)?;
             // (n, B·seq, D): crops are the attention axis, (image, token) pairs the batch.
             let x = Tensor::cat(&xs, 1)?;
             let mixed = self.merger(&x)?;
             let r = self.mlp2.forward(&self.mlp1.forward(&mixed)?.gelu_erf()?)?; // (n, B·seq, E)
             let e = r.dim(2)?;
-            let r = r.reshape((n, members.len(), seq, e))?.to_dtype(DType::F32)?;
+            let r = r
+                .reshape((n, members.len(), seq, e))?
+                .to_dtype(DType::F32)?;
             let voter = self.voter.to_dtype(DType::F32)?.reshape((1, 1, seq, 1))?;
             let voted = r.broadcast_mul(&voter)?.sum(2)?; // (n, B, E)
             let per_image = voted.mean(0)?; // (B, E)
@@ -146,12 +170,19 @@ impl Router {
                 out[i] = Some(RouterOutput { logits, choice });
             }
         }
-        Ok(out.into_iter().map(|o| o.expect("every input is in one crop group")).collect())
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every input is in one crop group"))
+            .collect())
     }
 
     fn norm_f32(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.norm.weight().to_dtype(DType::F32)?;
-        let b = self.norm.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+        let b = self
+            .norm
+            .bias()
+            .map(|b| b.to_dtype(DType::F32))
+            .transpose()?;
         let ln = LayerNorm::new(w, b.expect("router norm has a bias"), 1e-5);
         Ok(ln.forward(x)?)
     }
@@ -165,7 +196,11 @@ impl Router {
         let qkv = self.in_proj.forward(x)?; // (n, b, 3d)
         let heads = |i: usize| -> Result<Tensor> {
             // (n, b, d) → (b, h, n, hd)
-            Ok(qkv.narrow(2, i * d, d)?.reshape((n, b, h, hd))?.permute((1, 2, 0, 3))?.contiguous()?)
+            Ok(qkv
+                .narrow(2, i * d, d)?
+                .reshape((n, b, h, hd))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?)
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;

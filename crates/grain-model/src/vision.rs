@@ -10,14 +10,28 @@ use crate::config::{FeatureSelect, VisionAct, VisionConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::Weights;
 
-pub(crate) fn linear(w: &Weights, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+pub(crate) fn linear(
+    w: &Weights,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    bias: bool,
+) -> Result<Linear> {
     let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
-    let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
+    let bias = if bias {
+        Some(w.get(&format!("{name}.bias"), &[out_dim])?)
+    } else {
+        None
+    };
     Ok(Linear::new(weight, bias))
 }
 
 pub(crate) fn layer_norm(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(w.get(&format!("{name}.weight"), &[dim])?, w.get(&format!("{name}.bias"), &[dim])?, eps))
+    Ok(LayerNorm::new(
+        w.get(&format!("{name}.weight"), &[dim])?,
+        w.get(&format!("{name}.bias"), &[dim])?,
+        eps,
+    ))
 }
 
 struct EncoderLayer {
@@ -55,7 +69,9 @@ impl EncoderLayer {
         let hd = h / self.heads;
         let y = self.ln1.forward(x)?;
         let split = |t_: Tensor| -> candle_core::Result<Tensor> {
-            t_.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()
+            t_.reshape((b, t, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(self.q.forward(&y)?.affine((hd as f64).powf(-0.5), 0.0)?)?;
         let k = split(self.k.forward(&y)?)?;
@@ -91,7 +107,11 @@ impl VisionTower {
         // hidden_states[0] is the embedding output, [i] the output of layer i; negative indices count
         // from the end of that (L + 1)-long list.
         let total = c.num_hidden_layers as i64 + 1;
-        let idx = if select.layer < 0 { total + select.layer } else { select.layer };
+        let idx = if select.layer < 0 {
+            total + select.layer
+        } else {
+            select.layer
+        };
         if idx < 0 || idx >= total {
             return Err(ModelError::Input(format!(
                 "vision feature layer {} is out of range for {} layers",
@@ -109,7 +129,8 @@ impl VisionTower {
         Ok(Self {
             patch_weight,
             class_embedding: w.get("vision.embeddings.class_embedding", &[h])?,
-            position_embedding: w.get("vision.embeddings.position_embedding.weight", &[n_pos, h])?,
+            position_embedding: w
+                .get("vision.embeddings.position_embedding.weight", &[n_pos, h])?,
             pre_ln: layer_norm(w, "vision.pre_layrnorm", h, c.layer_norm_eps)?,
             layers,
             config: c.clone(),
@@ -138,9 +159,14 @@ impl VisionTower {
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((n * g * g, 3 * p * p))?;
         let emb = patches.matmul(&self.patch_weight)?.reshape((n, g * g, h))?;
-        let cls = self.class_embedding.reshape((1, 1, h))?.broadcast_as((n, 1, h))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, h))?
+            .broadcast_as((n, 1, h))?;
         let x = Tensor::cat(&[&cls.contiguous()?, &emb], 1)?;
-        let mut x = self.pre_ln.forward(&x.broadcast_add(&self.position_embedding)?)?;
+        let mut x = self
+            .pre_ln
+            .forward(&x.broadcast_add(&self.position_embedding)?)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }

@@ -40,7 +40,12 @@ impl Weights {
             }
             files.push((path.clone(), st));
         }
-        Ok(Self { files, index, dtype, device: device.clone() })
+        Ok(Self {
+            files,
+            index,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     pub fn dtype(&self) -> DType {
@@ -73,10 +78,13 @@ impl Weights {
     }
 
     fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let (fi, raw) = self.index.get(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_string(),
-            files: self.file_list(),
-        })?;
+        let (fi, raw) = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                files: self.file_list(),
+            })?;
         let (path, st) = &self.files[*fi];
         let view = st.get(raw).map_err(|e| ModelError::TensorData {
             name: raw.clone(),
@@ -91,16 +99,22 @@ impl Weights {
                 actual: view.shape().to_vec(),
             });
         }
-        let t = st.load(raw, &Device::Cpu).map_err(|e| ModelError::TensorData {
-            name: raw.clone(),
-            file: path.clone(),
-            message: e.to_string(),
-        })?;
+        let t = st
+            .load(raw, &Device::Cpu)
+            .map_err(|e| ModelError::TensorData {
+                name: raw.clone(),
+                file: path.clone(),
+                message: e.to_string(),
+            })?;
         Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
     }
 
     fn file_list(&self) -> String {
-        self.files.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        self.files
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -123,14 +137,21 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index_path = dir.join("model.safetensors.index.json");
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path)
-            .map_err(|e| ModelError::Io { path: index_path.clone(), message: e.to_string() })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Config { path: index_path.clone(), message: e.to_string() })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Config {
+        let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::Io {
             path: index_path.clone(),
-            message: "missing `weight_map` object".into(),
+            message: e.to_string(),
         })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: index_path.clone(),
+            message: e.to_string(),
+        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Config {
+                path: index_path.clone(),
+                message: "missing `weight_map` object".into(),
+            })?;
         let mut files: BTreeMap<String, ()> = BTreeMap::new();
         for f in map.values() {
             let f = f.as_str().ok_or_else(|| ModelError::Config {
@@ -148,19 +169,28 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let paths: Vec<PathBuf> = files.into_keys().map(|f| dir.join(f)).collect();
         for p in &paths {
             if !p.is_file() {
-                return Err(ModelError::Io { path: p.clone(), message: "shard listed in the index is missing".into() });
+                return Err(ModelError::Io {
+                    path: p.clone(),
+                    message: "shard listed in the index is missing".into(),
+                });
             }
         }
         return Ok(paths);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| ModelError::Io { path: dir.to_path_buf(), message: e.to_string() })?
+        .map_err(|e| ModelError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     found.sort();
     if found.is_empty() {
-        return Err(ModelError::Io { path: dir.to_path_buf(), message: "no *.safetensors weights found".into() });
+        return Err(ModelError::Io {
+            path: dir.to_path_buf(),
+            message: "no *.safetensors weights found".into(),
+        });
     }
     Ok(found)
 }
@@ -241,9 +271,18 @@ mod tests {
     #[test]
     fn every_layout_maps_to_one_scheme() {
         let cases = [
-            ("model.layers.3.self_attn.q_proj.weight", "lm.layers.3.self_attn.q_proj.weight"),
-            ("model.language_model.layers.3.self_attn.q_proj.weight", "lm.layers.3.self_attn.q_proj.weight"),
-            ("language_model.model.layers.3.self_attn.q_proj.weight", "lm.layers.3.self_attn.q_proj.weight"),
+            (
+                "model.layers.3.self_attn.q_proj.weight",
+                "lm.layers.3.self_attn.q_proj.weight",
+            ),
+            (
+                "model.language_model.layers.3.self_attn.q_proj.weight",
+                "lm.layers.3.self_attn.q_proj.weight",
+            ),
+            (
+                "language_model.model.layers.3.self_attn.q_proj.weight",
+                "lm.layers.3.self_attn.q_proj.weight",
+            ),
             ("lm_head.weight", "lm.lm_head.weight"),
             ("language_model.lm_head.weight", "lm.lm_head.weight"),
             ("model.embed_tokens.weight", "lm.embed_tokens.weight"),
@@ -252,13 +291,28 @@ mod tests {
                 "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
                 "vision.encoder.layers.0.mlp.fc1.weight",
             ),
-            ("model.vision_tower.vision_model.pre_layrnorm.weight", "vision.pre_layrnorm.weight"),
-            ("vision_tower.vision_model.embeddings.patch_embedding.weight", "vision.embeddings.patch_embedding.weight"),
-            ("vision_tower.embeddings.class_embedding", "vision.embeddings.class_embedding"),
+            (
+                "model.vision_tower.vision_model.pre_layrnorm.weight",
+                "vision.pre_layrnorm.weight",
+            ),
+            (
+                "vision_tower.vision_model.embeddings.patch_embedding.weight",
+                "vision.embeddings.patch_embedding.weight",
+            ),
+            (
+                "vision_tower.embeddings.class_embedding",
+                "vision.embeddings.class_embedding",
+            ),
             ("model.mm_projector.0.weight", "proj.linear_1.weight"),
             ("model.mm_projector.2.bias", "proj.linear_2.bias"),
-            ("multi_modal_projector.linear_1.weight", "proj.linear_1.weight"),
-            ("model.multi_modal_projector.linear_2.bias", "proj.linear_2.bias"),
+            (
+                "multi_modal_projector.linear_1.weight",
+                "proj.linear_1.weight",
+            ),
+            (
+                "model.multi_modal_projector.linear_2.bias",
+                "proj.linear_2.bias",
+            ),
             ("model.image_newline", "image_newline"),
             ("image_newline", "image_newline"),
             ("model.router.voter", "router.voter"),
@@ -266,7 +320,10 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(c(raw).as_deref(), Some(want), "{raw}");
         }
-        assert_eq!(c("model.vision_tower.vision_tower.text_model.embeddings.x"), None);
+        assert_eq!(
+            c("model.vision_tower.vision_tower.text_model.embeddings.x"),
+            None
+        );
         assert_eq!(c("model.mm_projector.1.weight"), None);
     }
 }

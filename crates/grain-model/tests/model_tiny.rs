@@ -8,7 +8,16 @@ use grain_model::tiny::TinyLayout;
 use grain_model::{DType, Device, LlavaModel, RouterInput, SeqChunk, Tensor};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -17,16 +26,35 @@ fn count_function_agrees_with_merge_on_many_sizes() {
     let model = LlavaModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
     let c = model.config().clone();
     let sizes = [
-        (672, 672), (1000, 500), (1008, 336), (1, 1), (14, 14), (20, 30), (337, 211), (2000, 50),
-        (50, 2000), (5000, 336), (333, 999), (641, 479), (1920, 1080), (1080, 1920), (336, 335),
+        (672, 672),
+        (1000, 500),
+        (1008, 336),
+        (1, 1),
+        (14, 14),
+        (20, 30),
+        (337, 211),
+        (2000, 50),
+        (50, 2000),
+        (5000, 336),
+        (333, 999),
+        (641, 479),
+        (1920, 1080),
+        (1080, 1920),
+        (336, 335),
     ];
     for (w, h) in sizes {
         let img = common::picture(w, h);
         let (n, px) = model.preprocess(&img).unwrap();
-        let feats = model.encode_crops(&model.pixels_tensor(n, &px).unwrap()).unwrap();
+        let feats = model
+            .encode_crops(&model.pixels_tensor(n, &px).unwrap())
+            .unwrap();
         for &g in &c.granularities {
             let merged = model.image_tokens(&feats, g, w as u32, h as u32).unwrap();
-            assert_eq!(merged.dim(0).unwrap(), visual_tokens(w as u32, h as u32, g, &c).unwrap(), "{w}x{h} @ {g}");
+            assert_eq!(
+                merged.dim(0).unwrap(),
+                visual_tokens(w as u32, h as u32, g, &c).unwrap(),
+                "{w}x{h} @ {g}"
+            );
         }
     }
 }
@@ -41,19 +69,36 @@ fn both_layouts_load_and_route() {
     assert!(!m_hf.has_router());
     let img = common::picture(500, 300);
     let (n, px) = m_avg.preprocess(&img).unwrap();
-    let feats = m_avg.encode_crops(&m_avg.pixels_tensor(n, &px).unwrap()).unwrap();
-    let text = m_avg.text_embeddings(&[1, 50, 60, 70, 80], u32::MAX).unwrap();
-    let one = m_avg.route(&[RouterInput { features: feats.clone(), text_embeds: text.clone() }]).unwrap();
+    let feats = m_avg
+        .encode_crops(&m_avg.pixels_tensor(n, &px).unwrap())
+        .unwrap();
+    let text = m_avg
+        .text_embeddings(&[1, 50, 60, 70, 80], u32::MAX)
+        .unwrap();
+    let one = m_avg
+        .route(&[RouterInput {
+            features: feats.clone(),
+            text_embeds: text.clone(),
+        }])
+        .unwrap();
     assert_eq!(one[0].logits.len(), 5);
     // Batched routing (with a second, different image of the same crop count) gives the same answer.
     let img2 = common::picture(520, 310);
     let (n2, px2) = m_avg.preprocess(&img2).unwrap();
     assert_eq!(n, n2);
-    let feats2 = m_avg.encode_crops(&m_avg.pixels_tensor(n2, &px2).unwrap()).unwrap();
+    let feats2 = m_avg
+        .encode_crops(&m_avg.pixels_tensor(n2, &px2).unwrap())
+        .unwrap();
     let both = m_avg
         .route(&[
-            RouterInput { features: feats2, text_embeds: text.clone() },
-            RouterInput { features: feats, text_embeds: text },
+            RouterInput {
+                features: feats2,
+                text_embeds: text.clone(),
+            },
+            RouterInput {
+                features: feats,
+                text_embeds: text,
+            },
         ])
         .unwrap();
     for (a, b) in one[0].logits.iter().zip(&both[1].logits) {
@@ -76,7 +121,12 @@ fn paged_chunked_and_batched_forward_agree() {
     let emb_a = model.lm().embed(&ids_a).unwrap();
     let emb_b = model.lm().embed(&ids_b).unwrap();
     let whole = |emb: &Tensor, table: &[u32], len: usize| {
-        let chunk = SeqChunk { start: 0, len, block_table: table, want_logits: true };
+        let chunk = SeqChunk {
+            start: 0,
+            len,
+            block_table: table,
+            want_logits: true,
+        };
         model.forward(emb, &[chunk], &cache).unwrap()
     };
     let ref_a = whole(&emb_a, &table_a, ids_a.len());
@@ -87,8 +137,17 @@ fn paged_chunked_and_batched_forward_agree() {
     let mut start = 0;
     while start < ids_a.len() {
         let len = 7.min(ids_a.len() - start);
-        let chunk = SeqChunk { start, len, block_table: &table_c, want_logits: true };
-        last = Some(model.forward(&emb_a.narrow(0, start, len).unwrap(), &[chunk], &cache).unwrap());
+        let chunk = SeqChunk {
+            start,
+            len,
+            block_table: &table_c,
+            want_logits: true,
+        };
+        last = Some(
+            model
+                .forward(&emb_a.narrow(0, start, len).unwrap(), &[chunk], &cache)
+                .unwrap(),
+        );
         start += len;
     }
     assert!(max_abs_diff(&ref_a, &last.unwrap()) < 1e-4);
@@ -96,16 +155,50 @@ fn paged_chunked_and_batched_forward_agree() {
     let (na, nb) = (ids_a.len() - 1, ids_b.len() - 1);
     let table_d: Vec<u32> = (42..54).collect();
     let table_e: Vec<u32> = (54..60).collect();
-    let flat = Tensor::cat(&[emb_a.narrow(0, 0, na).unwrap(), emb_b.narrow(0, 0, nb).unwrap()], 0).unwrap();
+    let flat = Tensor::cat(
+        &[
+            emb_a.narrow(0, 0, na).unwrap(),
+            emb_b.narrow(0, 0, nb).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
     let chunks = [
-        SeqChunk { start: 0, len: na, block_table: &table_d, want_logits: false },
-        SeqChunk { start: 0, len: nb, block_table: &table_e, want_logits: false },
+        SeqChunk {
+            start: 0,
+            len: na,
+            block_table: &table_d,
+            want_logits: false,
+        },
+        SeqChunk {
+            start: 0,
+            len: nb,
+            block_table: &table_e,
+            want_logits: false,
+        },
     ];
     model.forward(&flat, &chunks, &cache).unwrap();
-    let flat = Tensor::cat(&[emb_a.narrow(0, na, 1).unwrap(), emb_b.narrow(0, nb, 1).unwrap()], 0).unwrap();
+    let flat = Tensor::cat(
+        &[
+            emb_a.narrow(0, na, 1).unwrap(),
+            emb_b.narrow(0, nb, 1).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
     let chunks = [
-        SeqChunk { start: na, len: 1, block_table: &table_d, want_logits: true },
-        SeqChunk { start: nb, len: 1, block_table: &table_e, want_logits: true },
+        SeqChunk {
+            start: na,
+            len: 1,
+            block_table: &table_d,
+            want_logits: true,
+        },
+        SeqChunk {
+            start: nb,
+            len: 1,
+            block_table: &table_e,
+            want_logits: true,
+        },
     ];
     let both = model.forward(&flat, &chunks, &cache).unwrap();
     assert!(max_abs_diff(&ref_a, &both.narrow(0, 0, 1).unwrap()) < 1e-4);
@@ -119,29 +212,51 @@ fn broken_checkpoints_give_clear_errors() {
     let bytes = std::fs::read(&st).unwrap();
     // Truncated file.
     std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
     // Garbage header.
     std::fs::write(&st, b"not a safetensors file at all").unwrap();
-    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu).err().unwrap().to_string();
+    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
     // Missing tensor: rewrite the file without the final norm.
     std::fs::write(&st, &bytes).unwrap();
     let mut all = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
     all.remove("model.language_model.norm.weight").unwrap();
     candle_core::safetensors::save(&all, &st).unwrap();
-    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("lm.norm.weight") && err.contains("model.safetensors"), "{err}");
+    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("lm.norm.weight") && err.contains("model.safetensors"),
+        "{err}"
+    );
     // Wrongly shaped tensor.
-    let w = all.get("model.image_newline").unwrap().narrow(0, 0, 10).unwrap();
+    let w = all
+        .get("model.image_newline")
+        .unwrap()
+        .narrow(0, 0, 10)
+        .unwrap();
     all.insert("model.image_newline".into(), w);
     all.insert(
         "model.language_model.norm.weight".into(),
         Tensor::ones(64, DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&all, &st).unwrap();
-    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("model.image_newline") && err.contains("[64]") && err.contains("[10]"), "{err}");
+    let err = LlavaModel::load(&dir, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.image_newline") && err.contains("[64]") && err.contains("[10]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,18 +269,34 @@ fn half_precision_weights_load() {
     let run = |m: &LlavaModel| {
         let cache = m.new_kv_cache(16, 16).unwrap();
         let table: Vec<u32> = (0..4).collect();
-        let chunk = SeqChunk { start: 0, len: ids.len(), block_table: &table, want_logits: true };
-        m.forward(&m.lm().embed(&ids).unwrap(), &[chunk], &cache).unwrap()
+        let chunk = SeqChunk {
+            start: 0,
+            len: ids.len(),
+            block_table: &table,
+            want_logits: true,
+        };
+        m.forward(&m.lm().embed(&ids).unwrap(), &[chunk], &cache)
+            .unwrap()
     };
     let reference = run(&f32_model);
     for dt in [DType::F16, DType::BF16] {
-        let conv: std::collections::HashMap<String, Tensor> =
-            all.iter().map(|(k, v)| (k.clone(), v.to_dtype(dt).unwrap())).collect();
+        let conv: std::collections::HashMap<String, Tensor> = all
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_dtype(dt).unwrap()))
+            .collect();
         candle_core::safetensors::save(&conv, &st).unwrap();
         // Stored in half precision, computed in f32: close to the f32 original.
         let m = LlavaModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
         let d = max_abs_diff(&reference, &run(&m));
-        let scale = reference.abs().unwrap().max(1).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = reference
+            .abs()
+            .unwrap()
+            .max(1)
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 0.05 * scale.max(1.0), "{dt:?}: {d} (scale {scale})");
     }
 }

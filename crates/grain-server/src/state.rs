@@ -90,11 +90,12 @@ impl AppState {
         self.0.drain.enter()
     }
 
-    /// Stops admitting work: `/ready` turns 503, new completions get 503, and the engine
-    /// refuses new requests while it finishes the running ones.
+    /// Stops admitting work: `/ready` turns 503 and new completions get 503. The engine is not
+    /// told to refuse submissions: a completion accepted before the drain may still be
+    /// preprocessing (downloading or decoding its images), and it must still reach the engine
+    /// and finish rather than fail with 503 after that work (tests/observability/test_scale_out.py).
     pub fn begin_drain(&self) {
         self.0.drain.begin();
-        self.0.engine.begin_drain();
     }
 
     pub fn is_ready(&self) -> bool {

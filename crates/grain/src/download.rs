@@ -17,7 +17,9 @@ fn wanted(name: &str) -> bool {
 }
 
 pub fn snapshot(repo_id: &str, revision: &str) -> anyhow::Result<PathBuf> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let api = ApiBuilder::from_env().with_progress(true).build().context("setting up the Hugging Face Hub client")?;
         let repo = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string()));

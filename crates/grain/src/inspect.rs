@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use grain_model::image::{decode_rgb, DecodeLimits};
 use grain_model::policy::{Detail, GranularityChoice, GranularitySource, Policy, Resolved};
 use grain_model::{DType, Device, LlavaModel, RouterInput, SeqChunk, Tensor};
-use grain_tokenizer::{ChatMessage, ChatTemplate, ContentPart, Tokenizer, IMAGE_PLACEHOLDER, IMAGE_TOKEN_SENTINEL};
+use grain_tokenizer::{
+    ChatMessage, ChatTemplate, ContentPart, Tokenizer, IMAGE_PLACEHOLDER, IMAGE_TOKEN_SENTINEL,
+};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -55,9 +57,13 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     }];
     let rendered = template.render(&messages, true)?;
     let prompt_ids = tok.encode_prompt(&rendered, IMAGE_PLACEHOLDER)?;
-    let image_token = model.config().image_token_id.unwrap_or(IMAGE_TOKEN_SENTINEL);
+    let image_token = model
+        .config()
+        .image_token_id
+        .unwrap_or(IMAGE_TOKEN_SENTINEL);
 
-    let bytes = std::fs::read(&a.image).with_context(|| format!("reading {}", a.image.display()))?;
+    let bytes =
+        std::fs::read(&a.image).with_context(|| format!("reading {}", a.image.display()))?;
     let img = decode_rgb(&bytes, DecodeLimits::default(), model.config().alpha)?;
     let (w, h) = (img.width as u32, img.height as u32);
     let (n_crops, px) = model.preprocess(&img)?;
@@ -69,7 +75,9 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     let request = match a.granularity.as_str() {
         "auto" => GranularityChoice::Auto,
         g => {
-            let g: u32 = g.parse().with_context(|| format!("--granularity `{g}` is not auto or a number"))?;
+            let g: u32 = g
+                .parse()
+                .with_context(|| format!("--granularity `{g}` is not auto or a number"))?;
             if !policy.is_candidate(g) {
                 bail!("--granularity {g} is not one of {:?}", policy.candidates);
             }
@@ -82,16 +90,27 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         _ => Detail::Auto,
     };
     let router_out = if model.has_router() {
-        let input = RouterInput { features: features.clone(), text_embeds: text_embeds.clone() };
+        let input = RouterInput {
+            features: features.clone(),
+            text_embeds: text_embeds.clone(),
+        };
         Some(model.route(&[input])?.remove(0))
     } else {
         None
     };
     let (granularity, source) = match policy.resolve(detail, request, model.has_router()) {
-        Resolved::Fixed { granularity, source } => (granularity, source),
+        Resolved::Fixed {
+            granularity,
+            source,
+        } => (granularity, source),
         Resolved::Router => {
-            let r = router_out.as_ref().expect("resolve asks for the router only when there is one");
-            (policy.after_router(model.config().granularities[r.choice]), GranularitySource::Router)
+            let r = router_out
+                .as_ref()
+                .expect("resolve asks for the router only when there is one");
+            (
+                policy.after_router(model.config().granularities[r.choice]),
+                GranularitySource::Router,
+            )
         }
     };
     let mut visual_tokens = BTreeMap::new();
@@ -109,13 +128,20 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         t.insert("image_features".into(), features.to_dtype(DType::F32)?);
         t.insert("text_embeds".into(), text_embeds.to_dtype(DType::F32)?);
         if let Some(r) = &router_out {
-            t.insert("router_logits".into(), Tensor::new(r.logits.as_slice(), &device)?);
-            let input = RouterInput { features: features.clone(), text_embeds: text_embeds.clone() };
+            t.insert(
+                "router_logits".into(),
+                Tensor::new(r.logits.as_slice(), &device)?,
+            );
+            let input = RouterInput {
+                features: features.clone(),
+                text_embeds: text_embeds.clone(),
+            };
             if let Some(ri) = model.router_input(&input)? {
                 t.insert("router_input".into(), ri.to_dtype(DType::F32)?);
             }
         }
-        candle_core::safetensors::save(&t, path).with_context(|| format!("writing {}", path.display()))?;
+        candle_core::safetensors::save(&t, path)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
 
     let out = json!({
@@ -140,7 +166,12 @@ fn generate(model: &LlavaModel, embeds: &Tensor, n: usize) -> anyhow::Result<(Ve
     let blocks = (len + n).div_ceil(block).max(1);
     let cache = model.new_kv_cache(blocks, block)?;
     let table: Vec<u32> = (0..blocks as u32).collect();
-    let chunk = SeqChunk { start: 0, len, block_table: &table, want_logits: true };
+    let chunk = SeqChunk {
+        start: 0,
+        len,
+        block_table: &table,
+        want_logits: true,
+    };
     let logits = model.forward(embeds, &[chunk], &cache)?.squeeze(0)?;
     let last: Vec<f32> = logits.to_vec1()?;
     let mut next = argmax(&last);
@@ -151,7 +182,12 @@ fn generate(model: &LlavaModel, embeds: &Tensor, n: usize) -> anyhow::Result<(Ve
             break;
         }
         let e = model.lm().embed(&[next])?;
-        let chunk = SeqChunk { start: len + step, len: 1, block_table: &table, want_logits: true };
+        let chunk = SeqChunk {
+            start: len + step,
+            len: 1,
+            block_table: &table,
+            want_logits: true,
+        };
         let l: Vec<f32> = model.forward(&e, &[chunk], &cache)?.squeeze(0)?.to_vec1()?;
         next = argmax(&l);
     }

@@ -22,9 +22,21 @@ pub struct MakeTinyArgs {
 }
 
 pub fn run(a: MakeTinyArgs) -> anyhow::Result<()> {
-    let layout = if a.layout == "avg" { TinyLayout::Avg } else { TinyLayout::Hf };
-    let Some(size) = TinySize::by_name(&a.size) else { bail!("unknown --size `{}` (tiny or small)", a.size) };
-    write_tiny(&a.out, layout, size, a.seed).with_context(|| format!("writing {}", a.out.display()))?;
-    println!("wrote {} checkpoint ({}) to {}", a.layout, a.size, a.out.display());
+    let layout = if a.layout == "avg" {
+        TinyLayout::Avg
+    } else {
+        TinyLayout::Hf
+    };
+    let Some(size) = TinySize::by_name(&a.size) else {
+        bail!("unknown --size `{}` (tiny or small)", a.size)
+    };
+    write_tiny(&a.out, layout, size, a.seed)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "wrote {} checkpoint ({}) to {}",
+        a.layout,
+        a.size,
+        a.out.display()
+    );
     Ok(())
 }

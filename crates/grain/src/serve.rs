@@ -31,18 +31,36 @@ fn resolve_model(source: &ModelSource) -> anyhow::Result<ModelDir> {
                 "no model configured: serving the embedded tiny AVG-LLaVA model; its weights are RANDOM \
                  (deterministic), so answers are gibberish, but every API path, the router and the metrics work"
             );
-            Ok(ModelDir { path, id: "grain-tiny".into(), _tmp: Some(tmp) })
+            Ok(ModelDir {
+                path,
+                id: "grain-tiny".into(),
+                _tmp: Some(tmp),
+            })
         }
         ModelSource::Local(p) => {
             if !p.join("config.json").is_file() {
-                bail!("{} is not a checkpoint directory (no config.json)", p.display());
+                bail!(
+                    "{} is not a checkpoint directory (no config.json)",
+                    p.display()
+                );
             }
-            let id = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "grain".into());
-            Ok(ModelDir { path: p.clone(), id, _tmp: None })
+            let id = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "grain".into());
+            Ok(ModelDir {
+                path: p.clone(),
+                id,
+                _tmp: None,
+            })
         }
         ModelSource::HuggingFace { repo, revision } => {
             let path = download::snapshot(repo, revision)?;
-            Ok(ModelDir { path, id: repo.clone(), _tmp: None })
+            Ok(ModelDir {
+                path,
+                id: repo.clone(),
+                _tmp: None,
+            })
         }
     }
 }
@@ -56,13 +74,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     info!(config = ?cfg, "configuration");
     match cfg.model.device {
         Device::Auto | Device::Cpu => {}
-        Device::Cuda(i) => bail!("device cuda:{i} requested, but this binary was built without CUDA support"),
+        Device::Cuda(i) => {
+            bail!("device cuda:{i} requested, but this binary was built without CUDA support")
+        }
     }
     let model = resolve_model(&cfg.model.source)?;
     let model_config = grain_model::LlavaConfig::from_dir(&model.path)?;
 
     let mut backend = BackendConfig::new(model.path.clone());
-    backend.model_id = cfg.server.served_model_name.clone().unwrap_or_else(|| model.id.clone());
+    backend.model_id = cfg
+        .server
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| model.id.clone());
     backend.dtype = match cfg.model.dtype {
         Dtype::Auto | Dtype::F32 => DType::F32,
         Dtype::F16 => DType::F16,
@@ -77,14 +101,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     backend.max_granularity = cfg.granularity.max;
     backend.max_images = cfg.images.max_images_per_request;
-    backend.decode = DecodeLimits { max_pixels: cfg.images.max_image_pixels, ..DecodeLimits::default() };
+    backend.decode = DecodeLimits {
+        max_pixels: cfg.images.max_image_pixels,
+        ..DecodeLimits::default()
+    };
 
     let registry = prometheus::Registry::new();
     let metrics = grain_metrics::Metrics::register(&registry, &model_config.granularities)?;
     let engine = grain_backend::start(backend, cfg.engine.clone(), Some(metrics.clone()))?;
-    let state = grain_server::AppState::new(engine.clone(), cfg.server_config(), metrics, registry)?;
+    let state =
+        grain_server::AppState::new(engine.clone(), cfg.server_config(), metrics, registry)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen_addr())
             .await

@@ -22,7 +22,11 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_pixels: 40_000_000, max_side: 16_384, max_alloc_bytes: 512 * 1024 * 1024 }
+        Self {
+            max_pixels: 40_000_000,
+            max_side: 16_384,
+            max_alloc_bytes: 512 * 1024 * 1024,
+        }
     }
 }
 
@@ -42,7 +46,9 @@ pub fn decode_rgb(bytes: &[u8], limits: DecodeLimits, alpha: Alpha) -> Result<Rg
         .with_guessed_format()
         .map_err(|e| ModelError::Image(format!("cannot read image: {e}")))?;
     if reader.format().is_none() {
-        return Err(ModelError::Image("unrecognised image format (expected PNG, JPEG, WebP, GIF or BMP)".into()));
+        return Err(ModelError::Image(
+            "unrecognised image format (expected PNG, JPEG, WebP, GIF or BMP)".into(),
+        ));
     }
     let (w, h) = reader
         .into_dimensions()
@@ -56,7 +62,9 @@ pub fn decode_rgb(bytes: &[u8], limits: DecodeLimits, alpha: Alpha) -> Result<Rg
     l.max_image_height = Some(limits.max_side);
     l.max_alloc = Some(limits.max_alloc_bytes);
     reader.limits(l);
-    let img = reader.decode().map_err(|e| ModelError::Image(format!("cannot decode image: {e}")))?;
+    let img = reader
+        .decode()
+        .map_err(|e| ModelError::Image(format!("cannot decode image: {e}")))?;
     let rgb = if alpha == Alpha::OverWhite && img.color().has_alpha() {
         let rgba = img.to_rgba8();
         let (w, h) = rgba.dimensions();
@@ -74,14 +82,19 @@ pub fn decode_rgb(bytes: &[u8], limits: DecodeLimits, alpha: Alpha) -> Result<Rg
     };
     let (w, h) = rgb.dimensions();
     check_size(w, h, limits)?;
-    Ok(Rgb8 { width: w as usize, height: h as usize, data: rgb.into_raw() })
+    Ok(Rgb8 {
+        width: w as usize,
+        height: h as usize,
+        data: rgb.into_raw(),
+    })
 }
 
 fn check_size(w: u32, h: u32, limits: DecodeLimits) -> Result<()> {
     if w == 0 || h == 0 {
         return Err(ModelError::Image(format!("image has zero size ({w}x{h})")));
     }
-    if w > limits.max_side || h > limits.max_side || u64::from(w) * u64::from(h) > limits.max_pixels {
+    if w > limits.max_side || h > limits.max_side || u64::from(w) * u64::from(h) > limits.max_pixels
+    {
         return Err(ModelError::Image(format!(
             "image is {w}x{h}; the limit is {} pixels and {} per side",
             limits.max_pixels, limits.max_side

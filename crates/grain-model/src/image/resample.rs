@@ -54,11 +54,19 @@ fn coefficients(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..n {
             let w = if total != 0.0 { tmp[x] / total } else { tmp[x] };
             let scaled = w * f64::from(1u32 << PRECISION_BITS);
-            k[x] = if w < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            k[x] = if w < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
         }
         bounds.push((xmin, n));
     }
-    Coeffs { ksize, bounds, weights }
+    Coeffs {
+        ksize,
+        bounds,
+        weights,
+    }
 }
 
 #[inline]
@@ -76,7 +84,11 @@ pub struct Rgb8 {
 
 impl Rgb8 {
     pub fn new(width: usize, height: usize) -> Self {
-        Self { width, height, data: vec![0; width * height * 3] }
+        Self {
+            width,
+            height,
+            data: vec![0; width * height * 3],
+        }
     }
 
     /// Resize with Pillow's bicubic filter. Same-size resizes return a copy, as Pillow does.
@@ -151,7 +163,10 @@ impl Rgb8 {
                     *a += i64::from(p) * i64::from(w);
                 }
             }
-            for (d, &a) in out.data[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
+            for (d, &a) in out.data[yy * stride..(yy + 1) * stride]
+                .iter_mut()
+                .zip(&acc)
+            {
                 *d = clip8(a);
             }
         }
@@ -175,7 +190,8 @@ impl Rgb8 {
         let mut out = Rgb8::new(w, h);
         for row in 0..h {
             let start = ((y + row) * self.width + x) * 3;
-            out.data[row * w * 3..(row + 1) * w * 3].copy_from_slice(&self.data[start..start + w * 3]);
+            out.data[row * w * 3..(row + 1) * w * 3]
+                .copy_from_slice(&self.data[start..start + w * 3]);
         }
         out
     }
@@ -190,8 +206,14 @@ mod tests {
         for (i, o) in [(1000, 336), (20, 336), (337, 336), (336, 672), (5, 3)] {
             let c = coefficients(i, o);
             for (xx, &(_, n)) in c.bounds.iter().enumerate() {
-                let s: i64 = c.weights[xx * c.ksize..xx * c.ksize + n].iter().map(|&w| i64::from(w)).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= n as i64, "{i}->{o} px {xx}: {s}");
+                let s: i64 = c.weights[xx * c.ksize..xx * c.ksize + n]
+                    .iter()
+                    .map(|&w| i64::from(w))
+                    .sum();
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= n as i64,
+                    "{i}->{o} px {xx}: {s}"
+                );
             }
         }
     }
@@ -199,7 +221,9 @@ mod tests {
     #[test]
     fn constant_image_stays_constant() {
         let mut img = Rgb8::new(37, 23);
-        img.data.chunks_mut(3).for_each(|p| p.copy_from_slice(&[10, 200, 77]));
+        img.data
+            .chunks_mut(3)
+            .for_each(|p| p.copy_from_slice(&[10, 200, 77]));
         for (w, h) in [(336, 336), (5, 90), (37, 11)] {
             let r = img.resize_bicubic(w, h);
             assert!(r.data.chunks(3).all(|p| p == [10, 200, 77]), "{w}x{h}");

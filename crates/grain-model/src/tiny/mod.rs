@@ -99,13 +99,21 @@ impl Writer {
     fn normal(&mut self, name: &str, shape: &[usize], std: f32, mean: f32) -> Result<()> {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n).map(|_| mean + std * self.rng.normal()).collect();
-        self.tensors.insert(name.to_string(), Tensor::from_vec(data, shape, &Device::Cpu)?);
+        self.tensors.insert(
+            name.to_string(),
+            Tensor::from_vec(data, shape, &Device::Cpu)?,
+        );
         Ok(())
     }
 
     /// A linear layer with std 1/√fan_in (activations neither vanish nor explode).
     fn linear(&mut self, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<()> {
-        self.normal(&format!("{name}.weight"), &[out_dim, in_dim], 1.0 / (in_dim as f32).sqrt(), 0.0)?;
+        self.normal(
+            &format!("{name}.weight"),
+            &[out_dim, in_dim],
+            1.0 / (in_dim as f32).sqrt(),
+            0.0,
+        )?;
         if bias {
             self.normal(&format!("{name}.bias"), &[out_dim], 0.02, 0.0)?;
         }
@@ -129,7 +137,10 @@ pub fn write_tiny(out: &Path, layout: TinyLayout, size: TinySize, seed: u64) -> 
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let vocab = TinyVocab::build(layout == TinyLayout::Hf);
     let s = size;
-    let mut w = Writer { rng: Rng(seed), tensors: HashMap::new() };
+    let mut w = Writer {
+        rng: Rng(seed),
+        tensors: HashMap::new(),
+    };
     let (lm, lm_head, vis, proj1, proj2, newline) = match layout {
         TinyLayout::Avg => (
             "model",
@@ -150,16 +161,51 @@ pub fn write_tiny(out: &Path, layout: TinyLayout, size: TinySize, seed: u64) -> 
     };
     let hd = s.hidden / s.heads;
     // Language model.
-    w.normal(&format!("{lm}.embed_tokens.weight"), &[vocab.len(), s.hidden], 1.0, 0.0)?;
+    w.normal(
+        &format!("{lm}.embed_tokens.weight"),
+        &[vocab.len(), s.hidden],
+        1.0,
+        0.0,
+    )?;
     for i in 0..s.layers {
         let p = format!("{lm}.layers.{i}");
-        w.linear(&format!("{p}.self_attn.q_proj"), s.heads * hd, s.hidden, false)?;
-        w.linear(&format!("{p}.self_attn.k_proj"), s.kv_heads * hd, s.hidden, false)?;
-        w.linear(&format!("{p}.self_attn.v_proj"), s.kv_heads * hd, s.hidden, false)?;
-        w.linear(&format!("{p}.self_attn.o_proj"), s.hidden, s.heads * hd, false)?;
-        w.linear(&format!("{p}.mlp.gate_proj"), s.intermediate, s.hidden, false)?;
+        w.linear(
+            &format!("{p}.self_attn.q_proj"),
+            s.heads * hd,
+            s.hidden,
+            false,
+        )?;
+        w.linear(
+            &format!("{p}.self_attn.k_proj"),
+            s.kv_heads * hd,
+            s.hidden,
+            false,
+        )?;
+        w.linear(
+            &format!("{p}.self_attn.v_proj"),
+            s.kv_heads * hd,
+            s.hidden,
+            false,
+        )?;
+        w.linear(
+            &format!("{p}.self_attn.o_proj"),
+            s.hidden,
+            s.heads * hd,
+            false,
+        )?;
+        w.linear(
+            &format!("{p}.mlp.gate_proj"),
+            s.intermediate,
+            s.hidden,
+            false,
+        )?;
         w.linear(&format!("{p}.mlp.up_proj"), s.intermediate, s.hidden, false)?;
-        w.linear(&format!("{p}.mlp.down_proj"), s.hidden, s.intermediate, false)?;
+        w.linear(
+            &format!("{p}.mlp.down_proj"),
+            s.hidden,
+            s.intermediate,
+            false,
+        )?;
         w.norm(&format!("{p}.input_layernorm"), s.hidden, false)?;
         w.norm(&format!("{p}.post_attention_layernorm"), s.hidden, false)?;
     }
@@ -167,9 +213,24 @@ pub fn write_tiny(out: &Path, layout: TinyLayout, size: TinySize, seed: u64) -> 
     w.linear(lm_head, vocab.len(), s.hidden, false)?;
     // Vision tower (CLIP names under the layout's prefix).
     let (vh, patch, img) = (s.vision_hidden, 14usize, 336usize);
-    w.normal(&format!("{vis}.embeddings.patch_embedding.weight"), &[vh, 3, patch, patch], 1.0 / ((3 * patch * patch) as f32).sqrt(), 0.0)?;
-    w.normal(&format!("{vis}.embeddings.class_embedding"), &[vh], 1.0, 0.0)?;
-    w.normal(&format!("{vis}.embeddings.position_embedding.weight"), &[(img / patch).pow(2) + 1, vh], 0.5, 0.0)?;
+    w.normal(
+        &format!("{vis}.embeddings.patch_embedding.weight"),
+        &[vh, 3, patch, patch],
+        1.0 / ((3 * patch * patch) as f32).sqrt(),
+        0.0,
+    )?;
+    w.normal(
+        &format!("{vis}.embeddings.class_embedding"),
+        &[vh],
+        1.0,
+        0.0,
+    )?;
+    w.normal(
+        &format!("{vis}.embeddings.position_embedding.weight"),
+        &[(img / patch).pow(2) + 1, vh],
+        0.5,
+        0.0,
+    )?;
     w.norm(&format!("{vis}.pre_layrnorm"), vh, true)?;
     for i in 0..s.vision_layers {
         let p = format!("{vis}.encoder.layers.{i}");
@@ -190,7 +251,10 @@ pub fn write_tiny(out: &Path, layout: TinyLayout, size: TinySize, seed: u64) -> 
     }
     let st = out.join("model.safetensors");
     candle_core::safetensors::save(&w.tensors, &st)?;
-    write_json(&out.join("config.json"), &config_json(layout, s, vocab.len(), vocab.image_id))?;
+    write_json(
+        &out.join("config.json"),
+        &config_json(layout, s, vocab.len(), vocab.image_id),
+    )?;
     write_json(&out.join("tokenizer.json"), &tiny_tokenizer_json(&vocab))?;
     write_json(
         &out.join("tokenizer_config.json"),
@@ -219,13 +283,25 @@ pub fn write_tiny(out: &Path, layout: TinyLayout, size: TinySize, seed: u64) -> 
 
 /// The router's tensors under their real names, for hidden width `d`.
 fn write_router(w: &mut Writer, d: usize) -> Result<()> {
-    let seq: usize = crate::config::DEFAULT_GRANULARITIES.iter().map(|&g| g as usize).sum::<usize>() + 32;
+    let seq: usize = crate::config::DEFAULT_GRANULARITIES
+        .iter()
+        .map(|&g| g as usize)
+        .sum::<usize>()
+        + 32;
     w.linear("model.router.merger.self_attn.in_proj", 3 * d, d, true)?;
     // PyTorch names the fused projection `in_proj_weight`/`in_proj_bias`, not `in_proj.weight`.
-    let wt = w.tensors.remove("model.router.merger.self_attn.in_proj.weight").expect("just written");
-    let bs = w.tensors.remove("model.router.merger.self_attn.in_proj.bias").expect("just written");
-    w.tensors.insert("model.router.merger.self_attn.in_proj_weight".into(), wt);
-    w.tensors.insert("model.router.merger.self_attn.in_proj_bias".into(), bs);
+    let wt = w
+        .tensors
+        .remove("model.router.merger.self_attn.in_proj.weight")
+        .expect("just written");
+    let bs = w
+        .tensors
+        .remove("model.router.merger.self_attn.in_proj.bias")
+        .expect("just written");
+    w.tensors
+        .insert("model.router.merger.self_attn.in_proj_weight".into(), wt);
+    w.tensors
+        .insert("model.router.merger.self_attn.in_proj_bias".into(), bs);
     w.linear("model.router.merger.self_attn.out_proj", d, d, true)?;
     w.linear("model.router.merger.linear1", d, d, true)?;
     w.linear("model.router.merger.linear2", d, d, true)?;
@@ -233,12 +309,22 @@ fn write_router(w: &mut Writer, d: usize) -> Result<()> {
     w.norm("model.router.merger.norm2", d, true)?;
     w.linear("model.router.router.0", d, d, true)?;
     w.linear("model.router.router.2", 5, d, true)?;
-    w.normal("model.router.voter", &[seq, 1], 1.0 / (seq as f32).sqrt(), 0.0)?;
+    w.normal(
+        "model.router.voter",
+        &[seq, 1],
+        1.0 / (seq as f32).sqrt(),
+        0.0,
+    )?;
     w.norm("model.router.norm", 5, true)?;
     Ok(())
 }
 
-fn config_json(layout: TinyLayout, s: TinySize, vocab: usize, image_id: Option<u32>) -> serde_json::Value {
+fn config_json(
+    layout: TinyLayout,
+    s: TinySize,
+    vocab: usize,
+    image_id: Option<u32>,
+) -> serde_json::Value {
     let text = json!({
         "hidden_size": s.hidden, "intermediate_size": s.intermediate, "num_hidden_layers": s.layers,
         "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "rms_norm_eps": 1e-5,
@@ -266,7 +352,10 @@ fn config_json(layout: TinyLayout, s: TinySize, vocab: usize, image_id: Option<u
                 ("mm_projector_type", json!("mlp2x_gelu")),
                 ("mm_patch_merge_type", json!("spatial_unpad")),
                 ("image_aspect_ratio", json!("anyres")),
-                ("image_grid_pinpoints", json!("[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]")),
+                (
+                    "image_grid_pinpoints",
+                    json!("[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]"),
+                ),
                 ("router_select", json!(true)),
                 ("vis_token_granularity", json!([36, 72, 144, 288, 576])),
                 ("filtered_text_num", json!(32)),
@@ -278,7 +367,9 @@ fn config_json(layout: TinyLayout, s: TinySize, vocab: usize, image_id: Option<u
         }
         TinyLayout::Hf => {
             let mut text = text;
-            text.as_object_mut().expect("object").insert("model_type".into(), json!("llama"));
+            text.as_object_mut()
+                .expect("object")
+                .insert("model_type".into(), json!("llama"));
             json!({
                 "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
                 "torch_dtype": "float32", "text_config": text, "vision_config": vision,
@@ -297,7 +388,10 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 fn io(path: &Path, e: std::io::Error) -> ModelError {
-    ModelError::Io { path: path.to_path_buf(), message: e.to_string() }
+    ModelError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// Vicuna-v1 conversation with LLaVA's `<image>\n` placeholder, for the tiny HF checkpoint.

@@ -132,6 +132,10 @@ async fn handle(
     let stream = tokio::time::timeout_at(deadline, state.engine().generate(engine_req))
         .await
         .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
+    // `generate` returns once the scheduler has taken the request in and prepared its prompt.
+    state
+        .metrics()
+        .observe_request_queue_time(started.elapsed().as_secs_f64());
     if req.is_stream() {
         sse::respond(
             state.clone(),
