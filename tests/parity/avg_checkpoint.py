@@ -247,7 +247,13 @@ def _build_vision(vision_config: dict, tensors: dict[str, torch.Tensor]) -> CLIP
     config = CLIPVisionConfig(**keys)
     config._attn_implementation = "eager"
     model = CLIPVisionModel(config).eval()
-    own = {k[len(VISION_PREFIX) :]: v for k, v in tensors.items() if k.startswith(VISION_PREFIX)}
+    # Real AVG checkpoints keep CLIPVisionModel's old `vision_model.` level under the prefix;
+    # transformers 5's CLIPVisionModel has none, so drop it when present.
+    own = {}
+    for k, v in tensors.items():
+        if k.startswith(VISION_PREFIX):
+            rest = k[len(VISION_PREFIX) :]
+            own[rest.removeprefix("vision_model.")] = v
     result = model.load_state_dict(own, strict=False)
     # position_ids is a buffer some exporters drop; every real weight must be present.
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]

@@ -12,7 +12,6 @@ use candle_nn::{LayerNorm, Linear};
 
 use crate::config::{LlavaConfig, RouterConfig};
 use crate::error::{ModelError, Result};
-use crate::vision::{layer_norm, linear};
 use crate::weights::Weights;
 
 /// What the router needs for one image.
@@ -46,10 +45,27 @@ pub struct Router {
     text_queries: usize,
     granularities: Vec<u32>,
     hidden: usize,
+    differentiable: bool,
 }
+
+/// A source of router tensors by canonical name and expected shape (see [`Router::from_source`]).
+pub type TensorSource<'a> = dyn FnMut(&str, &[usize]) -> Result<Tensor> + 'a;
 
 impl Router {
     pub fn load(w: &Weights, config: &LlavaConfig, rc: &RouterConfig) -> Result<Self> {
+        Self::from_source(&mut |name, shape| w.get(name, shape), config, rc, false)
+    }
+
+    /// Build the router from any tensor source, called with each canonical name (`router.…`) and
+    /// its expected shape. Training passes trainable variables here. With `differentiable`, the
+    /// layer norms and the attention softmax use composite candle ops that have a backward pass
+    /// (candle's fused kernels, used for inference, have none).
+    pub fn from_source(
+        get: &mut TensorSource<'_>,
+        config: &LlavaConfig,
+        rc: &RouterConfig,
+        differentiable: bool,
+    ) -> Result<Self> {
         let d = config.text.hidden_size;
         let e = config.granularities.len();
         let seq: usize = config
@@ -64,24 +80,46 @@ impl Router {
                 rc.merger_heads
             )));
         }
+        let mut lin = |name: &str, out_dim: usize, in_dim: usize| -> Result<Linear> {
+            Ok(Linear::new(
+                get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+                Some(get(&format!("{name}.bias"), &[out_dim])?),
+            ))
+        };
+        let out_proj = lin("router.merger.self_attn.out_proj", d, d)?;
+        let linear1 = lin("router.merger.linear1", d, d)?;
+        let linear2 = lin("router.merger.linear2", d, d)?;
+        let mlp1 = lin("router.router.0", d, d)?;
+        let mlp2 = lin("router.router.2", e, d)?;
+        let mut norm = |name: &str, dim: usize| -> Result<LayerNorm> {
+            Ok(LayerNorm::new(
+                get(&format!("{name}.weight"), &[dim])?,
+                get(&format!("{name}.bias"), &[dim])?,
+                1e-5,
+            ))
+        };
+        let norm1 = norm("router.merger.norm1", d)?;
+        let norm2 = norm("router.merger.norm2", d)?;
+        let out_norm = norm("router.norm", e)?;
         Ok(Self {
             in_proj: Linear::new(
-                w.get("router.merger.self_attn.in_proj_weight", &[3 * d, d])?,
-                Some(w.get("router.merger.self_attn.in_proj_bias", &[3 * d])?),
+                get("router.merger.self_attn.in_proj_weight", &[3 * d, d])?,
+                Some(get("router.merger.self_attn.in_proj_bias", &[3 * d])?),
             ),
-            out_proj: linear(w, "router.merger.self_attn.out_proj", d, d, true)?,
-            linear1: linear(w, "router.merger.linear1", d, d, true)?,
-            linear2: linear(w, "router.merger.linear2", d, d, true)?,
-            norm1: layer_norm(w, "router.merger.norm1", d, 1e-5)?,
-            norm2: layer_norm(w, "router.merger.norm2", d, 1e-5)?,
-            mlp1: linear(w, "router.router.0", d, d, true)?,
-            mlp2: linear(w, "router.router.2", e, d, true)?,
-            voter: w.get("router.voter", &[seq, 1])?,
-            norm: layer_norm(w, "router.norm", e, 1e-5)?,
+            out_proj,
+            linear1,
+            linear2,
+            norm1,
+            norm2,
+            mlp1,
+            mlp2,
+            voter: get("router.voter", &[seq, 1])?,
+            norm: out_norm,
             heads: rc.merger_heads,
             text_queries: rc.text_queries,
             granularities: config.granularities.clone(),
             hidden: d,
+            differentiable,
         })
     }
 
@@ -146,24 +184,12 @@ impl Router {
         for (i, inp) in inputs.iter().enumerate() {
             by_crops.entry(inp.features.dim(0)?).or_default().push(i);
         }
-        for (n, members) in by_crops {
+        for members in by_crops.into_values() {
             let xs = members
                 .iter()
                 .map(|&i| self.build_input(&inputs[i]))
                 .collect::<Result<Vec<_>>>()?;
-            let seq = xs[0].dim(1)?;
-            // (n, B·seq, D): crops are the attention axis, (image, token) pairs the batch.
-            let x = Tensor::cat(&xs, 1)?;
-            let mixed = self.merger(&x)?;
-            let r = self.mlp2.forward(&self.mlp1.forward(&mixed)?.gelu_erf()?)?; // (n, B·seq, E)
-            let e = r.dim(2)?;
-            let r = r
-                .reshape((n, members.len(), seq, e))?
-                .to_dtype(DType::F32)?;
-            let voter = self.voter.to_dtype(DType::F32)?.reshape((1, 1, seq, 1))?;
-            let voted = r.broadcast_mul(&voter)?.sum(2)?; // (n, B, E)
-            let per_image = voted.mean(0)?; // (B, E)
-            let normed = self.norm_f32(&per_image)?;
+            let normed = self.logits_of(&xs)?;
             for (row, &i) in members.iter().enumerate() {
                 let logits: Vec<f32> = normed.get(row)?.to_vec1()?;
                 let choice = argmax(&logits);
@@ -176,15 +202,67 @@ impl Router {
             .collect())
     }
 
+    /// LayerNorm'd router logits `(B, E)` for images that all have the same crop count, as a tensor
+    /// (differentiable when the router was built with `differentiable`).
+    pub fn logits(&self, inputs: &[&RouterInput]) -> Result<Tensor> {
+        let xs = inputs
+            .iter()
+            .map(|i| self.build_input(i))
+            .collect::<Result<Vec<_>>>()?;
+        self.logits_of(&xs)
+    }
+
+    /// Logits for assembled inputs `(n_crops, seq, D)` that share `n_crops`.
+    fn logits_of(&self, xs: &[Tensor]) -> Result<Tensor> {
+        let first = xs
+            .first()
+            .ok_or_else(|| ModelError::Input("no router inputs".into()))?;
+        let (n, seq, _) = first.dims3()?;
+        for x in xs {
+            if x.dims3()?.0 != n {
+                return Err(ModelError::Input(
+                    "router inputs batched together must have the same crop count".into(),
+                ));
+            }
+        }
+        // (n, B·seq, D): crops are the attention axis, (image, token) pairs the batch.
+        let x = Tensor::cat(xs, 1)?;
+        let mixed = self.merger(&x)?;
+        let r = self.mlp2.forward(&self.mlp1.forward(&mixed)?.gelu_erf()?)?; // (n, B·seq, E)
+        let e = r.dim(2)?;
+        let r = r.reshape((n, xs.len(), seq, e))?.to_dtype(DType::F32)?;
+        let voter = self.voter.to_dtype(DType::F32)?.reshape((1, 1, seq, 1))?;
+        let voted = r.broadcast_mul(&voter)?.sum(2)?; // (n, B, E)
+        let per_image = voted.mean(0)?; // (B, E)
+        self.norm_f32(&per_image)
+    }
+
     fn norm_f32(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.norm.weight().to_dtype(DType::F32)?;
         let b = self
             .norm
             .bias()
             .map(|b| b.to_dtype(DType::F32))
-            .transpose()?;
-        let ln = LayerNorm::new(w, b.expect("router norm has a bias"), 1e-5);
-        Ok(ln.forward(x)?)
+            .transpose()?
+            .expect("router norm has a bias");
+        self.layer_norm(&LayerNorm::new(w, b, 1e-5), x)
+    }
+
+    fn layer_norm(&self, ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+        if !self.differentiable {
+            return Ok(ln.forward(x)?);
+        }
+        let d = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / d)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+        let y = centred
+            .broadcast_div(&(var + 1e-5)?.sqrt()?)?
+            .broadcast_mul(ln.weight())?;
+        Ok(match ln.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 
     /// Post-LN `TransformerEncoderLayer` (ReLU FFN) with attention over axis 0: `(n_crops, seq, D)`
@@ -204,11 +282,15 @@ impl Router {
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = if self.differentiable {
+            candle_nn::ops::softmax(&att, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&att)?
+        };
         let o = att.matmul(&v)?.permute((2, 0, 1, 3))?.reshape((n, b, d))?;
-        let x = self.norm1.forward(&(x + self.out_proj.forward(&o)?)?)?;
+        let x = self.layer_norm(&self.norm1, &(x + self.out_proj.forward(&o)?)?)?;
         let ff = self.linear2.forward(&self.linear1.forward(&x)?.relu()?)?;
-        Ok(self.norm2.forward(&(x + ff)?)?)
+        self.layer_norm(&self.norm2, &(x + ff)?)
     }
 
     pub fn hidden(&self) -> usize {
