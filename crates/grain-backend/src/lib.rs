@@ -176,7 +176,6 @@ pub fn start(
             encoder_cache: EncoderCache::new(cfg.encoder_cache_bytes),
             prompts: Default::default(),
             metrics,
-            ceiling: None,
         })
     };
     Ok(EngineHandle::start(engine, card, Arc::new(pre), load)?)
