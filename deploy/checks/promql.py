@@ -52,8 +52,10 @@ CATALOGUE: dict[str, Family] = {
     "grain_visual_tokens_total": _f(COUNTER, "kind", kind={"selected", "full"}),
     "grain_visual_tokens_saved_total": _f(COUNTER),
     "grain_granularity_selected_total": _f(
-        COUNTER, "granularity", "source", source={"router", "detail", "request"}
+        COUNTER, "granularity", "source", source={"router", "detail", "request", "ceiling"}
     ),
+    # Issue 10: the load-adaptive granularity ceiling (visual tokens per crop).
+    "grain_granularity_ceiling": _f(GAUGE),
     "grain_router_duration_seconds": _f(HISTOGRAM),
     "grain_vision_encoder_duration_seconds": _f(HISTOGRAM),
     "grain_encoder_cache_hits_total": _f(COUNTER),

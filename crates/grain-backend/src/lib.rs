@@ -33,6 +33,9 @@ pub struct BackendConfig {
     pub model_dir: PathBuf,
     /// The id clients send as `model` (defaults to the directory name).
     pub model_id: String,
+    /// Where the model, its KV cache and the encoder cache live (`Device::Cpu` unless set; a CUDA
+    /// device needs the `cuda` feature). All model work runs on the scheduler thread.
+    pub device: Device,
     pub dtype: DType,
     /// KV cache budget; the number of blocks is derived from it unless the engine config fixes it.
     pub kv_cache_bytes: usize,
@@ -56,6 +59,7 @@ impl BackendConfig {
         Self {
             model_dir,
             model_id,
+            device: Device::Cpu,
             dtype: DType::F32,
             kv_cache_bytes: 256 << 20,
             encoder_cache_bytes: 128 << 20,
@@ -158,12 +162,13 @@ pub fn start(
     let load = move || -> Result<LlavaRunner, String> {
         let started = std::time::Instant::now();
         let model =
-            LlavaModel::load(&cfg.model_dir, cfg.dtype, &Device::Cpu).map_err(|e| e.to_string())?;
+            LlavaModel::load(&cfg.model_dir, cfg.dtype, &cfg.device).map_err(|e| e.to_string())?;
         let cache = model
             .new_kv_cache(num_blocks, block_size)
             .map_err(|e| e.to_string())?;
         tracing::info!(
-            model = %cfg.model_dir.display(), kv_blocks = num_blocks, block_size,
+            model = %cfg.model_dir.display(), device = ?cfg.device.location(), dtype = ?cfg.dtype,
+            kv_blocks = num_blocks, block_size,
             router = model.has_router(), secs = started.elapsed().as_secs_f64(), "model loaded"
         );
         Ok(LlavaRunner {
@@ -176,6 +181,7 @@ pub fn start(
             encoder_cache: EncoderCache::new(cfg.encoder_cache_bytes),
             prompts: Default::default(),
             metrics,
+            ceiling: None,
         })
     };
     Ok(EngineHandle::start(engine, card, Arc::new(pre), load)?)

@@ -48,10 +48,7 @@ impl LlavaPreprocessor {
         self.config.image_token_id.unwrap_or(IMAGE_TOKEN_SENTINEL)
     }
 
-    fn render(
-        &self,
-        req: &ChatRequest,
-    ) -> Result<(String, Vec<RawImage>), EngineError> {
+    fn render(&self, req: &ChatRequest) -> Result<(String, Vec<RawImage>), EngineError> {
         let mut messages = Vec::with_capacity(req.messages.len());
         let mut images = Vec::new();
         for (mi, m) in req.messages.iter().enumerate() {
@@ -80,7 +77,11 @@ impl LlavaPreprocessor {
                                 Some(&format!("messages[{mi}].content")),
                             ));
                         }
-                        images.push(RawImage { index: images.len(), data: data.clone(), detail: *detail });
+                        images.push(RawImage {
+                            index: images.len(),
+                            data: data.clone(),
+                            detail: *detail,
+                        });
                         content.push(ContentPart::Image);
                     }
                 }
@@ -131,7 +132,12 @@ impl Preprocessor for LlavaPreprocessor {
             ));
         }
         let mut images = Vec::with_capacity(raw_images.len());
-        for RawImage { index, data, detail } in raw_images {
+        for RawImage {
+            index,
+            data,
+            detail,
+        } in raw_images
+        {
             let img = decode_rgb(&data, self.limits.decode, self.config.alpha).map_err(|e| {
                 EngineError::InvalidImage {
                     index,

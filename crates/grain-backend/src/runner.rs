@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use grain_engine::{
-    EngineError, GranularityChoice, GranularitySource, ImageUsage, ModelRunner, PrepareItem,
-    PreparedPrompt, SeqId, StepBatch, TokenDecoder,
+    EngineError, GranularityCeiling, GranularityChoice, GranularitySource, ImageUsage, ModelRunner,
+    PrepareItem, PreparedPrompt, SeqId, StepBatch, TokenDecoder,
 };
 use grain_model::policy::{self, Policy, Resolved};
 use grain_model::{KvCache, LlavaModel, RouterInput, SeqChunk};
@@ -33,6 +33,37 @@ pub struct LlavaRunner {
     /// Prompt embeddings per sequence; siblings share one tensor.
     pub(crate) prompts: HashMap<SeqId, Arc<Tensor>>,
     pub(crate) metrics: Option<Metrics>,
+    /// The engine's load-adaptive ceiling; `None` when the controller is off.
+    pub(crate) ceiling: Option<GranularityCeiling>,
+}
+
+/// Holds one image's granularity under the load-adaptive ceiling. Only `auto` choices (the router
+/// or the server default) are lowered unless the ceiling covers explicit ones too; a lowered image
+/// reports the source `ceiling`.
+fn apply_ceiling(
+    policy: &Policy,
+    ceiling: Option<GranularityCeiling>,
+    g: u32,
+    source: GranularitySource,
+) -> (u32, GranularitySource) {
+    let Some(c) = ceiling else {
+        return (g, source);
+    };
+    let auto = matches!(
+        source,
+        GranularitySource::Router | GranularitySource::Default
+    );
+    if g <= c.max || !(auto || c.explicit_too) {
+        return (g, source);
+    }
+    let lowered = policy
+        .candidates
+        .iter()
+        .copied()
+        .filter(|&x| x <= c.max)
+        .max()
+        .unwrap_or_else(|| policy.coarsest());
+    (lowered, GranularitySource::Ceiling)
 }
 
 fn internal(e: impl std::fmt::Display) -> EngineError {
@@ -198,6 +229,7 @@ impl LlavaRunner {
                     } => (granularity, Self::to_source(source)),
                     Resolved::Router => (chosen[&(first + j)], GranularitySource::Router),
                 };
+                let (g, source) = apply_ceiling(&self.policy, self.ceiling, g, source);
                 let feats = plan.features.as_ref().expect("encoded above");
                 tokens.push(
                     self.model
@@ -317,5 +349,60 @@ impl ModelRunner for LlavaRunner {
 
     fn decoder(&self) -> Arc<dyn TokenDecoder> {
         self.decoder.clone()
+    }
+
+    fn set_granularity_ceiling(&mut self, ceiling: Option<GranularityCeiling>) {
+        self.ceiling = ceiling;
+        if let Some(m) = &self.metrics {
+            let top = self.policy.capped(self.policy.finest());
+            m.set_granularity_ceiling(ceiling.map_or(top, |c| c.max.min(top)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(vec![36, 72, 144, 288, 576])
+    }
+
+    fn ceiling(max: u32, explicit_too: bool) -> Option<GranularityCeiling> {
+        Some(GranularityCeiling { max, explicit_too })
+    }
+
+    #[test]
+    fn the_ceiling_lowers_auto_choices_only() {
+        let p = policy();
+        use GranularitySource as S;
+        assert_eq!(apply_ceiling(&p, None, 576, S::Router), (576, S::Router));
+        assert_eq!(
+            apply_ceiling(&p, ceiling(144, false), 576, S::Router),
+            (144, S::Ceiling)
+        );
+        assert_eq!(
+            apply_ceiling(&p, ceiling(144, false), 288, S::Default),
+            (144, S::Ceiling)
+        );
+        // Already at or under the ceiling: untouched, and the source stays the router's.
+        assert_eq!(
+            apply_ceiling(&p, ceiling(144, false), 72, S::Router),
+            (72, S::Router)
+        );
+        // `detail: high` and a request-level granularity are honoured...
+        assert_eq!(
+            apply_ceiling(&p, ceiling(144, false), 576, S::Detail),
+            (576, S::Detail)
+        );
+        assert_eq!(
+            apply_ceiling(&p, ceiling(144, false), 288, S::Request),
+            (288, S::Request)
+        );
+        // ...unless the ceiling is configured to cover them.
+        assert_eq!(
+            apply_ceiling(&p, ceiling(144, true), 576, S::Detail),
+            (144, S::Ceiling)
+        );
     }
 }

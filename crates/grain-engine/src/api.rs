@@ -182,6 +182,8 @@ pub enum GranularitySource {
     Detail,
     Request,
     Default,
+    /// The load-adaptive ceiling lowered the choice (see [`crate::controller`]).
+    Ceiling,
 }
 
 impl GranularitySource {
@@ -191,6 +193,7 @@ impl GranularitySource {
             GranularitySource::Detail => "detail",
             GranularitySource::Request => "request",
             GranularitySource::Default => "default",
+            GranularitySource::Ceiling => "ceiling",
         }
     }
 }

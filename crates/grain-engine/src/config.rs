@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::controller::ControllerConfig;
+
 /// A configuration that cannot work; lists every problem found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid engine config: {}", .0.join("; "))]
@@ -31,6 +33,8 @@ pub struct EngineConfig {
     pub max_context: Option<usize>,
     /// `Retry-After` suggested with `Overloaded`.
     pub retry_after_s: u32,
+    /// The load-adaptive granularity ceiling (off by default).
+    pub controller: ControllerConfig,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +50,7 @@ impl Default for EngineConfig {
             default_max_tokens: 512,
             max_context: None,
             retry_after_s: 1,
+            controller: ControllerConfig::default(),
         }
     }
 }
@@ -73,6 +78,9 @@ impl EngineConfig {
         }
         if self.max_context == Some(0) {
             problems.push("max_context must be positive".to_owned());
+        }
+        if self.controller.enabled {
+            problems.extend(self.controller.problems());
         }
         if problems.is_empty() {
             Ok(())

@@ -96,6 +96,8 @@ impl std::fmt::Debug for EngineHandle {
 
 struct Inner {
     card: ModelCard,
+    /// Most positions per sequence (prompt + completion), as the scheduler will enforce it.
+    max_context: usize,
     retry_after_s: u32,
     channel_capacity: usize,
     preprocessor: Arc<dyn Preprocessor>,
@@ -132,6 +134,7 @@ impl EngineHandle {
         });
         let (submit, submissions) = sync_channel(config.max_queue);
         let inner = Inner {
+            max_context: config.max_context.unwrap_or(card.context_length as usize),
             card: card.clone(),
             retry_after_s: config.retry_after_s,
             channel_capacity: config.channel_capacity,
@@ -165,6 +168,7 @@ impl EngineHandle {
             return Err(EngineError::NotReady);
         }
         validate_params(&req.params)?;
+        check_max_tokens(req.params.max_tokens, inner.max_context)?;
         let overloaded = || EngineError::Overloaded {
             retry_after_s: inner.retry_after_s,
         };
@@ -282,6 +286,22 @@ impl GenerationStream {
     }
 }
 
+/// A `max_tokens` larger than the whole context can never be honoured, whatever the prompt: it is a
+/// client error, not something to clamp silently. (A smaller one that does not fit beside the
+/// prompt is clamped to the context left, as documented on `GenerationParams::max_tokens`.)
+fn check_max_tokens(max_tokens: Option<u32>, max_context: usize) -> Result<(), EngineError> {
+    match max_tokens {
+        Some(m) if m as usize > max_context => Err(EngineError::invalid(
+            format!(
+                "max_tokens is {m}, more than this model's context length of {max_context} tokens \
+                 (which the prompt shares)"
+            ),
+            Some("max_tokens"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The text of a caught panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -290,5 +310,22 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_tokens_beyond_the_context_is_refused() {
+        assert!(check_max_tokens(None, 4096).is_ok());
+        assert!(check_max_tokens(Some(4096), 4096).is_ok());
+        match check_max_tokens(Some(4097), 4096) {
+            Err(EngineError::InvalidRequest { param, .. }) => {
+                assert_eq!(param.as_deref(), Some("max_tokens"))
+            }
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
     }
 }

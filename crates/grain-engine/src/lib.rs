@@ -7,6 +7,7 @@
 pub mod api;
 pub mod blocks;
 pub mod config;
+pub mod controller;
 pub mod detok;
 mod handle;
 pub mod mock;
@@ -20,6 +21,7 @@ mod worker;
 
 pub use api::*;
 pub use config::{ConfigError, EngineConfig};
+pub use controller::{ControllerConfig, GranularityCeiling};
 pub use handle::{EngineHandle, GenerationStream};
 pub use runner::{
     ImageInput, ModelRunner, PrepareItem, PreparedPrompt, Preprocessor, SeqId, StepBatch,

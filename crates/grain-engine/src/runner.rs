@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::api::{
     ChatRequest, Detail, EngineError, GenerationParams, GranularityChoice, ImageUsage,
 };
+use crate::controller::GranularityCeiling;
 
 /// Identifies one sequence (one choice of one request) for the lifetime of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,6 +131,12 @@ pub trait ModelRunner: Send + 'static {
 
     /// The detokenizer; fetched once when the worker starts.
     fn decoder(&self) -> Arc<dyn TokenDecoder>;
+
+    /// The load-adaptive ceiling changed (`None`: no controller). Applies to requests prepared from
+    /// now on; prepared ones keep their granularity. Called once at start and on every change.
+    fn set_granularity_ceiling(&mut self, ceiling: Option<GranularityCeiling>) {
+        let _ = ceiling;
+    }
 }
 
 /// Token ids → text. Stateless: the engine derives incremental, UTF-8-safe deltas itself by

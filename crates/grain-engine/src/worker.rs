@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvError, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api::{EngineError, ModelCard, Usage};
 use crate::config::EngineConfig;
+use crate::controller::{CeilingDriver, Controller, TICK};
 use crate::handle::{panic_message, Shared, Status, Submission};
 use crate::request::{ActiveRequest, Delivery, TokenCtx};
 use crate::runner::{ModelRunner, PrepareItem, PreparedPrompt, SeqId, StepBatch, TokenDecoder};
@@ -79,6 +80,8 @@ struct Worker<R> {
     next_request: u64,
     prepare_panics: u32,
     forward_panics: u32,
+    /// The load-adaptive granularity ceiling, when enabled.
+    ceiling: Option<CeilingDriver>,
 }
 
 impl<R: ModelRunner> Worker<R> {
@@ -107,6 +110,13 @@ impl<R: ModelRunner> Worker<R> {
             max_context: config.max_context.unwrap_or(card.context_length as usize),
         };
         shared.blocks_total.store(num_blocks, Ordering::Relaxed);
+        let ceiling = if config.controller.enabled {
+            let c = Controller::new(config.controller.clone(), &card.granularities)
+                .map_err(|e| e.to_string())?;
+            Some(CeilingDriver::new(c))
+        } else {
+            None
+        };
         Ok(Self {
             decoder: runner.decoder(),
             eos: runner.eos_ids(),
@@ -120,11 +130,13 @@ impl<R: ModelRunner> Worker<R> {
             next_request: 0,
             prepare_panics: 0,
             forward_panics: 0,
+            ceiling,
         })
     }
 
     fn serve(mut self, submissions: Receiver<Submission>) {
         let mut open = true;
+        self.push_ceiling();
         loop {
             let mut arrivals = Vec::new();
             if self.state.is_idle() {
@@ -132,8 +144,9 @@ impl<R: ModelRunner> Worker<R> {
                     if !open {
                         break;
                     }
-                    match submissions.recv() {
-                        Ok(s) => arrivals.push(s),
+                    match self.wait_for_work(&submissions) {
+                        Ok(Some(s)) => arrivals.push(s),
+                        Ok(None) => {} // A ceiling tick is due.
                         Err(_) => break,
                     }
                 } else if open {
@@ -174,6 +187,7 @@ impl<R: ModelRunner> Worker<R> {
             }
             self.deliver();
             self.publish_stats();
+            self.tick_ceiling();
 
             if self.prepare_panics.max(self.forward_panics) >= MAX_CONSECUTIVE_PANICS {
                 self.shut_down_broken();
@@ -185,6 +199,7 @@ impl<R: ModelRunner> Worker<R> {
 
     /// Prepares new requests in one batch and queues their sequences.
     fn admit(&mut self, arrivals: Vec<Submission>) {
+        let picked_up = Instant::now();
         self.shared
             .queued
             .fetch_sub(arrivals.len(), Ordering::AcqRel);
@@ -232,7 +247,7 @@ impl<R: ModelRunner> Worker<R> {
             }
         };
         for ((sub, item), result) in subs.into_iter().zip(items).zip(results) {
-            self.enqueue(sub, item.seqs, result);
+            self.enqueue(sub, item.seqs, result, picked_up);
         }
     }
 
@@ -241,6 +256,7 @@ impl<R: ModelRunner> Worker<R> {
         sub: Submission,
         seqs: Vec<SeqId>,
         prepared: Result<PreparedPrompt, EngineError>,
+        picked_up: Instant,
     ) {
         let Submission {
             request,
@@ -307,6 +323,9 @@ impl<R: ModelRunner> Worker<R> {
             usage,
         );
         self.requests.insert(key, req);
+        if let Some(c) = &mut self.ceiling {
+            c.admitted(key, picked_up);
+        }
     }
 
     /// Cancels requests whose stream was dropped, freeing their blocks before the next schedule.
@@ -326,6 +345,7 @@ impl<R: ModelRunner> Worker<R> {
     }
 
     fn step(&mut self, batch: &StepBatch) {
+        self.observe_step(batch, false);
         let rows = match catch_unwind(AssertUnwindSafe(|| self.runner.forward(batch))) {
             Ok(Ok(rows)) if rows.len() == batch.num_logits() => {
                 self.forward_panics = 0;
@@ -347,6 +367,7 @@ impl<R: ModelRunner> Worker<R> {
                 return self.fail_batch(batch, EngineError::Internal(msg));
             }
         };
+        self.observe_step(batch, true);
         let ctx = TokenCtx {
             decoder: &*self.decoder,
             eos: &self.eos,
@@ -420,6 +441,9 @@ impl<R: ModelRunner> Worker<R> {
 
     /// Forgets a request entirely (its ticket is dropped with it).
     fn drop_request(&mut self, key: u64) {
+        if let Some(c) = &mut self.ceiling {
+            c.forget(key);
+        }
         if let Some(req) = self.requests.remove(&key) {
             for c in &req.choices {
                 self.end_seq(c.seq);
@@ -448,6 +472,78 @@ impl<R: ModelRunner> Worker<R> {
             .store(self.state.blocks_used(), Ordering::Relaxed);
         s.preemptions
             .store(self.state.preemptions(), Ordering::Relaxed);
+    }
+
+    /// Blocks for the next submission, waking every [`TICK`] while the ceiling must still climb.
+    fn wait_for_work(
+        &self,
+        submissions: &Receiver<Submission>,
+    ) -> Result<Option<Submission>, RecvError> {
+        if !self
+            .ceiling
+            .as_ref()
+            .is_some_and(CeilingDriver::needs_ticks)
+        {
+            return submissions.recv().map(Some);
+        }
+        match submissions.recv_timeout(TICK) {
+            Ok(s) => Ok(Some(s)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(RecvError),
+        }
+    }
+
+    /// Feeds the ceiling controller: a request's first step ends its queue wait, its first
+    /// logits (after the forward) end its time to first token.
+    fn observe_step(&mut self, batch: &StepBatch, forwarded: bool) {
+        let Some(c) = &mut self.ceiling else {
+            return;
+        };
+        let now = Instant::now();
+        for e in &batch.entries {
+            let Some(&(key, _)) = self.owners.get(&e.seq) else {
+                continue;
+            };
+            if !forwarded {
+                c.scheduled(key, now);
+            } else if e.want_logits {
+                c.first_token(key, now);
+            }
+        }
+    }
+
+    fn tick_ceiling(&mut self) {
+        let Some(c) = &mut self.ceiling else {
+            return;
+        };
+        let total = self.state.blocks_total();
+        let kv_usage = if total == 0 {
+            0.0
+        } else {
+            self.state.blocks_used() as f64 / total as f64
+        };
+        if let Some(g) = c.tick(Instant::now(), self.state.num_waiting(), kv_usage) {
+            tracing::info!(
+                ceiling = g,
+                waiting = self.state.num_waiting(),
+                kv_usage,
+                "granularity ceiling changed"
+            );
+            self.push_ceiling();
+        }
+    }
+
+    /// Hands the current ceiling to the runner (`None` when the controller is off).
+    fn push_ceiling(&mut self) {
+        let ceiling = self.ceiling.as_ref().map(CeilingDriver::ceiling);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| {
+            self.runner.set_granularity_ceiling(ceiling)
+        })) {
+            tracing::error!(
+                "model panicked while setting the ceiling: {}",
+                panic_message(&*p)
+            );
+        }
     }
 
     /// The model keeps panicking: fail everything, report not ready, and stop.

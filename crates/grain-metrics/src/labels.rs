@@ -97,10 +97,18 @@ pub enum GranularitySourceLabel {
     Detail,
     Request,
     Default,
+    /// The load-adaptive ceiling lowered the choice.
+    Ceiling,
 }
 
 impl GranularitySourceLabel {
-    pub const ALL: [Self; 4] = [Self::Router, Self::Detail, Self::Request, Self::Default];
+    pub const ALL: [Self; 5] = [
+        Self::Router,
+        Self::Detail,
+        Self::Request,
+        Self::Default,
+        Self::Ceiling,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,6 +116,7 @@ impl GranularitySourceLabel {
             Self::Detail => "detail",
             Self::Request => "request",
             Self::Default => "default",
+            Self::Ceiling => "ceiling",
         }
     }
 }

@@ -86,6 +86,7 @@ pub struct Metrics {
     visual_tokens: IntCounterVec,
     visual_tokens_saved: IntCounter,
     granularity_selected: IntCounterVec,
+    granularity_ceiling: IntGauge,
     router_duration: Histogram,
     vision_encoder_duration: Histogram,
     encoder_cache_hits: IntCounter,
@@ -275,6 +276,12 @@ impl Metrics {
                 "Images by chosen granularity (visual tokens per crop) and by who chose it.",
                 &["granularity", "source"],
             )?,
+            granularity_ceiling: int_gauge(
+                r,
+                "granularity_ceiling",
+                "Finest granularity (visual tokens per crop) that auto images may use now; lowered \
+                 by the load-adaptive controller under overload.",
+            )?,
             router_duration: histogram(
                 r,
                 "router_duration_seconds",
@@ -436,6 +443,11 @@ impl Metrics {
             .inc_by(full.saturating_sub(selected));
     }
 
+    /// The current granularity ceiling (set at start and on every change).
+    pub fn set_granularity_ceiling(&self, granularity: u32) {
+        self.granularity_ceiling.set(i64::from(granularity));
+    }
+
     pub fn observe_router_duration(&self, seconds: f64) {
         self.router_duration.observe(seconds);
     }
@@ -480,6 +492,7 @@ pub const FAMILIES: &[&str] = &[
     "grain_visual_tokens_total",
     "grain_visual_tokens_saved_total",
     "grain_granularity_selected_total",
+    "grain_granularity_ceiling",
     "grain_router_duration_seconds",
     "grain_vision_encoder_duration_seconds",
     "grain_encoder_cache_hits_total",

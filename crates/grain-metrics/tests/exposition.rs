@@ -30,6 +30,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("grain_visual_tokens_total", "counter"),
     ("grain_visual_tokens_saved_total", "counter"),
     ("grain_granularity_selected_total", "counter"),
+    // Issue 10: the load-adaptive granularity ceiling.
+    ("grain_granularity_ceiling", "gauge"),
     ("grain_router_duration_seconds", "histogram"),
     ("grain_vision_encoder_duration_seconds", "histogram"),
     ("grain_encoder_cache_hits_total", "counter"),
@@ -150,8 +152,9 @@ fn label_sets_are_bounded_and_preinitialised() {
     metrics.record_granularity(101, GranularitySourceLabel::Request);
     let fams = parse_exposition(&encode_text(&registry).unwrap());
     let selected = &fams["grain_granularity_selected_total"].samples;
-    // 5 candidates × 4 sources, plus "other" for the request source.
-    assert_eq!(selected.len(), 5 * 4 + 1);
+    // 5 candidates × 5 sources (router, detail, request, default, ceiling), plus "other" for
+    // the request source.
+    assert_eq!(selected.len(), 5 * 5 + 1);
     assert_eq!(
         value(
             &fams,

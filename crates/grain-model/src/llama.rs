@@ -157,9 +157,9 @@ impl Llama {
         Ok(self.embed.index_select(&idx, 0)?)
     }
 
-    /// Run the decoder over a flat batch. `embeds` is `(Σ len, hidden)`; returns the logits
-    /// `(n_wanted, vocab)` in f32 for the chunks with `want_logits`, in order.
-    pub fn forward(
+    /// The decoder layers over a flat batch: final hidden states `(Σ len, hidden)`, before the
+    /// last norm.
+    fn hidden_states(
         &self,
         embeds: &Tensor,
         chunks: &[SeqChunk<'_>],
@@ -201,6 +201,19 @@ impl Llama {
             )?;
             x = (x + mlp)?;
         }
+        Ok(x)
+    }
+
+    /// Run the decoder over a flat batch. `embeds` is `(Σ len, hidden)`; returns the logits
+    /// `(n_wanted, vocab)` in f32 for the chunks with `want_logits`, in order.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let x = self.hidden_states(embeds, chunks, cache)?;
         let mut rows = Vec::new();
         let mut offset = 0u32;
         for s in chunks {
@@ -220,6 +233,19 @@ impl Llama {
         let idx = Tensor::from_vec(rows, n, embeds.device())?;
         let last = self.norm.forward(&x.index_select(&idx, 0)?)?;
         Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    /// Like [`Llama::forward`] but with f32 logits for every row of the flat batch
+    /// `(Σ len, vocab)`, whatever `want_logits` says: what a loss over a whole answer needs.
+    pub fn forward_all_logits(
+        &self,
+        embeds: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+    ) -> Result<Tensor> {
+        let x = self.hidden_states(embeds, chunks, cache)?;
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
     #[allow(clippy::too_many_arguments)]

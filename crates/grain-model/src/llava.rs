@@ -201,6 +201,16 @@ impl LlavaModel {
     ) -> Result<Tensor> {
         self.lm.forward(embeds, chunks, cache)
     }
+
+    /// Logits for every row of the flat batch (see [`Llama::forward_all_logits`]).
+    pub fn forward_all_logits(
+        &self,
+        embeds: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+    ) -> Result<Tensor> {
+        self.lm.forward_all_logits(embeds, chunks, cache)
+    }
 }
 
 /// AnyRes crops of an image, normalised with the config's mean/std.

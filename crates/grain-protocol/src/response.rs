@@ -132,6 +132,8 @@ pub enum GranularitySource {
     Request,
     /// The server's configured default policy.
     Default,
+    /// The load-adaptive granularity ceiling lowered the choice (the server was busy).
+    Ceiling,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

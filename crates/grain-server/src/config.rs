@@ -19,6 +19,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// On shutdown, how long in-flight requests get to finish.
     pub drain_timeout: Duration,
+    /// Longest a client may keep the server waiting: to send its request headers (idle keep-alive
+    /// connections close after it too), between two pieces of its request body, or without
+    /// reading a response the server is trying to send. Bounds what slow clients can hold.
+    pub client_timeout: Duration,
     /// Origins allowed by CORS; empty disables CORS, `["*"]` allows any origin.
     pub cors_allowed_origins: Vec<String>,
     pub images: ImageConfig,
@@ -33,6 +37,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
+            client_timeout: Duration::from_secs(30),
             cors_allowed_origins: Vec::new(),
             images: ImageConfig::default(),
         }

@@ -109,6 +109,7 @@ pub fn source(s: engine::GranularitySource) -> wire::GranularitySource {
         engine::GranularitySource::Detail => wire::GranularitySource::Detail,
         engine::GranularitySource::Request => wire::GranularitySource::Request,
         engine::GranularitySource::Default => wire::GranularitySource::Default,
+        engine::GranularitySource::Ceiling => wire::GranularitySource::Ceiling,
     }
 }
 
@@ -118,6 +119,7 @@ pub fn source_label(s: engine::GranularitySource) -> grain_metrics::GranularityS
         engine::GranularitySource::Detail => grain_metrics::GranularitySourceLabel::Detail,
         engine::GranularitySource::Request => grain_metrics::GranularitySourceLabel::Request,
         engine::GranularitySource::Default => grain_metrics::GranularitySourceLabel::Default,
+        engine::GranularitySource::Ceiling => grain_metrics::GranularitySourceLabel::Ceiling,
     }
 }
 
@@ -142,6 +144,18 @@ pub fn granularity_header(u: &engine::Usage) -> Option<String> {
         u.images
             .iter()
             .map(|i| i.granularity.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// The `x-grain-granularity-source` header value: who chose each image's granularity, in prompt
+/// order (`router,ceiling`); `ceiling` says the server lowered it because it was busy.
+pub fn granularity_source_header(u: &engine::Usage) -> Option<String> {
+    (!u.images.is_empty()).then(|| {
+        u.images
+            .iter()
+            .map(|i| i.source.as_str())
             .collect::<Vec<_>>()
             .join(",")
     })

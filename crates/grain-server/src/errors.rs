@@ -34,6 +34,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BadBody(String),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("the server is shutting down")]
     Draining,
     #[error("the request took longer than {0} s")]
@@ -142,6 +144,15 @@ impl ApiError {
                 INVALID,
                 "invalid_body",
                 format!("Could not read the request body: {reason}"),
+                None,
+                ErrorLabel::InvalidRequest,
+            ),
+            ApiError::BodyTimeout => d(
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID,
+                "request_timeout",
+                "The request body stopped arriving or took too long; send it without pauses."
+                    .into(),
                 None,
                 ErrorLabel::InvalidRequest,
             ),

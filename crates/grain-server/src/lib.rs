@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod body;
 pub mod config;
+pub mod conn;
 pub mod convert;
 pub mod errors;
 pub mod fetch;
@@ -22,7 +24,7 @@ pub mod shutdown;
 mod sse;
 pub mod state;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method};
@@ -32,6 +34,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 pub use config::{HttpFetchConfig, ImageConfig, ServerConfig};
+pub use conn::ClientTimeouts;
 pub use errors::ApiError;
 pub use shutdown::shutdown_signal;
 pub use state::AppState;
@@ -91,6 +94,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
             .expose_headers([
                 middleware::X_REQUEST_ID.clone(),
                 routes::chat::X_GRAIN_GRANULARITY.clone(),
+                routes::chat::X_GRAIN_GRANULARITY_SOURCE.clone(),
             ]),
     )
 }
@@ -139,9 +143,8 @@ pub async fn serve(
         }
         let _ = drained_tx.send(());
     };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(drained)
-        .into_future();
+    let timeouts = ClientTimeouts::uniform(state.config().client_timeout);
+    let server = conn::serve_connections(listener, app, timeouts, drained);
     tokio::pin!(server);
     let forced = async {
         // Only reached when the drain finished: give connections a moment to flush, then cut.
@@ -152,7 +155,7 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        result = &mut server => result?,
+        () = &mut server => {}
         () = forced => tracing::warn!("connections still open after the drain; closing them"),
     }
     Ok(())

@@ -408,9 +408,7 @@ async fn metrics_count_visual_tokens_and_requests() {
         metric(&text, "grain_request_prompt_tokens_sum"),
         (40 + 148) as f64
     );
-    // `grain_num_requests_running` is a scrape-time snapshot the scheduler publishes after it has
-    // delivered the last events, so right after a response it may still read 1; the engine's own
-    // tests check that running sequences return to zero.
+    assert_eq!(metric(&text, "grain_num_requests_running"), 0.0);
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@
 //! - **Flags**: as listed by `grain serve --help`.
 
 mod checks;
+mod controller;
 mod env;
 mod logging;
 mod resolve;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+pub(crate) use checks::parse_device;
 pub use logging::init_logging;
 pub use resolve::{
     ConfigErrors, ConfigIssue, Device, Dtype, GrainConfig, GranularityPolicy, ModelSource,
@@ -88,6 +90,11 @@ pub struct ServerArgs {
     /// On SIGTERM, how long in-flight requests get to finish, in seconds [default: 30].
     #[arg(long)]
     pub drain_timeout_s: Option<u64>,
+    /// Longest a client may stall, in seconds: sending its request headers (idle keep-alive
+    /// connections close after it too), between pieces of its body, or not reading the
+    /// response [default: 30].
+    #[arg(long)]
+    pub client_timeout_s: Option<u64>,
     /// CORS origins (comma-separated, `*` for any); none disables CORS [default: none].
     #[arg(long, value_delimiter = ',')]
     pub cors_allowed_origins: Option<Vec<String>>,
@@ -165,6 +172,47 @@ pub struct GranularityArgs {
     /// Finest granularity any request may use; finer choices are capped to it [default: none].
     #[arg(long)]
     pub max_granularity: Option<u32>,
+    /// Load-adaptive ceiling: lower `auto` images' granularity while the latency target is missed
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub controller: Option<bool>,
+    /// What the controller holds to its target: `ttft` or `queue_wait` [default: ttft].
+    #[arg(long)]
+    pub controller_signal: Option<String>,
+    /// Latency target for the signal's percentile, in milliseconds [default: 2000].
+    #[arg(long)]
+    pub controller_target_ms: Option<u64>,
+    /// Percentile of the window held to the target, 1-100 [default: 90].
+    #[arg(long)]
+    pub controller_percentile: Option<u8>,
+    /// Sliding window of latency samples, in milliseconds [default: 10000].
+    #[arg(long)]
+    pub controller_window_ms: Option<u64>,
+    /// Lowest ceiling the controller may set [default: 36].
+    #[arg(long)]
+    pub controller_floor: Option<u32>,
+    /// How long the target must be missed before stepping down, ms [default: 1000].
+    #[arg(long)]
+    pub controller_step_down_after_ms: Option<u64>,
+    /// How long the signal must stay under the band before stepping up, ms [default: 5000].
+    #[arg(long)]
+    pub controller_step_up_after_ms: Option<u64>,
+    /// Least time between two ceiling changes, ms [default: 2000].
+    #[arg(long)]
+    pub controller_cooldown_ms: Option<u64>,
+    /// Step up only while the signal is under this percentage of the target [default: 50].
+    #[arg(long)]
+    pub controller_step_up_below_pct: Option<u8>,
+    /// KV usage percentage that, with sequences waiting, counts as overload; 101 = off
+    /// [default: 95].
+    #[arg(long)]
+    pub controller_kv_high_water_pct: Option<u8>,
+    /// Samples needed before a missed target counts [default: 3].
+    #[arg(long)]
+    pub controller_min_samples: Option<usize>,
+    /// Hold explicit `detail` / `granularity` choices under the ceiling too [default: false].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub controller_apply_to_explicit: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Args, Deserialize)]
@@ -258,7 +306,7 @@ impl ServeArgs {
 impl ServerArgs {
     pub fn merge(self, over: Self) -> Self {
         merge_fields!(self, over; host, port, served_model_name, model_aliases, max_body_bytes,
-            request_timeout_s, drain_timeout_s, cors_allowed_origins, max_n)
+            request_timeout_s, drain_timeout_s, client_timeout_s, cors_allowed_origins, max_n)
     }
 }
 
@@ -278,7 +326,11 @@ impl EngineArgs {
 
 impl GranularityArgs {
     pub fn merge(self, over: Self) -> Self {
-        merge_fields!(self, over; default_granularity, max_granularity)
+        merge_fields!(self, over; default_granularity, max_granularity, controller,
+            controller_signal, controller_target_ms, controller_percentile, controller_window_ms,
+            controller_floor, controller_step_down_after_ms, controller_step_up_after_ms,
+            controller_cooldown_ms, controller_step_up_below_pct, controller_kv_high_water_pct,
+            controller_min_samples, controller_apply_to_explicit)
     }
 }
 

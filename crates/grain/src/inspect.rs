@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use grain_model::image::{decode_rgb, DecodeLimits};
 use grain_model::policy::{Detail, GranularityChoice, GranularitySource, Policy, Resolved};
-use grain_model::{DType, Device, LlavaModel, RouterInput, SeqChunk, Tensor};
+use grain_model::{DType, LlavaModel, RouterInput, SeqChunk, Tensor};
 use grain_tokenizer::{
     ChatMessage, ChatTemplate, ContentPart, Tokenizer, IMAGE_PLACEHOLDER, IMAGE_TOKEN_SENTINEL,
 };
@@ -36,6 +36,9 @@ pub struct InspectArgs {
     max_new_tokens: usize,
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     dtype: String,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a binary built with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Write pixel_values, image_features, text_embeds and router_logits to this safetensors file.
     #[arg(long)]
     dump: Option<PathBuf>,
@@ -47,7 +50,11 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    let device = Device::Cpu;
+    let device = crate::device::resolve(
+        crate::device::parse_device(&a.device)?,
+        crate::config::Dtype::F32,
+    )?
+    .device;
     let model = LlavaModel::load(&a.model, dtype, &device).context("loading the model")?;
     let tok = Tokenizer::from_dir(&a.model).context("loading the tokenizer")?;
     let template = ChatTemplate::from_dir(&a.model, &tok)?.unwrap_or_else(ChatTemplate::vicuna_v1);

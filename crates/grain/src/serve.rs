@@ -7,11 +7,10 @@ use grain_backend::BackendConfig;
 use grain_model::image::DecodeLimits;
 use grain_model::policy::GranularityChoice;
 use grain_model::tiny::{write_tiny, TinyLayout, TinySize};
-use grain_model::DType;
 use tracing::{info, warn};
 
-use crate::config::{self, Device, Dtype, GranularityPolicy, ModelSource, ServeArgs};
-use crate::download;
+use crate::config::{self, GranularityPolicy, ModelSource, ServeArgs};
+use crate::{device, download};
 
 /// Where the weights come from, plus a guard that keeps a generated checkpoint alive.
 struct ModelDir {
@@ -72,12 +71,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         warn!("{w}");
     }
     info!(config = ?cfg, "configuration");
-    match cfg.model.device {
-        Device::Auto | Device::Cpu => {}
-        Device::Cuda(i) => {
-            bail!("device cuda:{i} requested, but this binary was built without CUDA support")
-        }
-    }
+    let placement = device::resolve(cfg.model.device, cfg.model.dtype)?;
+    info!(
+        device = %device::describe(&placement.device),
+        dtype = device::dtype_name(placement.dtype),
+        "model placement"
+    );
     let model = resolve_model(&cfg.model.source)?;
     let model_config = grain_model::LlavaConfig::from_dir(&model.path)?;
 
@@ -87,11 +86,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .served_model_name
         .clone()
         .unwrap_or_else(|| model.id.clone());
-    backend.dtype = match cfg.model.dtype {
-        Dtype::Auto | Dtype::F32 => DType::F32,
-        Dtype::F16 => DType::F16,
-        Dtype::Bf16 => DType::BF16,
-    };
+    backend.device = placement.device;
+    backend.dtype = placement.dtype;
     if let Some(bytes) = cfg.kv_cache_memory_bytes {
         backend.kv_cache_bytes = bytes as usize;
     }

@@ -125,10 +125,19 @@ async fn max_tokens_is_clamped_to_the_context() {
         ..EngineConfig::default()
     };
     let (h, _) = ready(cfg, no_eos()).await;
-    let out = run(&h, request("e", "hi", &[], greedy(1000))).await;
+    let out = run(&h, request("e", "hi", &[], greedy(64))).await;
     // BOS + "U:" + "hi" = 5 prompt positions, so 59 tokens fill the context.
     assert_eq!(out.tokens[0].len(), 59);
     assert_eq!(out.finish[0], Some(FinishReason::Length));
+    // More than the whole context can never be honoured: refused, not clamped.
+    let err = h
+        .generate(request("f", "hi", &[], greedy(65)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::InvalidRequest { param: Some(p), .. } if p == "max_tokens"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -2,16 +2,15 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use grain_engine::{Event, GenerationStream};
 use grain_metrics::Metrics;
 use grain_protocol as wire;
 
+use crate::body::read_body;
 use crate::convert;
 use crate::errors::ApiError;
 use crate::middleware::RequestId;
@@ -21,6 +20,9 @@ use crate::state::AppState;
 
 /// Each image's granularity, in prompt order (`144,36`).
 pub static X_GRAIN_GRANULARITY: HeaderName = HeaderName::from_static("x-grain-granularity");
+/// Who chose each image's granularity, in prompt order (`router,ceiling`).
+pub static X_GRAIN_GRANULARITY_SOURCE: HeaderName =
+    HeaderName::from_static("x-grain-granularity-source");
 
 /// Latency bookkeeping shared by the streaming and non-streaming paths.
 pub(crate) struct Timing {
@@ -79,13 +81,13 @@ pub(crate) struct CompletionMeta {
 pub async fn completions(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
     let Some(guard) = state.enter() else {
         return fail(&state, ApiError::Draining);
     };
-    match handle(&state, request_id, body, started, guard).await {
+    match handle(&state, request_id, request, started, guard).await {
         Ok(response) => response,
         Err(e) => fail(&state, e),
     }
@@ -99,19 +101,21 @@ fn fail(state: &AppState, e: ApiError) -> Response {
 async fn handle(
     state: &AppState,
     request_id: String,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
     started: Instant,
     guard: InFlight,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: state.config().max_body_bytes,
-            }
-        } else {
-            ApiError::BadBody(rejection.body_text())
-        }
-    })?;
+    let timeout = state.config().request_timeout;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
+    let (parts, body) = request.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.config().max_body_bytes,
+        state.config().client_timeout,
+        deadline,
+    )
+    .await?;
     let req = wire::parse_chat_request(&body, &state.config().limits)?;
     drop(body);
     let model = state
@@ -127,8 +131,6 @@ async fn handle(
         logprobs: req.wants_logprobs(),
         include_usage: req.include_usage(),
     };
-    let timeout = state.config().request_timeout;
-    let deadline = tokio::time::Instant::from_std(started + timeout);
     let stream = tokio::time::timeout_at(deadline, state.engine().generate(engine_req))
         .await
         .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
@@ -235,6 +237,13 @@ async fn collect(
             response
                 .headers_mut()
                 .insert(X_GRAIN_GRANULARITY.clone(), value);
+        }
+    }
+    if let Some(value) = convert::granularity_source_header(&usage) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(X_GRAIN_GRANULARITY_SOURCE.clone(), value);
         }
     }
     Ok(response)

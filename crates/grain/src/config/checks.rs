@@ -49,7 +49,7 @@ pub(super) fn valid_origin(origin: &str) -> bool {
     }
 }
 
-pub(super) fn parse_device(value: &str) -> Result<Device, String> {
+pub(crate) fn parse_device(value: &str) -> Result<Device, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "auto" => Ok(Device::Auto),
         "cpu" => Ok(Device::Cpu),

@@ -139,6 +139,7 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub drain_timeout: Duration,
+    pub client_timeout: Duration,
     pub cors_allowed_origins: Vec<String>,
     pub max_n: u32,
 }
@@ -198,6 +199,7 @@ impl GrainConfig {
             max_body_bytes: self.server.max_body_bytes,
             request_timeout: self.server.request_timeout,
             drain_timeout: self.server.drain_timeout,
+            client_timeout: self.server.client_timeout,
             cors_allowed_origins: self.server.cors_allowed_origins.clone(),
             images: ImageConfig {
                 max_image_bytes: self.images.max_image_bytes,
@@ -239,6 +241,10 @@ pub(super) fn resolve(args: ServeArgs, issues: &mut Vec<ConfigIssue>) -> Option<
     let drain_timeout_s = s.drain_timeout_s.unwrap_or(30);
     if drain_timeout_s == 0 {
         issue("server.drain_timeout_s", "must be at least 1".into());
+    }
+    let client_timeout_s = s.client_timeout_s.unwrap_or(30);
+    if client_timeout_s == 0 {
+        issue("server.client_timeout_s", "must be at least 1".into());
     }
     let max_n = s.max_n.unwrap_or(16);
     if !(1..=128).contains(&max_n) {
@@ -309,6 +315,7 @@ pub(super) fn resolve(args: ServeArgs, issues: &mut Vec<ConfigIssue>) -> Option<
         default_max_tokens: e.default_max_tokens.unwrap_or(defaults.default_max_tokens),
         max_context: e.max_model_len.or(defaults.max_context),
         retry_after_s: e.retry_after_s.unwrap_or(defaults.retry_after_s),
+        controller: super::controller::resolve(&args.granularity, &mut issue),
     };
     if let Err(err) = engine.validate() {
         for problem in err.0 {
@@ -474,6 +481,7 @@ pub(super) fn resolve(args: ServeArgs, issues: &mut Vec<ConfigIssue>) -> Option<
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_secs(request_timeout_s),
             drain_timeout: Duration::from_secs(drain_timeout_s),
+            client_timeout: Duration::from_secs(client_timeout_s),
             cors_allowed_origins,
             max_n,
         },

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Reproduce one table of docs/benchmarks.md with one command:
+#
+#   benchmarks/run.sh granularity   # fixed 36 … 576, router, paper-like mix at concurrency 16 (+ solo)
+#   benchmarks/run.sh batching      # tokens/s at concurrency 1, 4, 16: text-only, and images at 36
+#   benchmarks/run.sh hf            # Grain vs HF transformers, same HF-layout checkpoint and requests
+#   benchmarks/run.sh all
+#
+# Uses target/release/grain (built if missing; GRAIN_BIN overrides), writes checkpoints under
+# target/bench-work/ and raw JSON + SVG plots under benchmarks/results/ (OUT overrides). Each table's
+# requests are seeded, so reruns send the same prompts, image sizes and output lengths. The `hf`
+# table needs the parity venv (.venv-parity: torch + transformers, see tests/parity/README.md).
+# Environment knobs: N (requests per run point), HF_N (requests in the HF table), MAX_TOKENS.
+# Exit status 1 when a table misses its target (benchmarks/summarize.py prints which).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GRAIN=${GRAIN_BIN:-target/release/grain}
+OUT=${OUT:-benchmarks/results}
+WORK=${WORK:-target/bench-work}
+N=${N:-32}
+HF_N=${HF_N:-8}
+MAX_TOKENS=${MAX_TOKENS:-64}
+PY=${PY:-.venv-parity/bin/python}
+
+if [[ -z ${GRAIN_BIN:-} && ! -x $GRAIN ]]; then
+  cargo build --release -p grain
+fi
+mkdir -p "$OUT" "$WORK"
+
+# The small preset (LM hidden 512 × 4 layers, CLIP 256 wide × 4 layers), random but seeded weights.
+checkpoint() {
+  local dir="$WORK/small-$1"
+  [[ -f $dir/config.json ]] || "$GRAIN" make-tiny --layout "$1" --size small --out "$dir" >&2
+  echo "$dir"
+}
+
+# Common settings: the realistic spread of photo sizes, one image per request, greedy, MAX_TOKENS.
+bench() {
+  "$GRAIN" bench --spawn "$GRAIN" --max-tokens "$MAX_TOKENS" --seed 1 "$@"
+}
+
+granularity() {
+  bench --spawn-model "$(checkpoint avg)" --label "grain small (AVG)" \
+    --granularity 36,72,144,288,576,auto,mix:paper --concurrency 1,16 --num-requests "$N" --warmup 2 \
+    --json "$OUT/granularity.json" --plot "$OUT/plots-granularity"
+  python3 benchmarks/summarize.py granularity "$OUT/granularity.json"
+}
+
+# Two workloads, each its own run: text-only (decoding dominates: what batching speeds up) and
+# one image per request at granularity 36 (the vision tower dominates on the small preset).
+batching() {
+  local ok=0
+  bench --spawn-model "$(checkpoint avg)" --label "grain small, text only" \
+    --workload text --concurrency 1,4,16 --num-requests "$N" --warmup 2 \
+    --json "$OUT/batching-text.json" --plot "$OUT/plots-batching-text"
+  python3 benchmarks/summarize.py batching "$OUT/batching-text.json" || ok=1
+  bench --spawn-model "$(checkpoint avg)" --label "grain small, image at 36" \
+    --granularity 36 --concurrency 1,4,16 --num-requests "$N" --warmup 2 \
+    --json "$OUT/batching-image.json" --plot "$OUT/plots-batching-image"
+  python3 benchmarks/summarize.py batching "$OUT/batching-image.json" || ok=1
+  return $ok
+}
+
+hf() {
+  local ckpt
+  ckpt=$(checkpoint hf)
+  "$GRAIN" bench --dump-workload "$WORK/hf-workload.jsonl" --num-requests "$HF_N" --max-tokens "$MAX_TOKENS" --seed 1
+  # The HF layout has no router: Grain serves every image at 576, the granularity transformers uses.
+  "$GRAIN" bench --spawn "$GRAIN" --spawn-model "$ckpt" --label "grain small (HF layout)" \
+    --dataset "$WORK/hf-workload.jsonl" --concurrency 1,8 --num-requests "$HF_N" --warmup 1 \
+    --json "$OUT/hf-grain.json"
+  "$PY" benchmarks/hf_baseline.py --model "$ckpt" --dataset "$WORK/hf-workload.jsonl" \
+    --batch-sizes 1,8 --json "$OUT/hf-transformers.json"
+  python3 benchmarks/summarize.py hf "$OUT/hf-grain.json" "$OUT/hf-transformers.json"
+}
+
+case "${1:-}" in
+  granularity) granularity ;;
+  batching) batching ;;
+  hf) hf ;;
+  all) status=0; granularity || status=1; batching || status=1; hf || status=1; exit $status ;;
+  *) echo "usage: $0 granularity|batching|hf|all" >&2; exit 2 ;;
+esac

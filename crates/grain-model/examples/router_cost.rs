@@ -1,0 +1,74 @@
+//! How much of a request's time the granularity router costs, next to the vision tower and the
+//! prefill it decides, on a tiny (or `--size small`) AVG checkpoint. Medians of several runs.
+//!
+//! cargo run --release -p grain-model --example router_cost -- [tiny|small] [WxH]
+
+use std::time::Instant;
+
+use grain_model::image::Rgb8;
+use grain_model::tiny::{write_tiny, TinyLayout, TinySize};
+use grain_model::{DType, Device, LlavaModel, RouterInput, SeqChunk};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let size = TinySize::by_name(args.get(1).map(String::as_str).unwrap_or("tiny")).ok_or("size: tiny|small")?;
+    let (w, h) = match args.get(2) {
+        Some(s) => {
+            let (a, b) = s.split_once('x').ok_or("size as WxH")?;
+            (a.parse::<usize>()?, b.parse::<usize>()?)
+        }
+        None => (672, 672),
+    };
+    let tmp = std::env::temp_dir().join(format!("grain-router-cost-{}", std::process::id()));
+    write_tiny(&tmp, TinyLayout::Avg, size, 0)?;
+    let model = LlavaModel::load(&tmp, DType::F32, &Device::Cpu)?;
+    let mut img = Rgb8::new(w, h);
+    for (i, p) in img.data.iter_mut().enumerate() {
+        *p = ((i * 31) % 251) as u8;
+    }
+    let (n, px) = model.preprocess(&img)?;
+    let pixels = model.pixels_tensor(n, &px)?;
+    let prompt: Vec<u32> = (3..60).collect();
+    let text = model.text_embeddings(&prompt, u32::MAX)?;
+    let runs = 5;
+    let (mut vision, mut router) = (Vec::new(), Vec::new());
+    let mut feats = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let f = model.encode_crops(&pixels)?;
+        vision.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model.route(&[RouterInput { features: f.clone(), text_embeds: text.clone() }])?;
+        router.push(t.elapsed().as_secs_f64());
+        feats = Some(f);
+    }
+    let feats = feats.expect("ran");
+    let (vision, router) = (median(vision), median(router));
+    println!("image {w}x{h}, {n} crops; vision tower {:.1} ms; router {:.1} ms", vision * 1e3, router * 1e3);
+    println!("granularity  prompt_tokens  prefill_ms  router/prefill");
+    for &g in &model.config().granularities {
+        let tokens = model.image_tokens(&feats, g, w as u32, h as u32)?;
+        let mut ids = prompt.clone();
+        ids.insert(10, u32::MAX);
+        let embeds = model.prompt_embeddings(&ids, u32::MAX, &[tokens])?;
+        let len = embeds.dim(0)?;
+        let blocks = len.div_ceil(16);
+        let cache = model.new_kv_cache(blocks, 16)?;
+        let table: Vec<u32> = (0..blocks as u32).collect();
+        let mut prefill = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            model.forward(&embeds, &[SeqChunk { start: 0, len, block_table: &table, want_logits: true }], &cache)?;
+            prefill.push(t.elapsed().as_secs_f64());
+        }
+        let p = median(prefill);
+        println!("{g:>11}  {len:>13}  {:>10.1}  {:>13.1}%", p * 1e3, 100.0 * router / p);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

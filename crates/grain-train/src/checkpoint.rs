@@ -1,0 +1,84 @@
+//! Writing the trained checkpoint: every safetensors file that holds router tensors is rewritten
+//! with the new values (in each tensor's original dtype); every other file is hard-linked (or
+//! copied when linking is impossible, e.g. across file systems).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use grain_model::weights::{canonical_name, safetensors_files};
+
+use crate::error::{io, Result, TrainError};
+
+/// Write `src` with the router tensors replaced by `router` (canonical names `router.…`) to `out`.
+/// Returns the names of the files that were rewritten.
+pub fn write_checkpoint(
+    src: &Path,
+    out: &Path,
+    router: &BTreeMap<String, Tensor>,
+) -> Result<Vec<String>> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(|e| io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(TrainError::Setup(format!(
+            "output directory {} exists and is not empty",
+            out.display()
+        )));
+    }
+    if src.canonicalize().map_err(|e| io(src, e))?
+        == out.canonicalize().unwrap_or_else(|_| out.to_path_buf())
+    {
+        return Err(TrainError::Setup("--out must differ from --model".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let shards = safetensors_files(src)?;
+    let mut rewritten = Vec::new();
+    let mut written = 0usize;
+    for entry in std::fs::read_dir(src).map_err(|e| io(src, e))? {
+        let entry = entry.map_err(|e| io(src, e))?;
+        let path = entry.path();
+        if !path.is_file() {
+            // Checkpoints are flat; sub-folders (caches, git metadata) are not part of the model.
+            continue;
+        }
+        let dest = out.join(entry.file_name());
+        if shards.contains(&path) {
+            let mut tensors: HashMap<String, Tensor> =
+                candle_core::safetensors::load(&path, &Device::Cpu)?;
+            let mut changed = false;
+            for (raw, t) in tensors.iter_mut() {
+                let Some(new) = canonical_name(raw).and_then(|c| router.get(&c)) else {
+                    continue;
+                };
+                if new.dims() != t.dims() {
+                    return Err(TrainError::Setup(format!(
+                        "trained `{raw}` has shape {:?}, the checkpoint {:?}",
+                        new.dims(),
+                        t.dims()
+                    )));
+                }
+                *t = new.to_device(&Device::Cpu)?.to_dtype(t.dtype())?;
+                changed = true;
+                written += 1;
+            }
+            if changed {
+                candle_core::safetensors::save(&tensors, &dest)?;
+                rewritten.push(entry.file_name().to_string_lossy().into_owned());
+                continue;
+            }
+        }
+        if std::fs::hard_link(&path, &dest).is_err() {
+            std::fs::copy(&path, &dest).map_err(|e| io(&dest, e))?;
+        }
+    }
+    if written != router.len() {
+        return Err(TrainError::Setup(format!(
+            "wrote {written} of {} router tensors: the checkpoint's names did not all match",
+            router.len()
+        )));
+    }
+    Ok(rewritten)
+}

@@ -1,0 +1,267 @@
+//! A synthetic fine-vs-coarse visual question set (`grain make-rglf-data`), the test bed for RGLF.
+//!
+//! Every image is 336×336 (so the CLIP patch grid is 24×24 cells of 14 px, aligned with the image)
+//! with one *dominant* colour (jittered per cell), a few *confetti* cells of other colours, and one
+//! *mark*: a single cell filled with a colour and framed in black. Two kinds of question:
+//!
+//! - `coarse`: "what colour is the picture?" → the dominant colour, visible at any granularity;
+//! - `fine`: "what colour is the small shape?" → the mark's colour. Only at 576 tokens per crop does
+//!   the mark keep a token of its own; pooled 4×4 (36 tokens) it is 1/16 of a token mixed with its
+//!   neighbours and the confetti, so a model can only answer it from the fine view.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::Example;
+use crate::error::{io, Result, TrainError};
+
+/// Image side in pixels and the patch cell size of the vision tower.
+pub const SIDE: u32 = 336;
+pub const CELL: u32 = 14;
+const CELLS: u32 = SIDE / CELL;
+
+/// The answer vocabulary: words of the tiny tokenizer and their RGB values.
+pub const COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [210, 40, 40]),
+    ("green", [40, 180, 60]),
+    ("blue", [40, 70, 210]),
+    ("yellow", [225, 210, 40]),
+];
+pub const COARSE_QUESTION: &str = "what colour is the picture?";
+pub const FINE_QUESTION: &str = "what colour is the small shape?";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Kind {
+    Coarse,
+    Fine,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Coarse => "coarse",
+            Kind::Fine => "fine",
+        }
+    }
+}
+
+/// What one synthetic image shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scene {
+    pub background: usize,
+    pub mark: usize,
+    /// Cell (column, row) of the mark.
+    pub mark_cell: (u32, u32),
+    /// Cells and colours of the confetti.
+    pub confetti: Vec<((u32, u32), usize)>,
+    /// Per-cell brightness jitter, row-major.
+    pub jitter: Vec<i16>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SceneConfig {
+    pub confetti: usize,
+    /// Max absolute per-cell jitter added to every channel of the background.
+    pub jitter: i16,
+}
+
+impl Default for SceneConfig {
+    fn default() -> Self {
+        Self {
+            confetti: 24,
+            jitter: 40,
+        }
+    }
+}
+
+impl Scene {
+    pub fn sample(rng: &mut impl Rng, cfg: SceneConfig) -> Self {
+        let n = COLOURS.len();
+        let background = rng.random_range(0..n);
+        let mut mark = rng.random_range(0..n - 1);
+        if mark >= background {
+            // The mark never has the background's colour: it must be visible at full detail.
+            mark += 1;
+        }
+        // Keep the mark one cell away from the border so its frame is never cut.
+        let mark_cell = (
+            rng.random_range(1..CELLS - 1),
+            rng.random_range(1..CELLS - 1),
+        );
+        let mut confetti = Vec::with_capacity(cfg.confetti);
+        while confetti.len() < cfg.confetti {
+            let cell = (rng.random_range(0..CELLS), rng.random_range(0..CELLS));
+            if cell != mark_cell && !confetti.iter().any(|(c, _)| *c == cell) {
+                confetti.push((cell, rng.random_range(0..n)));
+            }
+        }
+        let jitter = (0..CELLS * CELLS)
+            .map(|_| rng.random_range(-cfg.jitter..=cfg.jitter))
+            .collect();
+        Self {
+            background,
+            mark,
+            mark_cell,
+            confetti,
+            jitter,
+        }
+    }
+
+    pub fn render(&self) -> RgbImage {
+        let shade = |c: [u8; 3], j: i16| c.map(|v| (i16::from(v) + j).clamp(0, 255) as u8);
+        let mut img = RgbImage::new(SIDE, SIDE);
+        for (x, y, px) in img.enumerate_pixels_mut() {
+            let (cx, cy) = (x / CELL, y / CELL);
+            let j = self.jitter[(cy * CELLS + cx) as usize];
+            let colour = if (cx, cy) == self.mark_cell {
+                let (ix, iy) = (x % CELL, y % CELL);
+                let frame = ix < 3 || iy < 3 || ix >= CELL - 3 || iy >= CELL - 3;
+                if frame {
+                    [0, 0, 0]
+                } else {
+                    COLOURS[self.mark].1
+                }
+            } else if let Some((_, c)) = self.confetti.iter().find(|(cell, _)| *cell == (cx, cy)) {
+                shade(COLOURS[*c].1, j)
+            } else {
+                shade(COLOURS[self.background].1, j)
+            };
+            *px = Rgb(colour);
+        }
+        img
+    }
+
+    pub fn answer(&self, kind: Kind) -> &'static str {
+        match kind {
+            Kind::Coarse => COLOURS[self.background].0,
+            Kind::Fine => COLOURS[self.mark].0,
+        }
+    }
+}
+
+pub fn question(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Coarse => COARSE_QUESTION,
+        Kind::Fine => FINE_QUESTION,
+    }
+}
+
+/// Write `n` images under `dir/images/` (prefix `name`) and `dir/{name}.jsonl`, half of the
+/// questions fine and half coarse (alternating, each image asked one question). Returns the JSONL
+/// path. The same `seed` writes the same bytes.
+pub fn write_set(dir: &Path, name: &str, n: usize, seed: u64, cfg: SceneConfig) -> Result<PathBuf> {
+    if name.is_empty() || name.contains(['/', '\\']) {
+        return Err(TrainError::Setup(format!("bad set name `{name}`")));
+    }
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| io(&images, e))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut lines = String::new();
+    for i in 0..n {
+        let scene = Scene::sample(&mut rng, cfg);
+        let kind = if i % 2 == 0 { Kind::Fine } else { Kind::Coarse };
+        let file = format!("images/{name}-{i:05}.png");
+        let path = dir.join(&file);
+        scene
+            .render()
+            .save(&path)
+            .map_err(|e| TrainError::Setup(format!("{}: {e}", path.display())))?;
+        let ex = Example {
+            image: PathBuf::from(file),
+            question: question(kind).into(),
+            answer: scene.answer(kind).into(),
+            kind: Some(kind.name().into()),
+        };
+        lines.push_str(&serde_json::to_string(&ex).expect("serialisable"));
+        lines.push('\n');
+    }
+    let path = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&path, lines).map_err(|e| io(&path, e))?;
+    Ok(path)
+}
+
+/// `grain make-rglf-data`: the synthetic fine-vs-coarse set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MakeRglfDataArgs {
+    /// Output folder (images/ and one JSONL file per set).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Examples for fine-tuning the small LMM (`lmm.jsonl`).
+    #[arg(long, default_value_t = 600)]
+    pub lmm: usize,
+    /// Examples for router training, validation split included (`router.jsonl`).
+    #[arg(long, default_value_t = 240)]
+    pub router: usize,
+    /// Confetti cells per image (distractors that hide the mark once pooled).
+    #[arg(long, default_value_t = SceneConfig::default().confetti)]
+    pub confetti: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn main(a: MakeRglfDataArgs) -> Result<()> {
+    let cfg = SceneConfig {
+        confetti: a.confetti,
+        ..SceneConfig::default()
+    };
+    // Different seeds per set: the router's examples are images the LMM never saw.
+    let lmm = write_set(&a.out, "lmm", a.lmm, a.seed.wrapping_mul(2), cfg)?;
+    let router = write_set(&a.out, "router", a.router, a.seed.wrapping_mul(2) + 1, cfg)?;
+    println!(
+        "wrote {} ({} examples) and {} ({} examples)",
+        lmm.display(),
+        a.lmm,
+        router.display(),
+        a.router
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenes_are_reproducible_and_the_mark_is_where_the_scene_says() {
+        let cfg = SceneConfig::default();
+        let a = Scene::sample(&mut ChaCha8Rng::seed_from_u64(5), cfg);
+        let b = Scene::sample(&mut ChaCha8Rng::seed_from_u64(5), cfg);
+        assert_eq!(a, b);
+        assert_ne!(a.mark, a.background);
+        assert_eq!(a.confetti.len(), cfg.confetti);
+        let img = a.render();
+        let (cx, cy) = a.mark_cell;
+        // Frame corner black, centre the mark's colour.
+        assert_eq!(img.get_pixel(cx * CELL, cy * CELL).0, [0, 0, 0]);
+        let c = img.get_pixel(cx * CELL + CELL / 2, cy * CELL + CELL / 2).0;
+        assert_eq!(c, COLOURS[a.mark].1);
+        // The dominant colour covers most of the image.
+        let bg = COLOURS[a.background].1;
+        let near = img
+            .pixels()
+            .filter(|p| {
+                p.0.iter()
+                    .zip(bg)
+                    .all(|(&v, w)| (i16::from(v) - i16::from(w)).abs() <= cfg.jitter)
+            })
+            .count();
+        assert!(near as f64 > 0.8 * f64::from(SIDE * SIDE), "{near}");
+    }
+
+    #[test]
+    fn write_set_alternates_kinds_with_matching_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_set(dir.path(), "t", 4, 9, SceneConfig::default()).unwrap();
+        let ex = crate::data::read_jsonl(&p).unwrap();
+        assert_eq!(ex.len(), 4);
+        let kinds: Vec<_> = ex.iter().map(|e| e.kind.clone().unwrap()).collect();
+        assert_eq!(kinds, ["fine", "coarse", "fine", "coarse"]);
+        for e in &ex {
+            assert!(e.image.is_file());
+            assert!(COLOURS.iter().any(|(w, _)| *w == e.answer));
+        }
+    }
+}

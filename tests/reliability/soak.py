@@ -1,0 +1,193 @@
+"""Load and soak on loopback: many streaming requests at a fixed concurrency, a share of whose
+clients hang up mid-stream; then the server must be idle again (no KV blocks in use, nothing
+running or waiting) with its memory flat between the second and the fourth quarter.
+
+As a script it starts its own server and prints the figures as JSON (the full run of
+docs/reliability.md):
+
+    cargo build --release -p grain
+    .venv-e2e/bin/python tests/reliability/soak.py --requests 1000 --concurrency 64 --disconnect 0.3
+
+`test_load.py` runs a small version of the same in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import httpx2 as httpx
+
+import rel_payloads as p
+from rel_harness import Grain
+
+
+@dataclass
+class SoakResult:
+    requests: int
+    concurrency: int
+    completed: int = 0
+    disconnected: int = 0
+    failures: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+    # RSS (KiB) when each quarter of the requests had finished.
+    rss_kib_by_quarter: list[int] = field(default_factory=list)
+    rss_growth_q2_to_q4: float = 0.0
+    # Engine state once the load stopped (after at most `settle_s`).
+    kv_cache_usage_ratio: float = -1.0
+    running: float = -1.0
+    waiting: float = -1.0
+    settle_s: float = 0.0
+    cancelled_metric: float = 0.0
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["failures"] = d["failures"][:20]
+        return json.dumps(d, indent=2)
+
+
+def _bodies(model: str) -> list[dict]:
+    png_urls = [p.data_url(p.png(24 + 8 * i, 16 + 4 * i)) for i in range(4)]
+    prompts = ["Tell me a story.", "Count to twenty.", "What is a granularity router?", "Describe the sea."]
+    bodies = []
+    for i in range(16):
+        max_tokens = 16 + 8 * (i % 4)
+        if i % 4 == 3:
+            body = p.with_images(png_urls[i % len(png_urls)], model=model, max_tokens=max_tokens)
+        else:
+            body = p.chat(prompts[i % len(prompts)], model=model, max_tokens=max_tokens)
+        body.update(stream=True, stream_options={"include_usage": True}, temperature=0.8)
+        bodies.append(body)
+    return bodies
+
+
+async def _one(client: httpx.AsyncClient, body: dict, hang_up_after: int | None, result: SoakResult) -> None:
+    """One streaming request; with `hang_up_after`, close the connection after that many chunks."""
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                result.failures.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                return
+            chunks, done, error = 0, False, None
+            event = None
+            async for line in resp.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                    continue
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                if event == "error":
+                    error = data
+                    continue
+                chunk = json.loads(data)
+                chunks += 1
+                if chunk.get("usage"):
+                    result.completion_tokens += chunk["usage"]["completion_tokens"]
+                if hang_up_after is not None and chunks >= hang_up_after:
+                    # Leaving the `async with` with the body unread closes the connection.
+                    result.disconnected += 1
+                    return
+            if error is not None:
+                result.failures.append(f"error event: {error[:200]}")
+            elif not done:
+                result.failures.append("stream ended without [DONE]")
+            else:
+                result.completed += 1
+    except httpx.HTTPError as e:
+        result.failures.append(f"{type(e).__name__}: {e}")
+
+
+async def run_soak_async(
+    grain: Grain,
+    requests: int = 200,
+    concurrency: int = 64,
+    disconnect: float = 0.3,
+    seed: int = 0,
+    settle_timeout_s: float = 30.0,
+    model: str = "grain-tiny",
+    warmup: int = 0,
+) -> SoakResult:
+    """`warmup` requests (same mix, not counted) first bring the allocator and the caches to
+    their working size, so that a short run measures growth rather than start-up."""
+    if warmup:
+        await run_soak_async(grain, warmup, concurrency, disconnect, seed + 1, settle_timeout_s, model)
+    rng = random.Random(seed)
+    bodies = _bodies(model)
+    result = SoakResult(requests=requests, concurrency=concurrency)
+    quarter_marks = {requests * q // 4 for q in (1, 2, 3, 4)}
+    finished = 0
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency)
+    started = time.monotonic()
+
+    async with httpx.AsyncClient(base_url=grain.url, timeout=300, limits=limits) as client:
+
+        async def task(i: int) -> None:
+            nonlocal finished
+            hang_up = rng.randint(1, 6) if rng.random() < disconnect else None
+            async with sem:
+                await _one(client, bodies[i % len(bodies)], hang_up, result)
+            finished += 1
+            if finished in quarter_marks:
+                result.rss_kib_by_quarter.append(grain.rss_kib())
+
+        await asyncio.gather(*(task(i) for i in range(requests)))
+
+    result.wall_s = round(time.monotonic() - started, 2)
+    q = result.rss_kib_by_quarter
+    if len(q) == 4:
+        result.rss_growth_q2_to_q4 = round((q[3] - q[1]) / q[1], 4)
+
+    # Cancelled requests are reaped at the scheduler's next step; give it a moment.
+    settle_start = time.monotonic()
+    while True:
+        result.kv_cache_usage_ratio = grain.metric("grain_kv_cache_usage_ratio")
+        result.running = grain.metric("grain_num_requests_running")
+        result.waiting = grain.metric("grain_num_requests_waiting")
+        idle = result.kv_cache_usage_ratio == 0 and result.running == 0 and result.waiting == 0
+        if idle or time.monotonic() - settle_start > settle_timeout_s:
+            break
+        await asyncio.sleep(0.1)
+    result.settle_s = round(time.monotonic() - settle_start, 2)
+    result.cancelled_metric = grain.metric("grain_request_failure_total", error="cancelled")
+    return result
+
+
+def run_soak(grain: Grain, **kwargs) -> SoakResult:
+    return asyncio.run(run_soak_async(grain, **kwargs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--disconnect", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=0, help="uncounted requests first")
+    ap.add_argument("serve_flags", nargs="*", help="extra `grain serve` flags (after --)")
+    args = ap.parse_args()
+    grain = Grain(*args.serve_flags)
+    try:
+        rss_start = grain.rss_kib()
+        result = run_soak(
+            grain, requests=args.requests, concurrency=args.concurrency,
+            disconnect=args.disconnect, seed=args.seed, warmup=args.warmup,
+        )
+        print(json.dumps({"rss_kib_at_start": rss_start}))
+        print(result.to_json())
+    finally:
+        print(json.dumps({"exit_code": grain.stop()}))
+
+
+if __name__ == "__main__":
+    main()

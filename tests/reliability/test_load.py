@@ -1,0 +1,73 @@
+"""Load on loopback: the CI-sized soak (256 streaming requests at concurrency 64 after 128 warm-up
+requests, 30% of clients hanging up mid-stream) and admission overflow (429 with Retry-After,
+every admitted request completes). `soak.py` runs the full-size soak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx2 as httpx
+
+import rel_payloads as p
+from rel_harness import assert_openai_error
+from soak import run_soak
+
+REQUESTS = 256
+CONCURRENCY = 64
+DISCONNECT = 0.3
+
+
+def test_soak_with_disconnects_leaves_the_engine_idle_and_memory_flat(start_grain):
+    grain = start_grain()
+    result = run_soak(grain, requests=REQUESTS, concurrency=CONCURRENCY, disconnect=DISCONNECT, warmup=128)
+    print(result.to_json())
+    assert not result.failures, result.failures[:10]
+    assert result.completed + result.disconnected == REQUESTS
+    # The hang-up share is drawn per request with a fixed seed: about 30%.
+    assert 0.2 * REQUESTS <= result.disconnected <= 0.4 * REQUESTS
+    assert result.kv_cache_usage_ratio == 0, result
+    assert result.running == 0 and result.waiting == 0, result
+    assert len(result.rss_kib_by_quarter) == 4
+    assert result.rss_growth_q2_to_q4 < 0.10, result.rss_kib_by_quarter
+    # Hang-ups are counted as cancellations, not as server errors.
+    assert result.cancelled_metric > 0
+    assert grain.metric("grain_request_failure_total", error="internal") == 0
+    assert grain.alive()
+    assert grain.client.get("/ready").status_code == 200
+
+
+async def _burst(url: str, n: int, stream: bool) -> list[tuple[int, dict, str]]:
+    """`n` requests at once; (status, headers, body text) of each."""
+    body = p.chat("Write a long answer.", max_tokens=200, temperature=0)
+    body["stream"] = stream
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def one():
+            resp = await client.post("/v1/chat/completions", json=body)
+            return resp.status_code, dict(resp.headers), resp.text
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_admission_overflow_answers_429_and_admitted_requests_complete(start_grain):
+    grain = start_grain("--max-concurrent-requests", "4", "--max-queue", "4", "--retry-after-s", "2")
+    for stream in (False, True):
+        results = asyncio.run(_burst(grain.url, 32, stream))
+        statuses = sorted(s for s, _, _ in results)
+        assert set(statuses) <= {200, 429}, statuses
+        assert statuses.count(200) >= 4 and statuses.count(429) >= 1, statuses
+        for status, headers, text in results:
+            if status == 429:
+                assert headers.get("retry-after") == "2", headers
+                resp = httpx.Response(429, headers=headers, content=text.encode())
+                assert_openai_error(resp, 429, "overloaded")
+            elif stream:
+                assert text.rstrip().endswith("data: [DONE]"), text[-200:]
+                assert "event: error" not in text
+            else:
+                assert httpx.Response(200, content=text.encode()).json()["choices"][0]["finish_reason"]
+    assert grain.metric("grain_request_failure_total", error="overloaded") >= 2
+    assert grain.metric("grain_num_requests_running") == 0
+    assert grain.client.get("/ready").status_code == 200
