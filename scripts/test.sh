@@ -8,13 +8,16 @@ cd "$(dirname "$0")/.."
 target_dir=${CARGO_TARGET_DIR:-target}
 [[ $target_dir = /* ]] || target_dir="$PWD/$target_dir"
 GRAIN_DEBUG_BIN="$target_dir/debug/grain"
+# `cargo test --workspace` already built that binary (crates/grain has integration tests). A separate
+# `cargo build -p grain` would resolve features differently and rebuild candle and friends for nothing.
+need_bin() { [[ -x $GRAIN_DEBUG_BIN ]] || cargo build --workspace --locked --bins; }
 
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 
 if [[ -x .venv-e2e/bin/python && -f tests/e2e/test_openai_sdk.py ]]; then
   echo "== end-to-end: official openai SDK against grain serve"
-  cargo build --locked -p grain
+  need_bin
   GRAIN_BIN="$GRAIN_DEBUG_BIN" .venv-e2e/bin/python -m pytest -q tests/e2e
 else
   echo "== skipping end-to-end SDK tests (run scripts/install-test-tools.sh)"
@@ -32,7 +35,7 @@ fi
 if [[ -x .venv-e2e/bin/python && -d tests/observability ]] && command -v prometheus >/dev/null &&
   { command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]; }; then
   echo "== observability: Prometheus scrapes grain; two replicas behind nginx"
-  cargo build --locked -p grain
+  need_bin
   GRAIN_BIN="$GRAIN_DEBUG_BIN" .venv-e2e/bin/python -m pytest -q -rs tests/observability
 else
   echo "== skipping observability tests (run scripts/install-test-tools.sh: prometheus, nginx)"
@@ -44,7 +47,7 @@ fi
 # The fuzz targets (crates/*/tests/fuzz_*.rs) already ran with `cargo test` at their CI budget.
 if [[ -x .venv-e2e/bin/python ]] && .venv-e2e/bin/python -c "import httpx2, pytest" 2>/dev/null; then
   echo "== reliability: bad inputs, load, faults, security against grain serve"
-  cargo build --locked -p grain
+  need_bin
   GRAIN_BIN="$GRAIN_DEBUG_BIN" .venv-e2e/bin/python -m pytest -q -p no:cacheprovider tests/reliability
 else
   echo "== skipping reliability tests (run scripts/install-test-tools.sh)"
@@ -60,7 +63,7 @@ fi
 # a spawned `grain serve` on the embedded tiny model, with every granularity-mode kind, both load
 # kinds and the JSON report; the measured tables themselves are `benchmarks/run.sh`, not CI.
 echo "== grain bench smoke: spawned server, granularity modes, JSON report"
-cargo build --locked -p grain
+need_bin
 bench_dir=$(mktemp -d)
 "$GRAIN_DEBUG_BIN" bench --spawn "$GRAIN_DEBUG_BIN" --quiet --granularity 36,auto,low,mix:paper \
   --concurrency 1,3 --num-requests 3 --warmup 1 --max-tokens 4 --image-sizes 336x336,500x375 \

@@ -53,7 +53,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Fill every sequence's first `ctx` positions once.
     for (s, table) in tables.iter().enumerate() {
         let e = model.lm().embed(&ids(ctx, s))?;
-        let chunk = SeqChunk { start: 0, len: ctx, block_table: table, want_logits: true };
+        let chunk = SeqChunk {
+            start: 0,
+            len: ctx,
+            block_table: table,
+            want_logits: true,
+        };
         model.forward(&e, &[chunk], &cache)?;
     }
     println!(
@@ -68,7 +73,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let e = model.lm().embed(&toks)?;
             let chunks: Vec<SeqChunk> = tables[..b]
                 .iter()
-                .map(|t| SeqChunk { start: ctx, len: 1, block_table: t, want_logits: true })
+                .map(|t| SeqChunk {
+                    start: ctx,
+                    len: 1,
+                    block_table: t,
+                    want_logits: true,
+                })
                 .collect();
             model.forward(&e, &chunks, &cache)?.to_vec2::<f32>()?;
             Ok(())
@@ -84,7 +94,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let e: Tensor = model.lm().embed(&ids(n, 99))?;
-    let chunk = SeqChunk { start: 0, len: n, block_table: &tables[0], want_logits: true };
+    let chunk = SeqChunk {
+        start: 0,
+        len: n,
+        block_table: &tables[0],
+        want_logits: true,
+    };
     let prefill = time(3, || {
         model.forward(&e, std::slice::from_ref(&chunk), &cache)?;
         Ok(())

@@ -1,13 +1,38 @@
 //! How much of a request's time the granularity router costs, next to the vision tower and the
 //! prefill it decides, on a tiny (or `--size small`) AVG checkpoint. Medians of several runs.
 //!
-//! cargo run --release -p grain-model --example router_cost -- [tiny|small] [WxH]
+//! cargo run --release -p grain-model --example router_cost -- [tiny|small] [WxH] [runs]
+//!
+//! With `GRAIN_ROUTER_ONLY=1` it only runs the router `runs` times (for `perf record`).
+//! With `GRAIN_CPU_TIME=1` it times the process's CPU time over all threads (Linux `schedstat`)
+//! instead of the wall clock, so the figures hold on a machine busy with other work (use it with
+//! `RAYON_NUM_THREADS=1`: idle spinning of extra worker threads would count too).
 
 use std::time::Instant;
 
 use grain_model::image::Rgb8;
 use grain_model::tiny::{write_tiny, TinyLayout, TinySize};
 use grain_model::{DType, Device, LlavaModel, RouterInput, SeqChunk};
+
+/// Seconds: the process's CPU time, all threads (Linux `schedstat`) under `GRAIN_CPU_TIME`, else
+/// the wall clock.
+fn now() -> f64 {
+    if std::env::var_os("GRAIN_CPU_TIME").is_some() {
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            let ns: f64 = tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+                .sum();
+            return ns * 1e-9;
+        }
+    }
+    START.with(|t| t.elapsed().as_secs_f64())
+}
+
+thread_local! {
+    static START: Instant = Instant::now();
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -16,7 +41,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let size = TinySize::by_name(args.get(1).map(String::as_str).unwrap_or("tiny")).ok_or("size: tiny|small")?;
+    let size = TinySize::by_name(args.get(1).map(String::as_str).unwrap_or("tiny"))
+        .ok_or("size: tiny|small")?;
     let (w, h) = match args.get(2) {
         Some(s) => {
             let (a, b) = s.split_once('x').ok_or("size as WxH")?;
@@ -35,21 +61,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pixels = model.pixels_tensor(n, &px)?;
     let prompt: Vec<u32> = (3..60).collect();
     let text = model.text_embeddings(&prompt, u32::MAX)?;
-    let runs = 5;
+    let runs: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(7);
+    if std::env::var_os("GRAIN_ROUTER_ONLY").is_some() {
+        let f = model.encode_crops(&pixels)?;
+        let mut router = Vec::new();
+        for _ in 0..runs {
+            let t = now();
+            model.route(&[RouterInput {
+                features: f.clone(),
+                text_embeds: text.clone(),
+            }])?;
+            router.push(now() - t);
+        }
+        println!(
+            "image {w}x{h}, {n} crops; router {:.2} ms",
+            median(router) * 1e3
+        );
+        return Ok(());
+    }
     let (mut vision, mut router) = (Vec::new(), Vec::new());
     let mut feats = None;
     for _ in 0..runs {
-        let t = Instant::now();
+        let t = now();
         let f = model.encode_crops(&pixels)?;
-        vision.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        model.route(&[RouterInput { features: f.clone(), text_embeds: text.clone() }])?;
-        router.push(t.elapsed().as_secs_f64());
+        vision.push(now() - t);
+        let t = now();
+        model.route(&[RouterInput {
+            features: f.clone(),
+            text_embeds: text.clone(),
+        }])?;
+        router.push(now() - t);
         feats = Some(f);
     }
     let feats = feats.expect("ran");
     let (vision, router) = (median(vision), median(router));
-    println!("image {w}x{h}, {n} crops; vision tower {:.1} ms; router {:.1} ms", vision * 1e3, router * 1e3);
+    println!(
+        "image {w}x{h}, {n} crops; vision tower {:.1} ms; router {:.1} ms",
+        vision * 1e3,
+        router * 1e3
+    );
     println!("granularity  prompt_tokens  prefill_ms  router/prefill");
     for &g in &model.config().granularities {
         let tokens = model.image_tokens(&feats, g, w as u32, h as u32)?;
@@ -62,12 +112,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let table: Vec<u32> = (0..blocks as u32).collect();
         let mut prefill = Vec::new();
         for _ in 0..runs {
-            let t = Instant::now();
-            model.forward(&embeds, &[SeqChunk { start: 0, len, block_table: &table, want_logits: true }], &cache)?;
-            prefill.push(t.elapsed().as_secs_f64());
+            let t = now();
+            model.forward(
+                &embeds,
+                &[SeqChunk {
+                    start: 0,
+                    len,
+                    block_table: &table,
+                    want_logits: true,
+                }],
+                &cache,
+            )?;
+            prefill.push(now() - t);
         }
         let p = median(prefill);
-        println!("{g:>11}  {len:>13}  {:>10.1}  {:>13.1}%", p * 1e3, 100.0 * router / p);
+        println!(
+            "{g:>11}  {len:>13}  {:>10.1}  {:>13.1}%",
+            p * 1e3,
+            100.0 * router / p
+        );
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())

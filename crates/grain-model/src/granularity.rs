@@ -48,23 +48,47 @@ pub fn tile_map_shape(l: usize) -> (usize, usize) {
 
 /// Pool projected crop features `(n, side*side, D)` to `g` tokens per crop, row-major.
 pub fn pool(features: &Tensor, g: u32) -> Result<Tensor> {
-    let (n, l, d) = features.dims3()?;
+    let side = square_side(features)?;
+    let (kh, kw) = pool_window(g, side)?;
+    pool_map(features, side, side, kh, kw)
+}
+
+fn square_side(features: &Tensor) -> Result<usize> {
+    let (_, l, _) = features.dims3()?;
     let side = (l as f64).sqrt() as usize;
     if side * side != l {
         return Err(ModelError::Input(format!(
             "{l} tokens per crop is not a square map"
         )));
     }
-    let (kh, kw) = pool_window(g, side)?;
+    Ok(side)
+}
+
+/// Average-pool row-major `rows`×`cols` maps `(n, rows*cols, C)` with a `kh`×`kw` window and equal
+/// stride. Window sums are adds of strided views (no reduction kernels), columns first, then rows.
+fn pool_map(x: &Tensor, rows: usize, cols: usize, kh: usize, kw: usize) -> Result<Tensor> {
+    let (n, _, c) = x.dims3()?;
     if (kh, kw) == (1, 1) {
-        return Ok(features.clone());
+        return Ok(x.clone());
     }
-    let t = features
-        .reshape((n, side / kh, kh, side / kw, kw, d))?
-        .sum(4)?
-        .sum(2)?
-        .affine(1.0 / (kh * kw) as f64, 0.0)?;
-    Ok(t.reshape((n, g as usize, d))?)
+    // Sum of `k` equal slices of each row of an `(r, k·w)` matrix.
+    let fold = |t: &Tensor, r: usize, k: usize, w: usize| -> Result<Tensor> {
+        let m = t.reshape((r, k * w))?;
+        let mut acc = m.narrow(1, 0, w)?;
+        for i in 1..k {
+            acc = (acc + m.narrow(1, i * w, w)?)?;
+        }
+        Ok(acc)
+    };
+    let mut t = x.clone();
+    if kw > 1 {
+        t = fold(&t, n * rows * cols / kw, kw, c)?;
+    }
+    if kh > 1 {
+        t = fold(&t, n * rows / kh, kh, cols / kw * c)?;
+    }
+    let t = t.affine(1.0 / (kh * kw) as f64, 0.0)?;
+    Ok(t.reshape((n, (rows / kh) * (cols / kw), c))?)
 }
 
 /// Rows and columns kept by `unpad_image` on a `cur_h`×`cur_w` map for an image of `img_w`×`img_h`:
@@ -149,12 +173,29 @@ pub fn merge(
 }
 
 /// Concatenate one image's crops pooled at every granularity of `grans` along the token axis:
-/// `(n, Σg, D)`, the router's visual input.
+/// `(n, Σg, C)`, the router's visual input (any width `C`). Each granularity is pooled from the
+/// finest one already computed whose window divides its own (576 → 288 → 144 → 72 → 36 for the
+/// released set), so the whole set costs about two passes over the features instead of five. A
+/// mean of equal-sized window means is the window mean, so only float rounding differs.
 pub fn pool_all(features: &Tensor, grans: &[u32]) -> Result<Tensor> {
-    let pooled = grans
-        .iter()
-        .map(|&g| pool(features, g))
-        .collect::<Result<Vec<_>>>()?;
+    let side = square_side(features)?;
+    let mut order: Vec<usize> = (0..grans.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(grans[i]));
+    let mut done: Vec<((usize, usize), Tensor)> = Vec::with_capacity(grans.len());
+    let mut pooled: Vec<Option<Tensor>> = vec![None; grans.len()];
+    for i in order {
+        let (kh, kw) = pool_window(grans[i], side)?;
+        let ((sh, sw), src) = done
+            .iter()
+            .filter(|((sh, sw), _)| kh % sh == 0 && kw % sw == 0)
+            .max_by_key(|((sh, sw), _)| sh * sw)
+            .map(|(w, t)| (*w, t.clone()))
+            .unwrap_or(((1, 1), features.clone()));
+        let t = pool_map(&src, side / sh, side / sw, kh / sh, kw / sw)?;
+        done.push(((kh, kw), t.clone()));
+        pooled[i] = Some(t);
+    }
+    let pooled: Vec<Tensor> = pooled.into_iter().flatten().collect();
     Ok(Tensor::cat(&pooled, D::Minus2)?)
 }
 
@@ -201,5 +242,49 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{w}x{h}");
         }
+    }
+
+    /// The chained pooling equals pooling each granularity straight from the features, and
+    /// `pool` equals a plain loop over windows (independent of the tensor code).
+    #[test]
+    fn pooling_matches_direct_window_means() {
+        let (n, side, c) = (2usize, 24usize, 3usize);
+        let data: Vec<f32> = (0..n * side * side * c)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        let dev = candle_core::Device::Cpu;
+        let f = Tensor::from_vec(data.clone(), (n, side * side, c), &dev).unwrap();
+        let grans = [36u32, 72, 144, 288, 576];
+        let all = pool_all(&f, &grans).unwrap();
+        let mut off = 0;
+        for &g in &grans {
+            let (kh, kw) = pool_window(g, side).unwrap();
+            let direct = pool(&f, g).unwrap();
+            let chained = all.narrow(1, off, g as usize).unwrap();
+            off += g as usize;
+            let (a, b) = (
+                direct.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                chained.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (idx, (&x, &y)) in a.iter().zip(&b).enumerate() {
+                // The window mean computed by hand.
+                let (crop, tok, ch) = (idx / (g as usize * c), (idx / c) % g as usize, idx % c);
+                let (r, q) = (tok / (side / kw), tok % (side / kw));
+                let mut want = 0.0f64;
+                for dr in 0..kh {
+                    for dq in 0..kw {
+                        let p = (r * kh + dr) * side + q * kw + dq;
+                        want += f64::from(data[(crop * side * side + p) * c + ch]);
+                    }
+                }
+                let want = (want / (kh * kw) as f64) as f32;
+                assert!((x - want).abs() <= 1e-5, "pool {g} [{idx}]: {x} vs {want}");
+                assert!(
+                    (y - want).abs() <= 1e-5,
+                    "chained {g} [{idx}]: {y} vs {want}"
+                );
+            }
+        }
+        assert_eq!(off, all.dim(1).unwrap());
     }
 }

@@ -1,17 +1,49 @@
-//! Paged KV storage: per layer one `(num_blocks · block_size, kv_heads, head_dim)` tensor for keys
+//! Paged KV storage: per layer one `(num_blocks · block_size, kv_heads, head_dim)` array for keys
 //! and one for values. Which blocks a sequence owns is decided by the engine's block allocator;
-//! this module only writes and gathers through block tables.
+//! this module only writes and reads through block tables.
+//!
+//! On the CPU in f32 the arrays are plain vectors that the attention kernels read in place
+//! (no gather copy per layer and step); on other devices and dtypes they are candle tensors
+//! written with `slice_set` and gathered with `index_select`.
+
+use std::sync::{RwLock, RwLockReadGuard};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 
+enum Store {
+    Host {
+        k: Vec<RwLock<Vec<f32>>>,
+        v: Vec<RwLock<Vec<f32>>>,
+    },
+    Tensors {
+        k: Vec<Tensor>,
+        v: Vec<Tensor>,
+    },
+}
+
 pub struct KvCache {
     block_size: usize,
     num_blocks: usize,
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Floats per cache slot: `kv_heads · head_dim`.
+    row: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    device: Device,
+    store: Store,
+}
+
+/// One layer's host keys and values, read-locked for an attention kernel.
+pub(crate) struct HostLayer<'a> {
+    pub k: RwLockReadGuard<'a, Vec<f32>>,
+    pub v: RwLockReadGuard<'a, Vec<f32>>,
+}
+
+fn poisoned() -> ModelError {
+    ModelError::Input("KV cache lock poisoned by an earlier panic".into())
 }
 
 impl KvCache {
@@ -22,23 +54,64 @@ impl KvCache {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::build(c, num_blocks, block_size, dtype, device, true)
+    }
+
+    /// A cache of candle tensors whatever the device: the path other devices take, for tests.
+    #[cfg(test)]
+    pub(crate) fn new_tensors(
+        c: &TextConfig,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(c, num_blocks, block_size, dtype, device, false)
+    }
+
+    fn build(
+        c: &TextConfig,
+        num_blocks: usize,
+        block_size: usize,
+        dtype: DType,
+        device: &Device,
+        host: bool,
+    ) -> Result<Self> {
         if block_size == 0 || num_blocks == 0 {
             return Err(ModelError::Input(
                 "KV cache needs at least one block of at least one slot".into(),
             ));
         }
-        let shape = (num_blocks * block_size, c.num_key_value_heads, c.head_dim);
-        let mut k = Vec::with_capacity(c.num_hidden_layers);
-        let mut v = Vec::with_capacity(c.num_hidden_layers);
-        for _ in 0..c.num_hidden_layers {
-            k.push(Tensor::zeros(shape, dtype, device)?);
-            v.push(Tensor::zeros(shape, dtype, device)?);
-        }
+        let row = c.num_key_value_heads * c.head_dim;
+        let slots = num_blocks * block_size;
+        let layers = c.num_hidden_layers;
+        let store = if host && device.is_cpu() && dtype == DType::F32 {
+            // `vec![0.0; n]` maps zeroed pages lazily: an unused cache costs no resident memory.
+            let mk = || {
+                (0..layers)
+                    .map(|_| RwLock::new(vec![0f32; slots * row]))
+                    .collect()
+            };
+            Store::Host { k: mk(), v: mk() }
+        } else {
+            let shape = (slots, c.num_key_value_heads, c.head_dim);
+            let mut k = Vec::with_capacity(layers);
+            let mut v = Vec::with_capacity(layers);
+            for _ in 0..layers {
+                k.push(Tensor::zeros(shape, dtype, device)?);
+                v.push(Tensor::zeros(shape, dtype, device)?);
+            }
+            Store::Tensors { k, v }
+        };
         Ok(Self {
             block_size,
             num_blocks,
-            k,
-            v,
+            row,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            dtype,
+            device: device.clone(),
+            store,
         })
     }
 
@@ -59,6 +132,11 @@ impl KvCache {
         self.num_blocks
     }
 
+    /// Whether the attention kernels can read this cache in place (CPU, f32).
+    pub(crate) fn is_host(&self) -> bool {
+        matches!(self.store, Store::Host { .. })
+    }
+
     /// Cache slot of position `pos` for a sequence with `table`.
     pub fn slot(&self, table: &[u32], pos: usize) -> Result<usize> {
         let b = *table.get(pos / self.block_size).ok_or_else(|| {
@@ -76,6 +154,32 @@ impl KvCache {
         Ok(b * self.block_size + pos % self.block_size)
     }
 
+    /// Checks that `table` covers positions `0..len` with blocks inside the cache, so kernels may
+    /// index without further checks.
+    pub(crate) fn check_table(&self, table: &[u32], len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let needed = len.div_ceil(self.block_size);
+        if table.len() < needed {
+            return Err(ModelError::Input(format!(
+                "block table of {} blocks does not cover position {}",
+                table.len(),
+                len - 1
+            )));
+        }
+        if let Some(&b) = table[..needed]
+            .iter()
+            .find(|&&b| b as usize >= self.num_blocks)
+        {
+            return Err(ModelError::Input(format!(
+                "block {b} is outside the cache ({} blocks)",
+                self.num_blocks
+            )));
+        }
+        Ok(())
+    }
+
     /// Store keys/values `(len, kv_heads, head_dim)` for positions `start..start + len`.
     pub(crate) fn write(
         &self,
@@ -85,33 +189,118 @@ impl KvCache {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<()> {
-        let len = k.dim(0)?;
+        match &self.store {
+            Store::Host { .. } => {
+                let k = k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let v = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                self.write_host(layer, table, start, &k, &v)
+            }
+            Store::Tensors { k: kc, v: vc } => {
+                let len = k.dim(0)?;
+                let mut i = 0;
+                while i < len {
+                    let pos = start + i;
+                    let run = (self.block_size - pos % self.block_size).min(len - i);
+                    let slot = self.slot(table, pos)?;
+                    kc[layer].slice_set(&k.narrow(0, i, run)?.contiguous()?, 0, slot)?;
+                    vc[layer].slice_set(&v.narrow(0, i, run)?.contiguous()?, 0, slot)?;
+                    i += run;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Host cache only: store rows of `kv_heads · head_dim` floats for positions
+    /// `start..start + k.len() / row`.
+    pub(crate) fn write_host(
+        &self,
+        layer: usize,
+        table: &[u32],
+        start: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
+        let Store::Host { k: kc, v: vc } = &self.store else {
+            return Err(ModelError::Input("not a host KV cache".into()));
+        };
+        let len = k.len() / self.row;
+        self.check_table(table, start + len)?;
+        let mut kc = kc[layer].write().map_err(|_| poisoned())?;
+        let mut vc = vc[layer].write().map_err(|_| poisoned())?;
         let mut i = 0;
         while i < len {
             let pos = start + i;
             let run = (self.block_size - pos % self.block_size).min(len - i);
-            let slot = self.slot(table, pos)?;
-            self.k[layer].slice_set(&k.narrow(0, i, run)?.contiguous()?, 0, slot)?;
-            self.v[layer].slice_set(&v.narrow(0, i, run)?.contiguous()?, 0, slot)?;
+            let at = (table[pos / self.block_size] as usize * self.block_size
+                + pos % self.block_size)
+                * self.row;
+            let src = i * self.row..(i + run) * self.row;
+            kc[at..at + run * self.row].copy_from_slice(&k[src.clone()]);
+            vc[at..at + run * self.row].copy_from_slice(&v[src]);
             i += run;
         }
         Ok(())
     }
 
-    /// Keys and values for positions `0..len`, gathered through the block table.
-    pub(crate) fn gather(
+    /// Host cache only: one layer's arrays, read-locked.
+    pub(crate) fn host_layer(&self, layer: usize) -> Result<HostLayer<'_>> {
+        let Store::Host { k, v } = &self.store else {
+            return Err(ModelError::Input("not a host KV cache".into()));
+        };
+        Ok(HostLayer {
+            k: k[layer].read().map_err(|_| poisoned())?,
+            v: v[layer].read().map_err(|_| poisoned())?,
+        })
+    }
+
+    /// Keys and values for positions `0..len`, gathered through the block table, each
+    /// `(kv_heads, len, head_dim)` and contiguous: the layout a batched matmul over heads wants.
+    pub(crate) fn gather_heads(
         &self,
         layer: usize,
         table: &[u32],
         len: usize,
     ) -> Result<(Tensor, Tensor)> {
-        let slots = (0..len)
-            .map(|p| self.slot(table, p).map(|s| s as u32))
-            .collect::<Result<Vec<_>>>()?;
-        let idx = Tensor::from_vec(slots, len, self.k[layer].device())?;
-        Ok((
-            self.k[layer].index_select(&idx, 0)?,
-            self.v[layer].index_select(&idx, 0)?,
-        ))
+        match &self.store {
+            Store::Host { .. } => {
+                self.check_table(table, len)?;
+                let l = self.host_layer(layer)?;
+                let (nkv, hd) = (self.kv_heads, self.head_dim);
+                let mut k = vec![0f32; nkv * len * hd];
+                let mut v = vec![0f32; nkv * len * hd];
+                for pos in 0..len {
+                    let slot = table[pos / self.block_size] as usize * self.block_size
+                        + pos % self.block_size;
+                    for h in 0..nkv {
+                        let src = slot * self.row + h * hd;
+                        let dst = (h * len + pos) * hd;
+                        k[dst..dst + hd].copy_from_slice(&l.k[src..src + hd]);
+                        v[dst..dst + hd].copy_from_slice(&l.v[src..src + hd]);
+                    }
+                }
+                let shape = (nkv, len, hd);
+                Ok((
+                    Tensor::from_vec(k, shape, &self.device)?.to_dtype(self.dtype)?,
+                    Tensor::from_vec(v, shape, &self.device)?.to_dtype(self.dtype)?,
+                ))
+            }
+            Store::Tensors { k, v } => {
+                let slots = (0..len)
+                    .map(|p| self.slot(table, p).map(|s| s as u32))
+                    .collect::<Result<Vec<_>>>()?;
+                let idx = Tensor::from_vec(slots, len, &self.device)?;
+                Ok((
+                    k[layer]
+                        .index_select(&idx, 0)?
+                        .transpose(0, 1)?
+                        .contiguous()?,
+                    v[layer]
+                        .index_select(&idx, 0)?
+                        .transpose(0, 1)?
+                        .contiguous()?,
+                ))
+            }
+        }
     }
 }

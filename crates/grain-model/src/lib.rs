@@ -6,6 +6,7 @@
 //! - [`vision`], [`llama`], [`router`]: the networks; [`granularity`]: pooling, merge, token counts.
 //! - [`llava`]: the assembled model; [`kv_cache`]: paged KV storage; [`tiny`]: tiny checkpoints.
 
+mod attention;
 pub mod config;
 pub mod error;
 pub mod granularity;

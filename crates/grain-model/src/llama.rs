@@ -1,15 +1,21 @@
 //! LLaMA-family decoder (RMSNorm, RoPE, GQA, SwiGLU, untied or tied head) over a *flat batch*:
 //! the new tokens of many sequences are concatenated into one `(T, hidden)` matrix so every linear
-//! layer runs once per step; attention runs per sequence through its paged KV block table.
+//! layer runs once per step; attention reads each sequence's K/V through its paged block table
+//! (`attention.rs`: one parallel kernel for all decode rows, blocked matmuls for prefill).
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
 
+use crate::attention::{causal_blocked, paged_rows, CausalPlan, Heads, KernelRow};
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::vision::linear;
 use crate::weights::Weights;
+
+/// Chunks up to this many new positions run through the paged kernel on the host cache; longer
+/// ones through blocked matmuls.
+const KERNEL_MAX_LEN: usize = 32;
 
 /// One sequence's share of a flat batch.
 #[derive(Debug, Clone)]
@@ -190,10 +196,23 @@ impl Llama {
         let pos = Tensor::from_vec(positions, t, embeds.device())?;
         let cos = self.cos.index_select(&pos, 0)?;
         let sin = self.sin.index_select(&pos, 0)?;
+        // Long chunks (and every chunk off the host cache) take the blocked matmul path; their
+        // causal masks are built once and shared by all layers.
+        let host = cache.is_host();
+        let plans = chunks
+            .iter()
+            .map(|s| {
+                if s.len > 0 && (!host || s.len > KERNEL_MAX_LEN) {
+                    CausalPlan::new(s.start, s.len, host, embeds.device()).map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut x = embeds.to_dtype(self.dtype())?;
         for (li, layer) in self.layers.iter().enumerate() {
             let y = layer.ln1.forward(&x)?;
-            let attn = self.attention(li, layer, &y, &cos, &sin, chunks, cache)?;
+            let attn = self.attention(li, layer, &y, &cos, &sin, chunks, &plans, cache)?;
             x = (x + layer.o.forward(&attn)?)?;
             let y = layer.ln2.forward(&x)?;
             let mlp = layer.down.forward(
@@ -257,11 +276,17 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         chunks: &[SeqChunk<'_>],
+        plans: &[Option<CausalPlan>],
         cache: &KvCache,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (t, _) = y.dims2()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let heads = Heads {
+            q: nh,
+            kv: nkv,
+            dim: hd,
+        };
         let q = layer.q.forward(y)?.reshape((1, t, nh, hd))?;
         let k = layer.k.forward(y)?.reshape((1, t, nkv, hd))?;
         let v = layer.v.forward(y)?.reshape((t, nkv, hd))?;
@@ -269,67 +294,106 @@ impl Llama {
             candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?.reshape((t, nh, hd))?;
         let k =
             candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?.reshape((t, nkv, hd))?;
-        let group = nh / nkv;
-        let scale = 1.0 / (hd as f64).sqrt();
+        if cache.is_host() {
+            return attention_host(li, heads, (&q, &k, &v), chunks, plans, cache);
+        }
         let mut outs = Vec::with_capacity(chunks.len());
         let mut offset = 0;
-        for s in chunks {
-            if s.len == 0 {
-                continue;
-            }
+        for (s, plan) in chunks.iter().zip(plans) {
+            let Some(plan) = plan else {
+                continue; // Empty chunk.
+            };
             let ks = k.narrow(0, offset, s.len)?;
             let vs = v.narrow(0, offset, s.len)?;
             cache.write(li, s.block_table, s.start, &ks, &vs)?;
-            let ctx = s.start + s.len;
             let (kc, vc) = if s.start == 0 {
-                (ks, vs)
+                (
+                    ks.transpose(0, 1)?.contiguous()?,
+                    vs.transpose(0, 1)?.contiguous()?,
+                )
             } else {
-                cache.gather(li, s.block_table, ctx)?
+                cache.gather_heads(li, s.block_table, s.start + s.len)?
             };
-            // Queries grouped by their KV head: (nkv, group·len, hd) against (nkv, ctx, hd).
-            let qs = q
-                .narrow(0, offset, s.len)?
-                .reshape((s.len, nkv, group, hd))?
-                .permute((1, 2, 0, 3))?
-                .reshape((nkv, group * s.len, hd))?;
-            let kc = kc.permute((1, 2, 0))?.contiguous()?; // (nkv, hd, ctx)
-            let vc = vc.transpose(0, 1)?.contiguous()?; // (nkv, ctx, hd)
-            let mut scores = (qs.contiguous()?.matmul(&kc)? * scale)?.to_dtype(DType::F32)?;
-            if s.len > 1 {
-                let mask = causal_mask(s.start, s.len, y.device())?;
-                scores = scores
-                    .reshape((nkv, group, s.len, ctx))?
-                    .broadcast_add(&mask)?
-                    .reshape((nkv, group * s.len, ctx))?;
-            }
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vc.dtype())?;
-            let o = probs
-                .matmul(&vc)?
-                .reshape((nkv, group, s.len, hd))?
-                .permute((2, 0, 1, 3))?
-                .reshape((s.len, nh * hd))?;
-            outs.push(o);
+            let qs = q.narrow(0, offset, s.len)?;
+            outs.push(causal_blocked(&qs, &kc, &vc, plan, heads)?);
             offset += s.len;
         }
         Ok(Tensor::cat(&outs, 0)?)
     }
 }
 
-/// `(len, start + len)` additive mask: query `i` (absolute position `start + i`) sees keys `≤ start + i`.
-fn causal_mask(start: usize, len: usize, device: &Device) -> Result<Tensor> {
-    let ctx = start + len;
-    let mask: Vec<f32> = (0..len)
-        .flat_map(|i| {
-            (0..ctx).map(move |j| {
-                if j <= start + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (len, ctx), device)?)
+/// Attention over the host KV cache: writes every chunk's keys and values in place, runs the
+/// short chunks (decode steps) through the paged kernel in one parallel pass and the long ones
+/// (prefill) through the blocked matmuls.
+fn attention_host(
+    li: usize,
+    heads: Heads,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    chunks: &[SeqChunk<'_>],
+    plans: &[Option<CausalPlan>],
+    cache: &KvCache,
+) -> Result<Tensor> {
+    let t = q.dim(0)?;
+    let row = heads.kv * heads.dim;
+    let width = heads.q * heads.dim;
+    let kf = k.flatten_all()?.to_vec1::<f32>()?;
+    let vf = v.flatten_all()?.to_vec1::<f32>()?;
+    let mut offset = 0;
+    for s in chunks {
+        let span = offset * row..(offset + s.len) * row;
+        cache.write_host(li, s.block_table, s.start, &kf[span.clone()], &vf[span])?;
+        offset += s.len;
+    }
+    let mut out = vec![0f32; t * width];
+    let mut rows = Vec::new();
+    let mut at = Vec::new();
+    offset = 0;
+    for (s, plan) in chunks.iter().zip(plans) {
+        if plan.is_none() {
+            for i in 0..s.len {
+                rows.push(KernelRow {
+                    table: s.block_table,
+                    ctx: s.start + i + 1,
+                });
+                at.push(offset + i);
+            }
+        }
+        offset += s.len;
+    }
+    if !rows.is_empty() {
+        let qf = q.flatten_all()?.to_vec1::<f32>()?;
+        let qk: Vec<f32> = if rows.len() == t {
+            qf
+        } else {
+            at.iter()
+                .flat_map(|&r| qf[r * width..(r + 1) * width].iter().copied())
+                .collect()
+        };
+        let mut o = vec![0f32; rows.len() * width];
+        let layer = cache.host_layer(li)?;
+        paged_rows(&qk, &rows, &layer, cache.block_size(), heads, &mut o);
+        for (j, &r) in at.iter().enumerate() {
+            out[r * width..(r + 1) * width].copy_from_slice(&o[j * width..(j + 1) * width]);
+        }
+    }
+    offset = 0;
+    for (s, plan) in chunks.iter().zip(plans) {
+        if let Some(plan) = plan {
+            let (kc, vc) = if s.start == 0 {
+                (
+                    k.narrow(0, offset, s.len)?.transpose(0, 1)?.contiguous()?,
+                    v.narrow(0, offset, s.len)?.transpose(0, 1)?.contiguous()?,
+                )
+            } else {
+                cache.gather_heads(li, s.block_table, s.start + s.len)?
+            };
+            let o = causal_blocked(&q.narrow(0, offset, s.len)?, &kc, &vc, plan, heads)?;
+            out[offset * width..(offset + s.len) * width]
+                .copy_from_slice(&o.flatten_all()?.to_vec1::<f32>()?);
+        }
+        offset += s.len;
+    }
+    Ok(Tensor::from_vec(out, (t, width), q.device())?)
 }
 
 /// cos/sin tables `(max_positions, head_dim / 2)`, computed in f32 like transformers does.

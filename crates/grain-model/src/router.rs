@@ -167,13 +167,17 @@ impl Router {
     /// The router's `(n_crops, Σg + text_queries, D)` input for one image.
     pub fn build_input(&self, input: &RouterInput) -> Result<Tensor> {
         let f = &input.features;
-        let (n, _, d) = f.dims3()?;
         let text = self.select_text(&f.get(0)?, &input.text_embeds.to_dtype(f.dtype())?)?;
-        let pooled = crate::granularity::pool_all(f, &self.granularities)?;
-        let text = text
-            .unsqueeze(0)?
-            .broadcast_as((n, self.text_queries, d))?
-            .contiguous()?;
+        Self::assemble(f, &text, &self.granularities)
+    }
+
+    /// Every crop's rows of `features` `(n, 576, C)` pooled at all granularities, then the same
+    /// `text` rows `(k, C)`: `(n, Σg + k, C)`.
+    fn assemble(features: &Tensor, text: &Tensor, grans: &[u32]) -> Result<Tensor> {
+        let n = features.dim(0)?;
+        let (k, c) = text.dims2()?;
+        let pooled = crate::granularity::pool_all(features, grans)?;
+        let text = text.unsqueeze(0)?.broadcast_as((n, k, c))?.contiguous()?;
         Ok(Tensor::cat(&[&pooled, &text], 1)?)
     }
 
@@ -185,11 +189,8 @@ impl Router {
             by_crops.entry(inp.features.dim(0)?).or_default().push(i);
         }
         for members in by_crops.into_values() {
-            let xs = members
-                .iter()
-                .map(|&i| self.build_input(&inputs[i]))
-                .collect::<Result<Vec<_>>>()?;
-            let normed = self.logits_of(&xs)?;
+            let group: Vec<&RouterInput> = members.iter().map(|&i| &inputs[i]).collect();
+            let normed = self.logits_of(&group)?;
             for (row, &i) in members.iter().enumerate() {
                 let logits: Vec<f32> = normed.get(row)?.to_vec1()?;
                 let choice = argmax(&logits);
@@ -205,32 +206,53 @@ impl Router {
     /// LayerNorm'd router logits `(B, E)` for images that all have the same crop count, as a tensor
     /// (differentiable when the router was built with `differentiable`).
     pub fn logits(&self, inputs: &[&RouterInput]) -> Result<Tensor> {
-        let xs = inputs
-            .iter()
-            .map(|i| self.build_input(i))
-            .collect::<Result<Vec<_>>>()?;
-        self.logits_of(&xs)
+        self.logits_of(inputs)
     }
 
-    /// Logits for assembled inputs `(n_crops, seq, D)` that share `n_crops`.
-    fn logits_of(&self, xs: &[Tensor]) -> Result<Tensor> {
-        let first = xs
+    /// The merger's input `(n, seq, D)` and its attention projection `(n, seq, 3D)` for one image.
+    /// Average pooling commutes with the affine `in_proj`, so the projection is computed on the
+    /// 576 unpooled tokens and the 32 text tokens once, then pooled: that skips the projection of
+    /// the 540 coarser tokens per crop, and of the text rows repeated in every crop.
+    fn input_and_qkv(&self, input: &RouterInput) -> Result<(Tensor, Tensor)> {
+        let f = &input.features;
+        let (n, l, d) = f.dims3()?;
+        let text = self.select_text(&f.get(0)?, &input.text_embeds.to_dtype(f.dtype())?)?;
+        let qkv_f = self
+            .in_proj
+            .forward(&f.reshape((n * l, d))?)?
+            .reshape((n, l, 3 * d))?;
+        let qkv_t = self.in_proj.forward(&text)?;
+        Ok((
+            Self::assemble(f, &text, &self.granularities)?,
+            Self::assemble(&qkv_f, &qkv_t, &self.granularities)?,
+        ))
+    }
+
+    /// Logits for images that share `n_crops`.
+    fn logits_of(&self, inputs: &[&RouterInput]) -> Result<Tensor> {
+        let first = inputs
             .first()
             .ok_or_else(|| ModelError::Input("no router inputs".into()))?;
-        let (n, seq, _) = first.dims3()?;
-        for x in xs {
-            if x.dims3()?.0 != n {
+        let n = first.features.dim(0)?;
+        let (mut xs, mut qkvs) = (Vec::new(), Vec::new());
+        for input in inputs {
+            if input.features.dim(0)? != n {
                 return Err(ModelError::Input(
                     "router inputs batched together must have the same crop count".into(),
                 ));
             }
+            let (x, qkv) = self.input_and_qkv(input)?;
+            xs.push(x);
+            qkvs.push(qkv);
         }
+        let seq = xs[0].dim(1)?;
         // (n, B·seq, D): crops are the attention axis, (image, token) pairs the batch.
-        let x = Tensor::cat(xs, 1)?;
-        let mixed = self.merger(&x)?;
-        let r = self.mlp2.forward(&self.mlp1.forward(&mixed)?.gelu_erf()?)?; // (n, B·seq, E)
-        let e = r.dim(2)?;
-        let r = r.reshape((n, xs.len(), seq, e))?.to_dtype(DType::F32)?;
+        let mixed = self.merger_qkv(&Tensor::cat(&xs, 1)?, &Tensor::cat(&qkvs, 1)?)?;
+        let d = mixed.dim(2)?;
+        let mixed = mixed.reshape((n * inputs.len() * seq, d))?;
+        let r = self.mlp2.forward(&self.mlp1.forward(&mixed)?.gelu_erf()?)?; // (n·B·seq, E)
+        let e = r.dim(1)?;
+        let r = r.reshape((n, inputs.len(), seq, e))?.to_dtype(DType::F32)?;
         let voter = self.voter.to_dtype(DType::F32)?.reshape((1, 1, seq, 1))?;
         let voted = r.broadcast_mul(&voter)?.sum(2)?; // (n, B, E)
         let per_image = voted.mean(0)?; // (B, E)
@@ -269,33 +291,98 @@ impl Router {
     /// in and out. Public so parity tests can compare this stage on its own.
     pub fn merger(&self, x: &Tensor) -> Result<Tensor> {
         let (n, b, d) = x.dims3()?;
-        let h = self.heads;
-        let hd = d / h;
-        let qkv = self.in_proj.forward(x)?; // (n, b, 3d)
-        let heads = |i: usize| -> Result<Tensor> {
-            // (n, b, d) → (b, h, n, hd)
-            Ok(qkv
-                .narrow(2, i * d, d)?
-                .reshape((n, b, h, hd))?
-                .permute((1, 2, 0, 3))?
-                .contiguous()?)
-        };
-        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = if self.differentiable {
-            candle_nn::ops::softmax(&att, D::Minus1)?
+        let qkv = self
+            .in_proj
+            .forward(&x.reshape((n * b, d))?)?
+            .reshape((n, b, 3 * d))?;
+        self.merger_qkv(x, &qkv)
+    }
+
+    /// The merger given its input `x` `(n, b, D)` and `in_proj(x)` `(n, b, 3D)`. Row-wise layers
+    /// run on `(n·b, D)` matrices: one matrix product each.
+    fn merger_qkv(&self, x: &Tensor, qkv: &Tensor) -> Result<Tensor> {
+        let (n, b, d) = x.dims3()?;
+        let o = if qkv.device().is_cpu() && !self.differentiable {
+            let flat = qkv.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let o = cross_crop_attention(&flat, n, b, d, self.heads);
+            Tensor::from_vec(o, (n * b, d), qkv.device())?.to_dtype(x.dtype())?
         } else {
-            candle_nn::ops::softmax_last_dim(&att)?
+            attention(qkv, self.heads, self.differentiable)?.reshape((n * b, d))?
         };
-        let o = att.matmul(&v)?.permute((2, 0, 1, 3))?.reshape((n, b, d))?;
+        let x = x.reshape((n * b, d))?;
         let x = self.layer_norm(&self.norm1, &(x + self.out_proj.forward(&o)?)?)?;
         let ff = self.linear2.forward(&self.linear1.forward(&x)?.relu()?)?;
-        self.layer_norm(&self.norm2, &(x + ff)?)
+        Ok(self
+            .layer_norm(&self.norm2, &(x + ff)?)?
+            .reshape((n, b, d))?)
     }
 
     pub fn hidden(&self) -> usize {
         self.hidden
     }
+}
+
+/// Attention across crops with tensor ops (any device; differentiable with `differentiable`):
+/// `(n, b, 3D)` → `(n, b, D)`.
+fn attention(qkv: &Tensor, h: usize, differentiable: bool) -> Result<Tensor> {
+    let (n, b, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let hd = d / h;
+    let heads = |i: usize| -> Result<Tensor> {
+        // (n, b, d) → (b, h, n, hd)
+        Ok(qkv
+            .narrow(2, i * d, d)?
+            .reshape((n, b, h, hd))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?)
+    };
+    let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+    let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let att = if differentiable {
+        candle_nn::ops::softmax(&att, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&att)?
+    };
+    Ok(att.matmul(&v)?.permute((2, 0, 1, 3))?.reshape((n, b, d))?)
+}
+
+/// Softmax attention across the crop axis, on the CPU in one pass: `qkv` is `(n, b, 3d)` row-major
+/// (q, k, v blocks of `d`, each split into `heads`), the result `(n·b, d)`. For every position and
+/// head this is an `n`×`n` attention, far too small for batched matrix products to pay off.
+fn cross_crop_attention(qkv: &[f32], n: usize, b: usize, d: usize, heads: usize) -> Vec<f32> {
+    let hd = d / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; n * b * d];
+    let mut w = vec![0f32; n];
+    let row = |i: usize, p: usize| (i * b + p) * 3 * d;
+    for p in 0..b {
+        for h in 0..heads {
+            for i in 0..n {
+                let q = &qkv[row(i, p) + h * hd..][..hd];
+                let mut max = f32::NEG_INFINITY;
+                for (j, wj) in w.iter_mut().enumerate() {
+                    let k = &qkv[row(j, p) + d + h * hd..][..hd];
+                    let s: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+                    *wj = s * scale;
+                    max = max.max(*wj);
+                }
+                let mut sum = 0.0f32;
+                for wj in w.iter_mut() {
+                    *wj = (*wj - max).exp();
+                    sum += *wj;
+                }
+                let o = &mut out[(i * b + p) * d + h * hd..][..hd];
+                for (j, wj) in w.iter().enumerate() {
+                    let v = &qkv[row(j, p) + 2 * d + h * hd..][..hd];
+                    let c = wj / sum;
+                    for (o, v) in o.iter_mut().zip(v) {
+                        *o += c * v;
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -306,4 +393,34 @@ fn argmax(v: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass CPU attention equals the tensor-op attention (batched matrix products and
+    /// candle's softmax) on random inputs, for several crop counts.
+    #[test]
+    fn cpu_attention_matches_tensor_attention() {
+        let (b, d, heads) = (7usize, 16usize, 4usize);
+        for n in [1usize, 2, 5] {
+            let qkv: Vec<f32> = (0..n * b * 3 * d)
+                .map(|i| (((i * 2654435761) % 1000) as f32 / 250.0) - 2.0)
+                .collect();
+            let t =
+                Tensor::from_vec(qkv.clone(), (n, b, 3 * d), &candle_core::Device::Cpu).unwrap();
+            let want: Vec<f32> = attention(&t, heads, true)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got = cross_crop_attention(&qkv, n, b, d, heads);
+            assert_eq!(got.len(), want.len());
+            for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+                assert!((a - w).abs() <= 1e-5, "n={n} [{i}]: {a} vs {w}");
+            }
+        }
+    }
 }

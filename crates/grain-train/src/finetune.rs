@@ -63,6 +63,10 @@ pub struct TrainLmmArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
+    /// Train the LM only: the projector stays as it is, so it cannot single out small details
+    /// before pooling and only the LM (after pooling) can.
+    #[arg(long)]
+    pub freeze_projector: bool,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -205,6 +209,7 @@ pub fn fine_tune(
     epochs: usize,
     batch_size: usize,
     seed: u64,
+    frozen: &[&str],
     mut on_step: impl FnMut(f32),
 ) -> Result<Vec<f64>> {
     if batch_size == 0 || epochs == 0 || train.is_empty() || grans.is_empty() {
@@ -213,7 +218,7 @@ pub fn fine_tune(
         ));
     }
     let mut opt = AdamW::new(
-        lmm.vars(),
+        lmm.vars_except(frozen),
         ParamsAdamW {
             lr,
             weight_decay: 0.0,
@@ -266,6 +271,7 @@ pub fn run(a: &TrainLmmArgs) -> Result<LmmReport> {
     let eval_set = if val.is_empty() { &train } else { &val };
     let grans = config.granularities.clone();
     let before = losses_by_granularity(&lmm, eval_set, &grans, image_token)?;
+    let frozen: &[&str] = if a.freeze_projector { &["proj."] } else { &[] };
     let steps = a.epochs * train.len().div_ceil(a.batch_size.max(1));
     let pb = crate::cli::bar(steps as u64, a.quiet, "train");
     let started = Instant::now();
@@ -278,6 +284,7 @@ pub fn run(a: &TrainLmmArgs) -> Result<LmmReport> {
         a.epochs,
         a.batch_size,
         a.seed,
+        frozen,
         |l| {
             pb.inc(1);
             pb.set_message(format!("loss {l:.4}"));
@@ -297,7 +304,7 @@ pub fn run(a: &TrainLmmArgs) -> Result<LmmReport> {
         base: a.model.clone(),
         train_examples: train.len(),
         val_examples: val.len(),
-        trained_params: lmm.num_params(),
+        trained_params: lmm.vars_except(frozen).iter().map(|v| v.elem_count()).sum(),
         lr: a.lr,
         epochs: a.epochs,
         batch_size: a.batch_size,

@@ -142,6 +142,18 @@ impl TrainableLmm {
         self.vars.all_vars()
     }
 
+    /// The variables whose canonical name does not start with any of `frozen`.
+    pub fn vars_except(&self, frozen: &[&str]) -> Vec<Var> {
+        self.vars
+            .data()
+            .lock()
+            .expect("single-threaded")
+            .iter()
+            .filter(|(k, _)| !frozen.iter().any(|f| k.starts_with(f)))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     pub fn num_params(&self) -> usize {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }

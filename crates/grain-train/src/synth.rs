@@ -1,13 +1,14 @@
 //! A synthetic fine-vs-coarse visual question set (`grain make-rglf-data`), the test bed for RGLF.
 //!
 //! Every image is 336×336 (so the CLIP patch grid is 24×24 cells of 14 px, aligned with the image)
-//! with one *dominant* colour (jittered per cell), a few *confetti* cells of other colours, and one
-//! *mark*: a single cell filled with a colour and framed in black. Two kinds of question:
+//! with one *dominant* colour (jittered per cell), a few *confetti* cells of random colours, and one
+//! *mark*: a single cell of a colour other than the dominant one, framed in black. Two kinds of
+//! question:
 //!
 //! - `coarse`: "what colour is the picture?" → the dominant colour, visible at any granularity;
 //! - `fine`: "what colour is the small shape?" → the mark's colour. Only at 576 tokens per crop does
-//!   the mark keep a token of its own; pooled 4×4 (36 tokens) it is 1/16 of a token mixed with its
-//!   neighbours and the confetti, so a model can only answer it from the fine view.
+//!   the mark keep a token of its own; pooled 4×4 (36 tokens) it is 1/16 of a token, mixed with
+//!   jittered background and confetti.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,8 @@ use crate::error::{io, Result, TrainError};
 pub const SIDE: u32 = 336;
 pub const CELL: u32 = 14;
 const CELLS: u32 = SIDE / CELL;
+/// Width of the mark's black frame in pixels.
+const FRAME: u32 = 3;
 
 /// The answer vocabulary: words of the tiny tokenizer and their RGB values.
 pub const COLOURS: [(&str, [u8; 3]); 4] = [
@@ -55,6 +58,8 @@ pub struct Scene {
     pub mark: usize,
     /// Cell (column, row) of the mark.
     pub mark_cell: (u32, u32),
+    /// Cells of further marks (same colour and frame), when asked for.
+    pub extra_marks: Vec<(u32, u32)>,
     /// Cells and colours of the confetti.
     pub confetti: Vec<((u32, u32), usize)>,
     /// Per-cell brightness jitter, row-major.
@@ -64,6 +69,8 @@ pub struct Scene {
 #[derive(Debug, Clone, Copy)]
 pub struct SceneConfig {
     pub confetti: usize,
+    /// Marks per image (at least one).
+    pub marks: usize,
     /// Max absolute per-cell jitter added to every channel of the background.
     pub jitter: i16,
 }
@@ -72,6 +79,7 @@ impl Default for SceneConfig {
     fn default() -> Self {
         Self {
             confetti: 24,
+            marks: 1,
             jitter: 40,
         }
     }
@@ -101,10 +109,25 @@ impl Scene {
         let jitter = (0..CELLS * CELLS)
             .map(|_| rng.random_range(-cfg.jitter..=cfg.jitter))
             .collect();
+        // Drawn last, so one mark gives the same scenes as before this option existed.
+        let mut extra_marks = Vec::new();
+        while extra_marks.len() + 1 < cfg.marks {
+            let cell = (
+                rng.random_range(1..CELLS - 1),
+                rng.random_range(1..CELLS - 1),
+            );
+            if cell != mark_cell
+                && !extra_marks.contains(&cell)
+                && !confetti.iter().any(|(c, _)| *c == cell)
+            {
+                extra_marks.push(cell);
+            }
+        }
         Self {
             background,
             mark,
             mark_cell,
+            extra_marks,
             confetti,
             jitter,
         }
@@ -116,9 +139,9 @@ impl Scene {
         for (x, y, px) in img.enumerate_pixels_mut() {
             let (cx, cy) = (x / CELL, y / CELL);
             let j = self.jitter[(cy * CELLS + cx) as usize];
-            let colour = if (cx, cy) == self.mark_cell {
+            let colour = if (cx, cy) == self.mark_cell || self.extra_marks.contains(&(cx, cy)) {
                 let (ix, iy) = (x % CELL, y % CELL);
-                let frame = ix < 3 || iy < 3 || ix >= CELL - 3 || iy >= CELL - 3;
+                let frame = ix < FRAME || iy < FRAME || ix >= CELL - FRAME || iy >= CELL - FRAME;
                 if frame {
                     [0, 0, 0]
                 } else {
@@ -149,10 +172,17 @@ pub fn question(kind: Kind) -> &'static str {
     }
 }
 
-/// Write `n` images under `dir/images/` (prefix `name`) and `dir/{name}.jsonl`, half of the
-/// questions fine and half coarse (alternating, each image asked one question). Returns the JSONL
-/// path. The same `seed` writes the same bytes.
-pub fn write_set(dir: &Path, name: &str, n: usize, seed: u64, cfg: SceneConfig) -> Result<PathBuf> {
+/// Write `n` images under `dir/images/` (prefix `name`) and `dir/{name}.jsonl`, each image asked
+/// one question, a `fine_fraction` of them fine (spread evenly). Returns the JSONL path. The same
+/// `seed` writes the same bytes.
+pub fn write_set(
+    dir: &Path,
+    name: &str,
+    n: usize,
+    fine_fraction: f64,
+    seed: u64,
+    cfg: SceneConfig,
+) -> Result<PathBuf> {
     if name.is_empty() || name.contains(['/', '\\']) {
         return Err(TrainError::Setup(format!("bad set name `{name}`")));
     }
@@ -162,7 +192,13 @@ pub fn write_set(dir: &Path, name: &str, n: usize, seed: u64, cfg: SceneConfig) 
     let mut lines = String::new();
     for i in 0..n {
         let scene = Scene::sample(&mut rng, cfg);
-        let kind = if i % 2 == 0 { Kind::Fine } else { Kind::Coarse };
+        // Fine whenever the running count of fine questions falls behind the fraction.
+        let fine_so_far = (i as f64 * fine_fraction).ceil();
+        let kind = if ((i + 1) as f64 * fine_fraction).ceil() > fine_so_far {
+            Kind::Fine
+        } else {
+            Kind::Coarse
+        };
         let file = format!("images/{name}-{i:05}.png");
         let path = dir.join(&file);
         scene
@@ -195,9 +231,15 @@ pub struct MakeRglfDataArgs {
     /// Examples for router training, validation split included (`router.jsonl`).
     #[arg(long, default_value_t = 240)]
     pub router: usize,
-    /// Confetti cells per image (distractors that hide the mark once pooled).
+    /// Fraction of fine questions in `lmm.jsonl`.
+    #[arg(long, default_value_t = 0.5)]
+    pub lmm_fine_fraction: f64,
+    /// Confetti cells per image (distractors around the mark).
     #[arg(long, default_value_t = SceneConfig::default().confetti)]
     pub confetti: usize,
+    /// Framed marks per image (all of the answer's colour).
+    #[arg(long, default_value_t = SceneConfig::default().marks)]
+    pub marks: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -205,11 +247,26 @@ pub struct MakeRglfDataArgs {
 pub fn main(a: MakeRglfDataArgs) -> Result<()> {
     let cfg = SceneConfig {
         confetti: a.confetti,
+        marks: a.marks,
         ..SceneConfig::default()
     };
     // Different seeds per set: the router's examples are images the LMM never saw.
-    let lmm = write_set(&a.out, "lmm", a.lmm, a.seed.wrapping_mul(2), cfg)?;
-    let router = write_set(&a.out, "router", a.router, a.seed.wrapping_mul(2) + 1, cfg)?;
+    let lmm = write_set(
+        &a.out,
+        "lmm",
+        a.lmm,
+        a.lmm_fine_fraction,
+        a.seed.wrapping_mul(2),
+        cfg,
+    )?;
+    let router = write_set(
+        &a.out,
+        "router",
+        a.router,
+        0.5,
+        a.seed.wrapping_mul(2) + 1,
+        cfg,
+    )?;
     println!(
         "wrote {} ({} examples) and {} ({} examples)",
         lmm.display(),
@@ -254,7 +311,7 @@ mod tests {
     #[test]
     fn write_set_alternates_kinds_with_matching_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_set(dir.path(), "t", 4, 9, SceneConfig::default()).unwrap();
+        let p = write_set(dir.path(), "t", 4, 0.5, 9, SceneConfig::default()).unwrap();
         let ex = crate::data::read_jsonl(&p).unwrap();
         assert_eq!(ex.len(), 4);
         let kinds: Vec<_> = ex.iter().map(|e| e.kind.clone().unwrap()).collect();

@@ -14,7 +14,7 @@ fn trainable_lmm_matches_the_served_model_and_learns() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
     write_tiny(&model_dir, TinyLayout::Avg, TinySize::TINY, 4).unwrap();
-    let data = write_set(dir.path(), "t", 2, 1, SceneConfig::default()).unwrap();
+    let data = write_set(dir.path(), "t", 2, 0.5, 1, SceneConfig::default()).unwrap();
     let examples = read_jsonl(&data).unwrap();
 
     let served = LlavaModel::load(&model_dir, DType::F32, &Device::Cpu).unwrap();
@@ -51,7 +51,7 @@ fn trainable_lmm_matches_the_served_model_and_learns() {
     // A few steps on two examples at the coarsest granularity lower their loss.
     let g = [config.granularities[0]];
     let before = losses_by_granularity(&lmm, &set, &g, image_token).unwrap()[0].mean;
-    fine_tune(&lmm, &set, &g, image_token, 1e-2, 4, 2, 0, |_| {}).unwrap();
+    fine_tune(&lmm, &set, &g, image_token, 1e-2, 4, 2, 0, &[], |_| {}).unwrap();
     let after = losses_by_granularity(&lmm, &set, &g, image_token).unwrap()[0].mean;
     assert!(after < 0.7 * before, "{before} -> {after}");
 }

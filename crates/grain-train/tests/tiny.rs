@@ -12,17 +12,16 @@ use grain_train::train::{evaluate, train, TrainConfig};
 use grain_train::trainable::TrainableRouter;
 use grain_train::{run, TrainRouterArgs, REPORT_FILE};
 
-/// Six small images with different content and aspect ratios, and a JSONL file describing them.
-fn dataset(dir: &Path) -> PathBuf {
+/// A few small images with different content and aspect ratios, and a JSONL file describing them.
+fn dataset(dir: &Path, n: usize) -> PathBuf {
     // Sides of at most 336 px keep AnyRes at base + 2 tiles, so the LM sequences stay short.
-    let specs: [(u32, u32, [u8; 3], &str, &str); 4] = [
+    let specs: [(u32, u32, [u8; 3], &str, &str); 3] = [
         (336, 336, [200, 30, 30], "what colour is it?", "red"),
-        (320, 240, [30, 200, 30], "what number is written?", "seven"),
         (200, 300, [30, 30, 200], "which colour is shown?", "blue"),
-        (336, 168, [230, 230, 20], "what is the small word?", "cat"),
+        (320, 240, [30, 200, 30], "what number is written?", "seven"),
     ];
     let mut lines = String::new();
-    for (i, (w, h, rgb, q, a)) in specs.iter().enumerate() {
+    for (i, (w, h, rgb, q, a)) in specs.iter().take(n).enumerate() {
         let img = image::RgbImage::from_fn(*w, *h, |x, y| {
             // A checkerboard of small cells over the base colour: fine detail for the encoder.
             let on = ((x / (7 + i as u32)) + (y / 5)) % 2 == 0;
@@ -70,7 +69,7 @@ fn prepare(model_dir: &Path, data: &Path) -> (LlavaModel, Vec<Prepared>) {
 fn feedback_and_training_lower_the_loss_touching_only_the_router() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = tiny_checkpoint(dir.path());
-    let data = dataset(dir.path());
+    let data = dataset(dir.path(), 3);
     let (model, prepared) = prepare(&model_dir, &data);
     for p in &prepared {
         assert_eq!(p.feedback.len(), 5);
@@ -129,8 +128,8 @@ fn feedback_and_training_lower_the_loss_touching_only_the_router() {
     }
     let set: Vec<&Prepared> = prepared.iter().collect();
     let cfg = TrainConfig {
-        lr: 1e-2,
-        epochs: 4,
+        lr: 2e-2,
+        epochs: 3,
         batch_size: 3,
         seed: 1,
         loss: LossConfig::default(),
@@ -138,7 +137,7 @@ fn feedback_and_training_lower_the_loss_touching_only_the_router() {
     let before = evaluate(&router, &set, &cfg.loss).unwrap();
     let mut losses = Vec::new();
     train(&router, &set, &[], &cfg, |_, l, _| losses.push(l)).unwrap();
-    assert_eq!(losses.len(), 8); // 4 epochs × ⌈4 / 3⌉ batches
+    assert_eq!(losses.len(), 3); // 3 epochs × ⌈3 / 3⌉ batches
     let after = evaluate(&router, &set, &cfg.loss).unwrap();
     assert!(
         after.loss < 0.8 * before.loss,
@@ -153,14 +152,14 @@ fn feedback_and_training_lower_the_loss_touching_only_the_router() {
 fn written_checkpoint_loads_and_routes_differently() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = tiny_checkpoint(dir.path());
-    let data = dataset(dir.path());
+    let data = dataset(dir.path(), 2);
     let out = dir.path().join("trained");
     let report = run(TrainRouterArgs {
         model: model_dir.clone(),
         data: data.clone(),
         out: out.clone(),
-        lr: 1e-2,
-        epochs: 6,
+        lr: 5e-2,
+        epochs: 2,
         batch_size: 2,
         margin: 1.0,
         ce_weight: 0.1,
@@ -178,7 +177,7 @@ fn written_checkpoint_loads_and_routes_differently() {
     assert!(out.join(REPORT_FILE).is_file());
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join(REPORT_FILE)).unwrap()).unwrap();
-    assert_eq!(json["epochs"].as_array().unwrap().len(), 6);
+    assert_eq!(json["epochs"].as_array().unwrap().len(), 2);
     assert!(report.after.loss < report.before.loss);
     // Non-weight files are carried over unchanged.
     assert_eq!(

@@ -1,0 +1,245 @@
+//! Causal attention of a flat batch over the paged KV cache, two ways:
+//!
+//! - [`paged_rows`]: a kernel over the host cache for short chunks (decode steps). Each query row
+//!   reads its keys and values in place through the block table; rows × KV heads run in parallel.
+//!   A decode step thus costs one pass over each sequence's cache per layer, with no gather, no
+//!   per-sequence tensor ops and no transposes.
+//! - [`causal_blocked`]: long chunks (prefill) as batched matmuls over query blocks. A block of
+//!   queries only meets the keys up to its last position, so the upper triangle is never computed
+//!   and the score matrix held at once is `heads × block × context`, not `heads × len × context`.
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::kv_cache::HostLayer;
+
+/// Query rows per block in [`causal_blocked`].
+const QUERY_BLOCK: usize = 128;
+
+/// Head geometry of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+impl Heads {
+    fn group(&self) -> usize {
+        self.q / self.kv
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / (self.dim as f64).sqrt()
+    }
+}
+
+/// One query row for [`paged_rows`]: its sequence's block table and how many positions it sees
+/// (its own included).
+pub(crate) struct KernelRow<'a> {
+    pub table: &'a [u32],
+    pub ctx: usize,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent sums let the compiler keep them in vector registers.
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn axpy(p: f32, x: &[f32], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += p * v;
+    }
+}
+
+/// Attention for `rows.len()` query rows. `q` is `(rows, heads.q · dim)` (roped), `layer` the
+/// host cache of this layer (already holding every row's own key and value), `out` is
+/// `(rows, heads.q · dim)`. Tables must have been checked to cover each row's `ctx`.
+pub(crate) fn paged_rows(
+    q: &[f32],
+    rows: &[KernelRow<'_>],
+    layer: &HostLayer<'_>,
+    block_size: usize,
+    heads: Heads,
+    out: &mut [f32],
+) {
+    let (hd, nkv, group) = (heads.dim, heads.kv, heads.group());
+    let width = heads.q * hd;
+    let slot_row = nkv * hd;
+    let scale = heads.scale() as f32;
+    let (kc, vc) = (&layer.k[..], &layer.v[..]);
+    // One work item per (row, KV head): its `group` query heads share every key/value read.
+    out.par_chunks_mut(group * hd)
+        .enumerate()
+        .for_each(|(item, o)| {
+            let (r, kvh) = (item / nkv, item % nkv);
+            let row = &rows[r];
+            let ctx = row.ctx;
+            let qh = &q[r * width + kvh * group * hd..][..group * hd];
+            let mut scores = vec![0f32; group * ctx];
+            let blocks = |f: &mut dyn FnMut(usize, usize)| {
+                for (b, &block) in row.table[..ctx.div_ceil(block_size)].iter().enumerate() {
+                    let first = b * block_size;
+                    let n = block_size.min(ctx - first);
+                    let base = block as usize * block_size;
+                    for i in 0..n {
+                        f(first + i, (base + i) * slot_row + kvh * hd);
+                    }
+                }
+            };
+            blocks(&mut |pos, at| {
+                let k = &kc[at..at + hd];
+                for g in 0..group {
+                    scores[g * ctx + pos] = dot(&qh[g * hd..(g + 1) * hd], k) * scale;
+                }
+            });
+            for s in scores.chunks_exact_mut(ctx) {
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                s.iter_mut().for_each(|x| *x *= inv);
+            }
+            o.fill(0.0);
+            blocks(&mut |pos, at| {
+                let v = &vc[at..at + hd];
+                for g in 0..group {
+                    axpy(scores[g * ctx + pos], v, &mut o[g * hd..(g + 1) * hd]);
+                }
+            });
+        });
+}
+
+/// The query blocks of a chunk of `len` new positions after `start` cached ones: block `b` covers
+/// queries `b · QUERY_BLOCK ..` and sees keys `0..start + q1`. Off the host cache each block also
+/// gets its additive causal mask, built once per chunk and shared by every layer; on the host the
+/// mask is folded into the softmax instead.
+pub(crate) struct CausalPlan {
+    start: usize,
+    blocks: Vec<(usize, usize, Option<Tensor>)>,
+}
+
+impl CausalPlan {
+    pub(crate) fn new(start: usize, len: usize, host: bool, device: &Device) -> Result<Self> {
+        let mut blocks = Vec::with_capacity(len.div_ceil(QUERY_BLOCK));
+        let mut q0 = 0;
+        while q0 < len {
+            let q1 = (q0 + QUERY_BLOCK).min(len);
+            let kend = start + q1;
+            let mask = if host {
+                None
+            } else {
+                let mut mask = vec![0f32; (q1 - q0) * kend];
+                for (i, row) in mask.chunks_exact_mut(kend).enumerate() {
+                    row[start + q0 + i + 1..].fill(f32::NEG_INFINITY);
+                }
+                // (block, 1, keys): broadcast over the query heads sharing a KV head.
+                Some(Tensor::from_vec(mask, (q1 - q0, 1, kend), device)?)
+            };
+            blocks.push((q0, q1, mask));
+            q0 = q1;
+        }
+        Ok(Self { start, blocks })
+    }
+}
+
+/// Softmax of each row of host `scores` `(kv heads, block · group, keys)` over the keys its query
+/// may see (`first + query index in the block`), zero beyond: the causal mask and the softmax in
+/// one pass, with no exponentials spent on masked keys.
+fn masked_softmax_host(scores: &Tensor, group: usize, first: usize) -> Result<Tensor> {
+    let dims = scores.dims3()?;
+    let (_, per_head, keys) = dims;
+    let scores = scores.contiguous()?;
+    let (storage, layout) = scores.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("host softmax on device scores".into()).into());
+    };
+    let (o1, o2) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("scores not contiguous".into()))?;
+    let src = &cpu.as_slice::<f32>()?[o1..o2];
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(keys)
+        .zip(src.par_chunks(keys))
+        .enumerate()
+        .for_each(|(r, (o, s))| {
+            let seen = (first + (r % per_head) / group).min(keys);
+            let (o, s) = (&mut o[..seen], &s[..seen]);
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (d, &x) in o.iter_mut().zip(s) {
+                *d = (x - max).exp();
+                sum += *d;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|d| *d *= inv);
+        });
+    drop(storage);
+    Ok(Tensor::from_vec(out, dims, scores.device())?)
+}
+
+/// Causal attention of one chunk: `q` `(len, heads.q, dim)` (roped), `k` and `v`
+/// `(heads.kv, start + len, dim)` covering every position the chunk sees. Returns
+/// `(len, heads.q · dim)`.
+pub(crate) fn causal_blocked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &CausalPlan,
+    heads: Heads,
+) -> Result<Tensor> {
+    let (len, _, hd) = q.dims3()?;
+    let (nkv, group) = (heads.kv, heads.group());
+    // (kv heads, len, group, dim): a block of queries is a narrow on dim 1.
+    let q =
+        (q.reshape((len, nkv, group, hd))?.permute((1, 0, 2, 3))? * heads.scale())?.contiguous()?;
+    let mut outs = Vec::with_capacity(plan.blocks.len());
+    for (q0, q1, mask) in &plan.blocks {
+        let n = q1 - q0;
+        let kend = plan.start + q1;
+        let qb = q.narrow(1, *q0, n)?.reshape((nkv, n * group, hd))?;
+        let scores = qb
+            .matmul(&k.narrow(1, 0, kend)?.t()?)?
+            .to_dtype(DType::F32)?;
+        let probs = match mask {
+            None => masked_softmax_host(&scores, group, plan.start + q0 + 1)?,
+            Some(mask) => {
+                let scores = scores
+                    .reshape((nkv, n, group, kend))?
+                    .broadcast_add(mask)?
+                    .reshape((nkv, n * group, kend))?;
+                candle_nn::ops::softmax_last_dim(&scores)?
+            }
+        };
+        let o = probs
+            .to_dtype(v.dtype())?
+            .matmul(&v.narrow(1, 0, kend)?)?
+            .reshape((nkv, n, group, hd))?
+            .permute((1, 0, 2, 3))?
+            .reshape((n, heads.q * hd))?;
+        outs.push(o);
+    }
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
+#[cfg(test)]
+#[path = "attention_tests.rs"]
+mod tests;
