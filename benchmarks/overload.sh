@@ -10,20 +10,22 @@
 #   1. `auto` traffic (the server default) at RATE requests/s for DURATION seconds, plus a thin
 #      stream of explicit `detail: high` requests that must keep 576;
 #   2. load stops; /metrics is polled every 0.5 s until grain_granularity_ceiling is back at 576.
-# Knobs (environment): RATE, DURATION, TARGET_MS, MAX_TOKENS, TIMEOUT, IMAGE, GRAIN_BIN, OUT.
+# Knobs (environment): RATE, DURATION, TARGET_MS, STEP_DOWN_MS, STEP_UP_MS, COOLDOWN_MS, MAX_TOKENS,
+# TIMEOUT, IMAGE, GRAIN_BIN, OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRAIN=${GRAIN_BIN:-target/release/grain}
 OUT=${OUT:-benchmarks/results}
 WORK=${WORK:-target/bench-work}
-RATE=${RATE:-0.5}
-DURATION=${DURATION:-90}
+RATE=${RATE:-0.4}
+DURATION=${DURATION:-120}
 TARGET_MS=${TARGET_MS:-4000}
 MAX_TOKENS=${MAX_TOKENS:-16}
 TIMEOUT=${TIMEOUT:-60}
 IMAGE=${IMAGE:-672x672}
 STEP_UP_MS=${STEP_UP_MS:-5000}
+STEP_DOWN_MS=${STEP_DOWN_MS:-1000}
 COOLDOWN_MS=${COOLDOWN_MS:-2000}
 PORT=${PORT:-18431}
 
@@ -43,6 +45,7 @@ phase() { # $1 = off|on
   "$GRAIN" serve --model "$ckpt" --port "$PORT" --default-granularity auto \
     --controller="$([[ $mode == on ]] && echo true || echo false)" \
     --controller-target-ms "$TARGET_MS" --controller-step-up-after-ms "$STEP_UP_MS" \
+    --controller-step-down-after-ms "$STEP_DOWN_MS" \
     --controller-cooldown-ms "$COOLDOWN_MS" >"$WORK/overload-$mode.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 600); do curl -fsS "$url/ready" >/dev/null 2>&1 && break; sleep 0.5; done
