@@ -216,27 +216,19 @@ fn a_sweep_reports_exactly_what_the_server_sent() {
         }
     }
     // The same request index carries the same prompt in every run point.
-    let prompts: HashSet<String> = bodies
-        .iter()
-        .filter(|b| b["granularity"] == json!(36))
-        .map(|b| {
-            b["messages"][0]["content"][0]["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let prompts_576: HashSet<String> = bodies
-        .iter()
-        .filter(|b| b["granularity"] == json!(576))
-        .map(|b| {
-            b["messages"][0]["content"][0]["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(prompts, prompts_576);
+    let prompts_at = |granularity: u32| -> HashSet<String> {
+        bodies
+            .iter()
+            .filter(|b| b["granularity"] == json!(granularity))
+            .map(|b| {
+                b["messages"][0]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(prompts_at(36), prompts_at(576));
 
     for f in [
         "throughput.svg",
