@@ -4,6 +4,7 @@
 #   benchmarks/run.sh granularity   # fixed 36 … 576, router, paper-like mix at concurrency 16 (+ solo)
 #   benchmarks/run.sh batching      # tokens/s at concurrency 1, 4, 16: text-only, and images at 36
 #   benchmarks/run.sh hf            # Grain vs HF transformers, same HF-layout checkpoint and requests
+#   benchmarks/run.sh hf-text       # the same on text-only requests (decoding dominates)
 #   benchmarks/run.sh all
 #
 # Uses target/release/grain (built if missing; GRAIN_BIN overrides), writes checkpoints under
@@ -75,10 +76,29 @@ hf() {
   python3 benchmarks/summarize.py hf "$OUT/hf-grain.json" "$OUT/hf-transformers.json"
 }
 
+# The same comparison on text-only requests (no image, no vision tower): decoding dominates, the
+# part of the work that continuous batching speeds up. Same checkpoint, same prompts on both sides.
+hf_text() {
+  local ckpt
+  ckpt=$(checkpoint hf)
+  "$GRAIN" bench --workload text --dump-workload "$WORK/hf-text-workload.jsonl" \
+    --num-requests "$HF_N" --max-tokens "$MAX_TOKENS" --seed 1
+  "$GRAIN" bench --spawn "$GRAIN" --spawn-model "$ckpt" --label "grain small (HF layout), text" \
+    --dataset "$WORK/hf-text-workload.jsonl" --concurrency 1,8 --num-requests "$HF_N" --warmup 1 \
+    --json "$OUT/hf-text-grain.json"
+  "$PY" benchmarks/hf_baseline.py --model "$ckpt" --dataset "$WORK/hf-text-workload.jsonl" \
+    --batch-sizes 1,8 --json "$OUT/hf-text-transformers.json"
+  python3 benchmarks/summarize.py hf "$OUT/hf-text-grain.json" "$OUT/hf-text-transformers.json"
+}
+
 case "${1:-}" in
   granularity) granularity ;;
   batching) batching ;;
   hf) hf ;;
-  all) status=0; granularity || status=1; batching || status=1; hf || status=1; exit $status ;;
-  *) echo "usage: $0 granularity|batching|hf|all" >&2; exit 2 ;;
+  hf-text) hf_text ;;
+  all)
+    status=0
+    granularity || status=1; batching || status=1; hf || status=1; hf_text || status=1
+    exit $status ;;
+  *) echo "usage: $0 granularity|batching|hf|hf-text|all" >&2; exit 2 ;;
 esac

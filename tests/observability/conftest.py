@@ -15,9 +15,11 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "common"))
 sys.path.insert(0, str(HERE.parents[1] / "deploy" / "grafana"))
 
-from harness import find_tool, grain_bin  # noqa: E402
+from grain_server import grain_bin  # noqa: E402
+from harness import find_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")

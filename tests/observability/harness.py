@@ -2,7 +2,8 @@
 
 Everything runs on loopback, on free ports, with its files in a temporary directory:
 
-- `Grain`: one `grain serve` replica (the embedded tiny model unless told otherwise);
+- `Grain`: one `grain serve` replica (the embedded tiny model unless told otherwise), started and
+  stopped by tests/common/grain_server.py, which the other suites share;
 - `Prometheus`: the Debian `prometheus` server with a generated config that scrapes given targets;
 - `parse_metrics`: the Prometheus text format, parsed just enough to sum series by name and labels.
 
@@ -17,37 +18,20 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
 import struct
-import subprocess
+import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+# free_port, http, HarnessError and ManagedProcess are used by nginx_lb and the tests from here too.
+from grain_server import GrainServer, HarnessError, ManagedProcess, free_port, http  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-# A model may load slowly (a real checkpoint); the tiny one is ready in seconds.
-STARTUP_S = float(os.environ.get("GRAIN_E2E_STARTUP_S", "180"))
-
-
-class HarnessError(RuntimeError):
-    """A helper process failed to start or answered something unusable."""
-
-
-def grain_bin() -> Path | None:
-    """`GRAIN_BIN`, else the release build, else the debug build; `None` if there is none."""
-    explicit = os.environ.get("GRAIN_BIN")
-    if explicit:
-        return Path(explicit)
-    for candidate in (REPO / "target/release/grain", REPO / "target/debug/grain"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def find_tool(name: str) -> str | None:
@@ -56,34 +40,6 @@ def find_tool(name: str) -> str | None:
     if found is None and os.access(f"/usr/sbin/{name}", os.X_OK):
         found = f"/usr/sbin/{name}"
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(
-    method: str,
-    url: str,
-    body: dict | None = None,
-    timeout: float = 60.0,
-) -> tuple[int, object, dict[str, str]]:
-    """(status, parsed JSON or text, headers), without raising on HTTP error statuses."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, raw, headers = resp.status, resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as e:
-        status, raw, headers = e.code, e.read(), dict(e.headers)
-    try:
-        return status, json.loads(raw), headers
-    except ValueError:
-        return status, raw.decode(errors="replace"), headers
 
 
 def wait_until(what: str, predicate, timeout: float, interval: float = 0.1):
@@ -260,64 +216,13 @@ def parse_metrics(text: str) -> Exposition:
 # Processes
 
 
-class ManagedProcess:
-    """A child process with its output in a log file, stopped by its own pid only."""
-
-    proc: subprocess.Popen
-    log_path: Path
-
-    def _spawn(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-class Grain(ManagedProcess):
-    """`grain serve` on a free loopback port; ready when `/ready` answers 200."""
+class Grain(GrainServer):
+    """`grain serve ARGS...` on a free loopback port, its log `workdir/NAME.log`; ready when
+    `/ready` answers 200, with `model` the id it serves."""
 
     def __init__(self, workdir: Path, name: str = "grain", args: list[str] | None = None):
-        binary = grain_bin()
-        if binary is None or not binary.is_file():
-            raise HarnessError("no grain binary: build it (cargo build -p grain) or set GRAIN_BIN")
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # The test's own GRAIN_* settings must not leak into the replica's configuration.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
-        argv = [str(binary), "serve", "--host", "127.0.0.1", "--port", str(self.port), *(args or [])]
-        self._spawn(argv, workdir / f"{name}.log", env)
-        try:
-            wait_until(f"{name} /ready", self._ready, STARTUP_S)
-        except HarnessError as e:
-            self.stop(signal.SIGKILL)
-            raise HarnessError(f"{e}\n{self.log_tail()}") from None
-        _, models, _ = http("GET", f"{self.url}/v1/models")
-        self.model = models["data"][0]["id"]
-
-    def _ready(self) -> bool:
-        if not self.alive():
-            raise HarnessError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-        return http("GET", f"{self.url}/ready", timeout=2)[0] == 200
+        super().__init__(args or [], name=name, log_path=workdir / f"{name}.log")
+        self.model = self.model_id()
 
     def metrics_text(self) -> str:
         status, text, _ = http("GET", f"{self.url}/metrics", timeout=10)
@@ -336,6 +241,7 @@ class Prometheus(ManagedProcess):
         binary = find_tool("prometheus")
         if binary is None:
             raise HarnessError("prometheus is not installed (scripts/install-deploy-tools.sh installs it)")
+        self.name = "prometheus"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.interval_s = interval_s
@@ -367,16 +273,7 @@ class Prometheus(ManagedProcess):
             "--log.level=warn",
         ]
         self._spawn(argv, workdir / "prometheus.log")
-        try:
-            wait_until("prometheus /-/ready", self._ready, 60)
-        except HarnessError as e:
-            self.stop(signal.SIGKILL)
-            raise HarnessError(f"{e}\n{self.log_tail()}") from None
-
-    def _ready(self) -> bool:
-        if not self.alive():
-            raise HarnessError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-        return http("GET", f"{self.url}/-/ready", timeout=2)[0] == 200
+        self._wait_http_ok(f"{self.url}/-/ready", 60, interval=0.1)
 
     def api(self, path: str, **params: str) -> object:
         """GET /api/v1/<path>; returns `data`, raises `HarnessError` with Prometheus' error."""

@@ -1,51 +1,26 @@
 """Runs the real `grain serve` binary for the reliability suite and reads its state from outside.
 
-The binary comes from `GRAIN_BIN` (default: target/release/grain, then target/debug/grain). Each
-`Grain` is one process on a free loopback port with its own log file; configuration is passed as
-flags (the environment is cleared of `GRAIN_*` first so a developer's shell cannot change a test).
+Starting and stopping is tests/common/grain_server.py, shared with the other suites: the binary
+comes from `GRAIN_BIN` (default: target/release/grain, then target/debug/grain). Each `Grain` is one
+process on a free loopback port with its own log file, in JSON; configuration is passed as flags
+(the environment is cleared of `GRAIN_*` first so a developer's shell cannot change a test).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
-import tempfile
-import time
+import sys
 from pathlib import Path
 
 import httpx2 as httpx
 
-REPO = Path(__file__).resolve().parents[2]
-STARTUP_S = float(os.environ.get("GRAIN_E2E_STARTUP_S", "180"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from grain_server import GrainServer, HarnessError  # noqa: E402
+
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-class HarnessError(RuntimeError):
-    pass
-
-
-def grain_bin() -> Path:
-    explicit = os.environ.get("GRAIN_BIN")
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise HarnessError(f"GRAIN_BIN={explicit} is not a file")
-        return path
-    for candidate in (REPO / "target/release/grain", REPO / "target/debug/grain"):
-        if candidate.is_file():
-            return candidate
-    raise HarnessError("no grain binary: run `cargo build -p grain` or set GRAIN_BIN")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,68 +37,26 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
-class Grain:
-    """One `grain serve` process."""
+class Grain(GrainServer):
+    """One `grain serve --log-format json FLAGS...` process, with an httpx client on its URL."""
 
     def __init__(self, *flags: str, env: dict[str, str] | None = None, wait: bool = True):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.flags = list(flags)
-        run_env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
-        run_env.update(env or {})
-        fd, self.log_path = tempfile.mkstemp(prefix="grain-rel-", suffix=".log")
-        self._log = os.fdopen(fd, "wb")
-        self.proc = subprocess.Popen(
-            [str(grain_bin()), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-format", "json", *self.flags],
-            env=run_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        super().__init__(["--log-format", "json", *self.flags], env=env, name="grain-rel", wait=False)
         self.client = httpx.Client(base_url=self.url, timeout=120)
         if wait:
-            self.wait_ready()
-
-    # --- life cycle -------------------------------------------------------------------------
-
-    def wait_ready(self, timeout: float = STARTUP_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise HarnessError(f"grain exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if self.client.get("/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise HarnessError(f"grain not ready after {timeout} s:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+                self.wait_ready()
+            except HarnessError:
+                self.stop()  # the process is gone already; this closes the client
+                raise
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = super().stop(sig, timeout)
         self.client.close()
-        self._log.close()
-        return self.proc.returncode
+        return code
 
     # --- observation ------------------------------------------------------------------------
-
-    def log_text(self) -> str:
-        self._log.flush()
-        return Path(self.log_path).read_text(errors="replace")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def log_records(self) -> list[dict]:
         records = []

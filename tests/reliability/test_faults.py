@@ -181,9 +181,12 @@ def test_a_body_that_stops_arriving_gets_408(start_grain):
 def test_clients_that_stop_reading_do_not_keep_their_admission_slots(start_grain):
     slots = 4
     grain = start_grain("--max-concurrent-requests", str(slots), "--client-timeout-s", "2")
-    # Large responses (8 choices with 20 alternatives per token) so that the socket buffers fill
-    # while the clients read nothing.
-    body = json.dumps(p.chat("Write a lot.", max_tokens=400, temperature=1.0, n=8, logprobs=True,
+    # Large responses (8 choices with 20 alternatives per token, about 1.3 kB per token) so that
+    # the socket buffers fill while the clients read nothing. The server's send buffer may grow to
+    # net.ipv4.tcp_wmem's maximum (4 MiB by default): 8 × 400 tokens could fit in it when a few
+    # choices sampled EOS early, so the request finished without a stall. 1500 tokens a choice
+    # keeps the response well above it however the sampling goes.
+    body = json.dumps(p.chat("Write a lot.", max_tokens=1500, temperature=1.0, n=8, logprobs=True,
                              top_logprobs=20, stream=True)).encode()
     request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: grain\r\ncontent-type: application/json\r\n"
                b"content-length: %d\r\n\r\n" % len(body)) + body

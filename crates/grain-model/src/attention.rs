@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::kv_cache::HostLayer;
+use crate::simd;
 
 /// Query rows per block in [`causal_blocked`].
 const QUERY_BLOCK: usize = 128;
@@ -42,30 +43,8 @@ pub(crate) struct KernelRow<'a> {
     pub ctx: usize,
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent sums let the compiler keep them in vector registers.
-    let mut acc = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-fn axpy(p: f32, x: &[f32], out: &mut [f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o += p * v;
-    }
-}
+/// Value lanes summed per pass of [`simd::weighted_sum`].
+const LANES: usize = 32;
 
 /// Attention for `rows.len()` query rows. `q` is `(rows, heads.q · dim)` (roped), `layer` the
 /// host cache of this layer (already holding every row's own key and value), `out` is
@@ -89,43 +68,66 @@ pub(crate) fn paged_rows(
         .for_each(|(item, o)| {
             let (r, kvh) = (item / nkv, item % nkv);
             let row = &rows[r];
-            let ctx = row.ctx;
-            let qh = &q[r * width + kvh * group * hd..][..group * hd];
-            let mut scores = vec![0f32; group * ctx];
-            let blocks = |f: &mut dyn FnMut(usize, usize)| {
-                for (b, &block) in row.table[..ctx.div_ceil(block_size)].iter().enumerate() {
-                    let first = b * block_size;
-                    let n = block_size.min(ctx - first);
-                    let base = block as usize * block_size;
-                    for i in 0..n {
-                        f(first + i, (base + i) * slot_row + kvh * hd);
-                    }
-                }
-            };
-            blocks(&mut |pos, at| {
-                let k = &kc[at..at + hd];
-                for g in 0..group {
-                    scores[g * ctx + pos] = dot(&qh[g * hd..(g + 1) * hd], k) * scale;
-                }
-            });
-            for s in scores.chunks_exact_mut(ctx) {
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for x in s.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                s.iter_mut().for_each(|x| *x *= inv);
+            // Where each visible position's key (and value) starts in the layer's arrays.
+            let mut at = Vec::with_capacity(row.ctx);
+            for (b, &block) in row.table[..row.ctx.div_ceil(block_size)].iter().enumerate() {
+                let n = block_size.min(row.ctx - b * block_size);
+                let base = block as usize * block_size;
+                at.extend((0..n).map(|i| (base + i) * slot_row + kvh * hd));
             }
-            o.fill(0.0);
-            blocks(&mut |pos, at| {
-                let v = &vc[at..at + hd];
-                for g in 0..group {
-                    axpy(scores[g * ctx + pos], v, &mut o[g * hd..(g + 1) * hd]);
-                }
-            });
+            let qh = &q[r * width + kvh * group * hd..][..group * hd];
+            let task = ItemTask {
+                qh,
+                kc,
+                vc,
+                at: &at,
+                group,
+                hd,
+                scale,
+            };
+            task.run(o);
         });
+}
+
+/// One (query row, KV head) of [`paged_rows`]: scores against every visible key, softmax, the
+/// weighted sum of values into `o` (`group × hd`).
+struct ItemTask<'a> {
+    qh: &'a [f32],
+    kc: &'a [f32],
+    vc: &'a [f32],
+    at: &'a [usize],
+    group: usize,
+    hd: usize,
+    scale: f32,
+}
+
+impl ItemTask<'_> {
+    fn run(&self, o: &mut [f32]) {
+        let (group, hd, ctx) = (self.group, self.hd, self.at.len());
+        let mut scores = vec![0f32; group * ctx];
+        for (pos, &at) in self.at.iter().enumerate() {
+            let k = &self.kc[at..at + hd];
+            for g in 0..group {
+                scores[g * ctx + pos] = simd::dot(&self.qh[g * hd..(g + 1) * hd], k) * self.scale;
+            }
+        }
+        for s in scores.chunks_exact_mut(ctx) {
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            s.iter_mut().for_each(|x| *x *= inv);
+        }
+        for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+            let weights = &scores[g * ctx..(g + 1) * ctx];
+            for (c, oc) in og.chunks_mut(LANES).enumerate() {
+                simd::weighted_sum(weights, self.vc, self.at, c * LANES, oc);
+            }
+        }
+    }
 }
 
 /// The query blocks of a chunk of `len` new positions after `start` cached ones: block `b` covers

@@ -3,14 +3,14 @@
 //! layer runs once per step; attention reads each sequence's K/V through its paged block table
 //! (`attention.rs`: one parallel kernel for all decode rows, blocked matmuls for prefill).
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::Linear;
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::attention::{causal_blocked, paged_rows, CausalPlan, Heads, KernelRow};
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::vision::linear;
+use crate::linear::Linear;
+use crate::vision;
 use crate::weights::Weights;
 
 /// Chunks up to this many new positions run through the paged kernel on the host cache; longer
@@ -42,12 +42,12 @@ impl RmsNorm {
 }
 
 struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked into one `(q + 2·kv, hidden)` projection: one
+    /// pass over the activations and one kernel call instead of three.
+    qkv: Linear,
     o: Linear,
-    gate: Linear,
-    up: Linear,
+    /// `gate_proj` over `up_proj`, `(2·intermediate, hidden)`.
+    gate_up: Linear,
     down: Linear,
     ln1: RmsNorm,
     ln2: RmsNorm,
@@ -61,6 +61,37 @@ pub struct Llama {
     cos: Tensor,
     sin: Tensor,
     config: TextConfig,
+}
+
+/// A decoder projection: candle's `Linear` with the small-batch CPU kernel in front.
+fn linear(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    Ok(Linear::new(vision::linear(w, name, out, inp, bias)?))
+}
+
+/// Several projections of the same input stacked row-wise into one (their outputs side by side).
+fn stacked(
+    w: &Weights,
+    names: &[String],
+    outs: &[usize],
+    inp: usize,
+    bias: bool,
+) -> Result<Linear> {
+    let parts = names
+        .iter()
+        .zip(outs)
+        .map(|(name, &out)| vision::linear(w, name, out, inp, bias))
+        .collect::<Result<Vec<_>>>()?;
+    let weight = Tensor::cat(&parts.iter().map(|l| l.weight()).collect::<Vec<_>>(), 0)?;
+    let bias = if bias {
+        let b = parts
+            .iter()
+            .map(|l| l.bias().cloned().expect("loaded with a bias"))
+            .collect::<Vec<_>>();
+        Some(Tensor::cat(&b, 0)?)
+    } else {
+        None
+    };
+    Ok(Linear::new(candle_nn::Linear::new(weight, bias)))
 }
 
 fn rms(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<RmsNorm> {
@@ -78,37 +109,25 @@ impl Llama {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("lm.layers.{i}");
+            let names = |list: &[&str]| list.iter().map(|n| format!("{p}.{n}")).collect::<Vec<_>>();
+            let qkv = stacked(
+                w,
+                &names(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+                &[qd, kvd, kvd],
+                h,
+                c.attention_bias,
+            )?;
+            let gate_up = stacked(
+                w,
+                &names(&["mlp.gate_proj", "mlp.up_proj"]),
+                &[c.intermediate_size, c.intermediate_size],
+                h,
+                false,
+            )?;
             layers.push(Layer {
-                q: linear(w, &format!("{p}.self_attn.q_proj"), qd, h, c.attention_bias)?,
-                k: linear(
-                    w,
-                    &format!("{p}.self_attn.k_proj"),
-                    kvd,
-                    h,
-                    c.attention_bias,
-                )?,
-                v: linear(
-                    w,
-                    &format!("{p}.self_attn.v_proj"),
-                    kvd,
-                    h,
-                    c.attention_bias,
-                )?,
+                qkv,
                 o: linear(w, &format!("{p}.self_attn.o_proj"), h, qd, false)?,
-                gate: linear(
-                    w,
-                    &format!("{p}.mlp.gate_proj"),
-                    c.intermediate_size,
-                    h,
-                    false,
-                )?,
-                up: linear(
-                    w,
-                    &format!("{p}.mlp.up_proj"),
-                    c.intermediate_size,
-                    h,
-                    false,
-                )?,
+                gate_up,
                 down: linear(
                     w,
                     &format!("{p}.mlp.down_proj"),
@@ -129,7 +148,7 @@ impl Llama {
         let lm_head = if w.contains("lm.lm_head.weight") || !c.tie_word_embeddings {
             linear(w, "lm.lm_head", c.vocab_size, h, false)?
         } else {
-            Linear::new(embed.clone(), None)
+            Linear::new(candle_nn::Linear::new(embed.clone(), None))
         };
         let (cos, sin) = rope_tables(c, w.device())?;
         Ok(Self {
@@ -215,9 +234,10 @@ impl Llama {
             let attn = self.attention(li, layer, &y, &cos, &sin, chunks, &plans, cache)?;
             x = (x + layer.o.forward(&attn)?)?;
             let y = layer.ln2.forward(&x)?;
-            let mlp = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&y)?)? * layer.up.forward(&y)?)?,
-            )?;
+            let gate_up = layer.gate_up.forward(&y)?;
+            let i = c.intermediate_size;
+            let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, i)?)?;
+            let mlp = layer.down.forward(&(gate * gate_up.narrow(1, i, i)?)?)?;
             x = (x + mlp)?;
         }
         Ok(x)
@@ -287,9 +307,13 @@ impl Llama {
             kv: nkv,
             dim: hd,
         };
-        let q = layer.q.forward(y)?.reshape((1, t, nh, hd))?;
-        let k = layer.k.forward(y)?.reshape((1, t, nkv, hd))?;
-        let v = layer.v.forward(y)?.reshape((t, nkv, hd))?;
+        let qkv = layer.qkv.forward(y)?;
+        let q = qkv.narrow(1, 0, nh * hd)?.reshape((1, t, nh, hd))?;
+        let k = qkv.narrow(1, nh * hd, nkv * hd)?.reshape((1, t, nkv, hd))?;
+        let v = qkv
+            .narrow(1, (nh + nkv) * hd, nkv * hd)?
+            .contiguous()?
+            .reshape((t, nkv, hd))?;
         let q =
             candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?.reshape((t, nh, hd))?;
         let k =

@@ -1,0 +1,196 @@
+//! The two vector loops of the decode attention kernel ([`crate::attention`]): a dot product and a
+//! weighted sum of value rows, with AVX2/FMA versions chosen at run time (same check as
+//! [`crate::small_gemm`]) and portable ones elsewhere. Hand-written because the compiler's own
+//! vectorisation of these loops kept one dependent chain (or spilled registers) per call.
+//!
+//! The workspace denies `unsafe`; this module is an exception, for the intrinsics.
+#![allow(unsafe_code)]
+
+use crate::small_gemm;
+
+/// `Σ a[i] · b[i]`.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA.
+        return unsafe { avx2::dot(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `out[i] = Σ_p weights[p] · vc[at[p] + offset + i]` for `i < out.len()`.
+#[inline]
+pub(crate) fn weighted_sum(
+    weights: &[f32],
+    vc: &[f32],
+    at: &[usize],
+    offset: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(weights.len(), at.len(), "one weight per position");
+    let len = out.len();
+    for &a in at {
+        assert!(a + offset + len <= vc.len(), "value row out of bounds");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if len % 8 == 0 && len <= 32 && small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA; every row is in bounds (checked above).
+        unsafe { avx2::weighted_sum(weights, vc, at, offset, out) };
+        return;
+    }
+    out.fill(0.0);
+    for (&p, &a) in weights.iter().zip(at) {
+        for (o, v) in out.iter_mut().zip(&vc[a + offset..a + offset + len]) {
+            *o += p * v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `a` and `b` of equal length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + width <= n for both slices.
+        while i + 32 <= n {
+            for (j, s) in acc.iter_mut().enumerate() {
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_ps(pa.add(i + 8 * j)),
+                        _mm256_loadu_ps(pb.add(i + 8 * j)),
+                    )
+                };
+                *s = _mm256_fmadd_ps(x, y, *s);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))) };
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut total = hsum(s);
+        while i < n {
+            total += a[i] * b[i];
+            i += 1;
+        }
+        total
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `out.len()` a multiple of 8 and at most 32; every value row in bounds.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum(
+        weights: &[f32],
+        vc: &[f32],
+        at: &[usize],
+        offset: usize,
+        out: &mut [f32],
+    ) {
+        let vecs = out.len() / 8;
+        if vecs == 4 {
+            // The common case (head dims 64 and 128 in chunks of 32): four named accumulators,
+            // which stay in registers.
+            let (mut s0, mut s1, mut s2, mut s3) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
+            for (&p, &a) in weights.iter().zip(at) {
+                let pv = _mm256_set1_ps(p);
+                let row = unsafe { vc.as_ptr().add(a + offset) };
+                unsafe {
+                    s0 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row), s0);
+                    s1 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8)), s1);
+                    s2 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(16)), s2);
+                    s3 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(24)), s3);
+                }
+            }
+            let o = out.as_mut_ptr();
+            unsafe {
+                _mm256_storeu_ps(o, s0);
+                _mm256_storeu_ps(o.add(8), s1);
+                _mm256_storeu_ps(o.add(16), s2);
+                _mm256_storeu_ps(o.add(24), s3);
+            }
+            return;
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (&p, &a) in weights.iter().zip(at) {
+            let pv = _mm256_set1_ps(p);
+            let row = unsafe { vc.as_ptr().add(a + offset) };
+            for (j, s) in acc.iter_mut().enumerate().take(vecs) {
+                let v = unsafe { _mm256_loadu_ps(row.add(8 * j)) };
+                *s = _mm256_fmadd_ps(pv, v, *s);
+            }
+        }
+        for (j, s) in acc.iter().enumerate().take(vecs) {
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *s) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum_at_every_length() {
+        for n in [0usize, 1, 7, 8, 9, 31, 32, 33, 64, 100, 128] {
+            let (a, b) = (values(n, 1), values(n, 2));
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let got = dot(&a, &b);
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * (n as f64 + 1.0),
+                "n={n}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn weighted_sum_matches_a_plain_sum() {
+        let vc = values(40 * 16, 3);
+        let at: Vec<usize> = (0..12).map(|p| (p * 7 % 15) * 40).collect();
+        let weights = values(12, 4);
+        for (offset, len) in [(0usize, 32usize), (8, 32), (0, 16), (4, 8), (3, 5), (0, 36)] {
+            let mut out = vec![f32::NAN; len];
+            weighted_sum(&weights, &vc, &at, offset, &mut out);
+            for (i, got) in out.iter().enumerate() {
+                let want: f64 = weights
+                    .iter()
+                    .zip(&at)
+                    .map(|(p, a)| *p as f64 * vc[a + offset + i] as f64)
+                    .sum();
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-5,
+                    "offset {offset} len {len} i {i}"
+                );
+            }
+        }
+    }
+}
