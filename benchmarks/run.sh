@@ -63,33 +63,29 @@ batching() {
   return $ok
 }
 
-hf() {
-  local ckpt
+# Grain and transformers on the same HF-layout checkpoint and the same dumped requests.
+# Arguments: the results' file prefix, a label suffix, then `grain bench` workload flags.
+hf_compare() {
+  local prefix=$1 suffix=$2 ckpt
+  shift 2
   ckpt=$(checkpoint hf)
-  "$GRAIN" bench --dump-workload "$WORK/hf-workload.jsonl" --num-requests "$HF_N" --max-tokens "$MAX_TOKENS" --seed 1
-  # The HF layout has no router: Grain serves every image at 576, the granularity transformers uses.
-  "$GRAIN" bench --spawn "$GRAIN" --spawn-model "$ckpt" --label "grain small (HF layout)" \
-    --dataset "$WORK/hf-workload.jsonl" --concurrency 1,8 --num-requests "$HF_N" --warmup 1 \
-    --json "$OUT/hf-grain.json"
-  "$PY" benchmarks/hf_baseline.py --model "$ckpt" --dataset "$WORK/hf-workload.jsonl" \
-    --batch-sizes 1,8 --json "$OUT/hf-transformers.json"
-  python3 benchmarks/summarize.py hf "$OUT/hf-grain.json" "$OUT/hf-transformers.json"
+  "$GRAIN" bench "$@" --dump-workload "$WORK/$prefix-workload.jsonl" \
+    --num-requests "$HF_N" --max-tokens "$MAX_TOKENS" --seed 1
+  "$GRAIN" bench --spawn "$GRAIN" --spawn-model "$ckpt" --label "grain small (HF layout)$suffix" \
+    --dataset "$WORK/$prefix-workload.jsonl" --concurrency 1,8 --num-requests "$HF_N" --warmup 1 \
+    --json "$OUT/$prefix-grain.json"
+  "$PY" benchmarks/hf_baseline.py --model "$ckpt" --dataset "$WORK/$prefix-workload.jsonl" \
+    --batch-sizes 1,8 --json "$OUT/$prefix-transformers.json"
+  python3 benchmarks/summarize.py hf "$OUT/$prefix-grain.json" "$OUT/$prefix-transformers.json"
 }
 
-# The same comparison on text-only requests (no image, no vision tower): decoding dominates, the
-# part of the work that continuous batching speeds up. Same checkpoint, same prompts on both sides.
-hf_text() {
-  local ckpt
-  ckpt=$(checkpoint hf)
-  "$GRAIN" bench --workload text --dump-workload "$WORK/hf-text-workload.jsonl" \
-    --num-requests "$HF_N" --max-tokens "$MAX_TOKENS" --seed 1
-  "$GRAIN" bench --spawn "$GRAIN" --spawn-model "$ckpt" --label "grain small (HF layout), text" \
-    --dataset "$WORK/hf-text-workload.jsonl" --concurrency 1,8 --num-requests "$HF_N" --warmup 1 \
-    --json "$OUT/hf-text-grain.json"
-  "$PY" benchmarks/hf_baseline.py --model "$ckpt" --dataset "$WORK/hf-text-workload.jsonl" \
-    --batch-sizes 1,8 --json "$OUT/hf-text-transformers.json"
-  python3 benchmarks/summarize.py hf "$OUT/hf-text-grain.json" "$OUT/hf-text-transformers.json"
-}
+# One image per request. The HF layout has no router: Grain serves every image at 576, the
+# granularity transformers uses.
+hf() { hf_compare hf ""; }
+
+# Text-only requests (no image, no vision tower): decoding dominates, the part of the work that
+# continuous batching speeds up.
+hf_text() { hf_compare hf-text ", text" --workload text; }
 
 case "${1:-}" in
   granularity) granularity ;;

@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# RGLF end to end on the synthetic fine-vs-coarse task, on CPU (about 25 CPU-minutes; the router's
-# backward pass dominates):
+# RGLF end to end on the synthetic fine-vs-coarse task, on CPU (about 30 CPU-minutes):
 #   1. a tiny AVG checkpoint (random weights, random router);
-#   2. the synthetic question set (fine: a framed one-cell mark's colour; coarse: the picture's
-#      colour);
-#   3. fine-tune its projector + LM at mixed granularities (meant to make fine questions need fine
-#      detail; docs/rglf.md says how far it gets);
+#   2. the synthetic question set, `solid` layout (fine: the colour of the solid cells among
+#      two-tone ones, hidden from coarse pooling; coarse: the picture's dominant colour);
+#   3. fine-tune its LM (projector frozen, so nothing undoes the pooling) at mixed granularities;
 #   4. train the router with RGLF on other images, evaluate on held-out ones.
 # Usage: [SERVE=1] scripts/rglf-demo.sh [WORK_DIR]   (default: target/rglf-demo). Everything is
 # seeded. SERVE=1 then serves the fine-tuned and the router-trained checkpoints in turn and prints
@@ -19,13 +17,15 @@ GRAIN=${GRAIN:-target/debug/grain}
 if [[ ! -x $GRAIN ]]; then
   cargo build -p grain
 fi
+# The scene layout, for the training sets and for the fresh images of SERVE=1.
+LAYOUT=(--fine-layout solid --solid-block 4)
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
 "$GRAIN" make-tiny --layout avg --size tiny --seed 0 --out "$WORK/base"
-"$GRAIN" make-rglf-data --out "$WORK/data" --lmm 600 --router 240 --seed 0
+"$GRAIN" make-rglf-data --out "$WORK/data" --lmm 500 --router 240 --seed 0 "${LAYOUT[@]}"
 "$GRAIN" train-lmm --model "$WORK/base" --data "$WORK/data/lmm.jsonl" --out "$WORK/lmm" \
-  --epochs 2 --batch-size 8 --lr 3e-3 --seed 0 --val-split 0.1 --quiet
+  --epochs 6 --batch-size 8 --lr 3e-3 --seed 0 --val-split 0.1 --freeze-projector --quiet
 "$GRAIN" train-router --model "$WORK/lmm" --data "$WORK/data/router.jsonl" --out "$WORK/routed" \
   --epochs 6 --batch-size 8 --lr 5e-3 --tie-tolerance 0.02 --seed 0 --val-split 0.5 --quiet
 
@@ -45,7 +45,7 @@ if [[ ${SERVE:-0} == 1 ]]; then
 JSON
   }
   # Fresh images (another seed): neither the LMM nor the router saw them.
-  "$GRAIN" make-rglf-data --out "$WORK/fresh" --lmm 0 --router 40 --seed 7 >/dev/null
+  "$GRAIN" make-rglf-data --out "$WORK/fresh" --lmm 0 --router 40 --seed 7 "${LAYOUT[@]}" >/dev/null
   for ckpt in lmm routed; do
     "$GRAIN" serve --model "$WORK/$ckpt" --served-model-name m --port 18321 \
       >"$WORK/serve-$ckpt.log" 2>&1 &

@@ -1,9 +1,11 @@
 //! How much of a request's time the granularity router costs, next to the vision tower and the
-//! prefill it decides, on a tiny (or `--size small`) AVG checkpoint. Medians of several runs.
+//! prefill it decides, on a tiny (or `--size small`) AVG checkpoint. Means of several runs.
 //!
 //! cargo run --release -p grain-model --example router_cost -- [tiny|small] [WxH] [runs]
 //!
-//! With `GRAIN_ROUTER_ONLY=1` it only runs the router `runs` times (for `perf record`).
+//! Times are means over the runs (the router's median is printed too). With `GRAIN_ROUTER_ONLY=1`
+//! it only runs the router `runs` times (for `perf record`); `GRAIN_ROUTER_FUSED=off` turns the
+//! fused CPU router path off, for side-by-side runs.
 //! With `GRAIN_CPU_TIME=1` it times the process's CPU time over all threads (Linux `schedstat`)
 //! instead of the wall clock, so the figures hold on a machine busy with other work (use it with
 //! `RAYON_NUM_THREADS=1`: idle spinning of extra worker threads would count too).
@@ -37,6 +39,12 @@ thread_local! {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The mean: where the CPU-time clock advances in scheduler ticks (4 ms on some kernels), single
+/// readings are quantised and only the mean of many runs resolves a few-ms step.
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -74,8 +82,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             router.push(now() - t);
         }
         println!(
-            "image {w}x{h}, {n} crops; router {:.2} ms",
-            median(router) * 1e3
+            "image {w}x{h}, {n} crops; router {:.2} ms (mean {:.2} ms)",
+            median(router.clone()) * 1e3,
+            mean(&router) * 1e3
         );
         return Ok(());
     }
@@ -94,13 +103,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         feats = Some(f);
     }
     let feats = feats.expect("ran");
-    let (vision, router) = (median(vision), median(router));
+    let (vision, router_median, router) = (median(vision), median(router.clone()), mean(&router));
     println!(
-        "image {w}x{h}, {n} crops; vision tower {:.1} ms; router {:.1} ms",
+        "image {w}x{h}, {n} crops; vision tower {:.1} ms; router {:.1} ms (median {:.1} ms)",
         vision * 1e3,
-        router * 1e3
+        router * 1e3,
+        router_median * 1e3
     );
-    println!("granularity  prompt_tokens  prefill_ms  router/prefill");
+    println!("granularity  prompt_tokens  prefill_ms  router/prefill   (means)");
     for &g in &model.config().granularities {
         let tokens = model.image_tokens(&feats, g, w as u32, h as u32)?;
         let mut ids = prompt.clone();
@@ -125,7 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )?;
             prefill.push(now() - t);
         }
-        let p = median(prefill);
+        let p = mean(&prefill);
         println!(
             "{g:>11}  {len:>13}  {:>10.1}  {:>13.1}%",
             p * 1e3,

@@ -111,18 +111,14 @@ impl ItemTask<'_> {
                 scores[g * ctx + pos] = simd::dot(&self.qh[g * hd..(g + 1) * hd], k) * self.scale;
             }
         }
-        for s in scores.chunks_exact_mut(ctx) {
+        let mut probs = vec![0f32; group * ctx];
+        for (s, p) in scores.chunks_exact(ctx).zip(probs.chunks_exact_mut(ctx)) {
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            s.iter_mut().for_each(|x| *x *= inv);
+            let inv = 1.0 / simd::exp_shifted(s, max, p);
+            p.iter_mut().for_each(|x| *x *= inv);
         }
         for (g, og) in o.chunks_exact_mut(hd).enumerate() {
-            let weights = &scores[g * ctx..(g + 1) * ctx];
+            let weights = &probs[g * ctx..(g + 1) * ctx];
             for (c, oc) in og.chunks_mut(LANES).enumerate() {
                 simd::weighted_sum(weights, self.vc, self.at, c * LANES, oc);
             }
@@ -186,12 +182,7 @@ fn masked_softmax_host(scores: &Tensor, group: usize, first: usize) -> Result<Te
             let seen = (first + (r % per_head) / group).min(keys);
             let (o, s) = (&mut o[..seen], &s[..seen]);
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (d, &x) in o.iter_mut().zip(s) {
-                *d = (x - max).exp();
-                sum += *d;
-            }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / simd::exp_shifted(s, max, o);
             o.iter_mut().for_each(|d| *d *= inv);
         });
     drop(storage);

@@ -17,6 +17,7 @@ pub mod llama;
 pub mod llava;
 pub mod policy;
 pub mod router;
+mod router_cpu;
 mod simd;
 mod small_gemm;
 pub mod tiny;

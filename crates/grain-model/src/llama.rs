@@ -76,18 +76,17 @@ fn stacked(
     inp: usize,
     bias: bool,
 ) -> Result<Linear> {
-    let parts = names
-        .iter()
-        .zip(outs)
-        .map(|(name, &out)| vision::linear(w, name, out, inp, bias))
-        .collect::<Result<Vec<_>>>()?;
-    let weight = Tensor::cat(&parts.iter().map(|l| l.weight()).collect::<Vec<_>>(), 0)?;
+    let mut weights = Vec::with_capacity(names.len());
+    let mut biases = Vec::with_capacity(names.len());
+    for (name, &out) in names.iter().zip(outs) {
+        weights.push(w.get(&format!("{name}.weight"), &[out, inp])?);
+        if bias {
+            biases.push(w.get(&format!("{name}.bias"), &[out])?);
+        }
+    }
+    let weight = Tensor::cat(&weights, 0)?;
     let bias = if bias {
-        let b = parts
-            .iter()
-            .map(|l| l.bias().cloned().expect("loaded with a bias"))
-            .collect::<Vec<_>>();
-        Some(Tensor::cat(&b, 0)?)
+        Some(Tensor::cat(&biases, 0)?)
     } else {
         None
     };

@@ -12,6 +12,7 @@ use candle_nn::{LayerNorm, Linear};
 
 use crate::config::{LlavaConfig, RouterConfig};
 use crate::error::{ModelError, Result};
+use crate::router_cpu::{self, CpuRouter, DenseF32, NormF32};
 use crate::weights::Weights;
 
 /// What the router needs for one image.
@@ -46,6 +47,9 @@ pub struct Router {
     granularities: Vec<u32>,
     hidden: usize,
     differentiable: bool,
+    /// The `f32` layers of the fused CPU path ([`crate::router_cpu`]); `None` on other devices
+    /// and when differentiable.
+    cpu: Option<CpuRouter>,
 }
 
 /// A source of router tensors by canonical name and expected shape (see [`Router::from_source`]).
@@ -101,11 +105,50 @@ impl Router {
         let norm1 = norm("router.merger.norm1", d)?;
         let norm2 = norm("router.merger.norm2", d)?;
         let out_norm = norm("router.norm", e)?;
+        let in_proj = Linear::new(
+            get("router.merger.self_attn.in_proj_weight", &[3 * d, d])?,
+            Some(get("router.merger.self_attn.in_proj_bias", &[3 * d])?),
+        );
+        let voter = get("router.voter", &[seq, 1])?;
+        let cpu = if !differentiable && in_proj.weight().device().is_cpu() {
+            let dense = |l: &Linear| -> Result<DenseF32> {
+                DenseF32::new(l.weight(), l.bias().expect("router linears have biases"))
+            };
+            let norm = |l: &LayerNorm| -> Result<NormF32> {
+                NormF32::new(l.weight(), l.bias().expect("router norms have biases"))
+            };
+            // q, k, v and the attention output in head-interleaved column order.
+            let perm = router_cpu::interleave_heads(d, rc.merger_heads);
+            let perm3: Vec<u32> = (0..3)
+                .flat_map(|b| perm.iter().map(move |&o| o + (b * d) as u32))
+                .collect();
+            let dev = in_proj.weight().device().clone();
+            let perm = Tensor::new(perm.as_slice(), &dev)?;
+            let perm3 = Tensor::new(perm3.as_slice(), &dev)?;
+            let ib = in_proj.bias().expect("in_proj has a bias");
+            let ob = out_proj.bias().expect("out_proj has a bias");
+            Some(CpuRouter {
+                in_proj: DenseF32::new(
+                    &in_proj.weight().index_select(&perm3, 0)?,
+                    &ib.index_select(&perm3, 0)?,
+                )?,
+                out_proj: DenseF32::new(&out_proj.weight().index_select(&perm, 1)?, ob)?,
+                linear1: dense(&linear1)?,
+                linear2: dense(&linear2)?,
+                mlp1: dense(&mlp1)?,
+                mlp2_weight: router_cpu::to_f32_vec(mlp2.weight())?,
+                mlp2_bias: router_cpu::to_f32_vec(mlp2.bias().expect("mlp2 has a bias"))?,
+                norm1: norm(&norm1)?,
+                norm2: norm(&norm2)?,
+                norm: norm(&out_norm)?,
+                voter: router_cpu::to_f32_vec(&voter)?,
+                heads: rc.merger_heads,
+            })
+        } else {
+            None
+        };
         Ok(Self {
-            in_proj: Linear::new(
-                get("router.merger.self_attn.in_proj_weight", &[3 * d, d])?,
-                Some(get("router.merger.self_attn.in_proj_bias", &[3 * d])?),
-            ),
+            in_proj,
             out_proj,
             linear1,
             linear2,
@@ -113,13 +156,14 @@ impl Router {
             norm2,
             mlp1,
             mlp2,
-            voter: get("router.voter", &[seq, 1])?,
+            voter,
             norm: out_norm,
             heads: rc.merger_heads,
             text_queries: rc.text_queries,
             granularities: config.granularities.clone(),
             hidden: d,
             differentiable,
+            cpu,
         })
     }
 
@@ -228,8 +272,53 @@ impl Router {
         ))
     }
 
-    /// Logits for images that share `n_crops`.
+    /// Logits for images that share `n_crops`: the fused CPU path where there is one (unless
+    /// `GRAIN_ROUTER_FUSED=off`, for side-by-side measurements), else tensor ops.
     fn logits_of(&self, inputs: &[&RouterInput]) -> Result<Tensor> {
+        match &self.cpu {
+            Some(cpu) if fused_enabled() => self.logits_fused(cpu, inputs),
+            _ => self.logits_tensor(inputs),
+        }
+    }
+
+    /// [`Self::logits_of`] on the CPU, one image at a time (rows never mix across images).
+    fn logits_fused(&self, cpu: &CpuRouter, inputs: &[&RouterInput]) -> Result<Tensor> {
+        let e = self.granularities.len();
+        let mut all = Vec::with_capacity(inputs.len() * e);
+        for input in inputs {
+            let f = input.features.to_dtype(DType::F32)?.contiguous()?;
+            let (n, l, d) = f.dims3()?;
+            let side = (l as f64).sqrt() as usize;
+            if side * side != l {
+                return Err(ModelError::Input(format!(
+                    "{l} tokens per crop is not a square map"
+                )));
+            }
+            let text = self.select_text(&f.get(0)?, &input.text_embeds.to_dtype(DType::F32)?)?;
+            let text = router_cpu::to_f32_vec(&text)?;
+            let qkv_f = cpu.in_proj.apply_tensor(&f.reshape((n * l, d))?)?;
+            let mut qkv_t = router_cpu::to_f32_vec(&cpu.in_proj.apply(&text, text.len() / d)?)?;
+            for row in qkv_t.chunks_exact_mut(3 * d) {
+                row.iter_mut()
+                    .zip(&cpu.in_proj.bias)
+                    .for_each(|(v, b)| *v += b);
+            }
+            let logits = router_cpu::with_values(&f, |fv| {
+                router_cpu::with_values(&qkv_f, |qv| {
+                    cpu.logits((fv, qv), (&text, &qkv_t), (n, side, d), &self.granularities)
+                })
+            })???;
+            all.extend(logits);
+        }
+        Ok(Tensor::from_vec(
+            all,
+            (inputs.len(), e),
+            &candle_core::Device::Cpu,
+        )?)
+    }
+
+    /// Logits for images that share `n_crops`, with tensor ops (any device).
+    fn logits_tensor(&self, inputs: &[&RouterInput]) -> Result<Tensor> {
         let first = inputs
             .first()
             .ok_or_else(|| ModelError::Input("no router inputs".into()))?;
@@ -304,7 +393,8 @@ impl Router {
         let (n, b, d) = x.dims3()?;
         let o = if qkv.device().is_cpu() && !self.differentiable {
             let flat = qkv.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let o = cross_crop_attention(&flat, n, b, d, self.heads);
+            let mut o = vec![0f32; n * b * d];
+            router_cpu::cross_crop_attention_standard(&flat, (n, b, d), self.heads, &mut o);
             Tensor::from_vec(o, (n * b, d), qkv.device())?.to_dtype(x.dtype())?
         } else {
             attention(qkv, self.heads, self.differentiable)?.reshape((n * b, d))?
@@ -346,43 +436,10 @@ fn attention(qkv: &Tensor, h: usize, differentiable: bool) -> Result<Tensor> {
     Ok(att.matmul(&v)?.permute((2, 0, 1, 3))?.reshape((n, b, d))?)
 }
 
-/// Softmax attention across the crop axis, on the CPU in one pass: `qkv` is `(n, b, 3d)` row-major
-/// (q, k, v blocks of `d`, each split into `heads`), the result `(n·b, d)`. For every position and
-/// head this is an `n`×`n` attention, far too small for batched matrix products to pay off.
-fn cross_crop_attention(qkv: &[f32], n: usize, b: usize, d: usize, heads: usize) -> Vec<f32> {
-    let hd = d / heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; n * b * d];
-    let mut w = vec![0f32; n];
-    let row = |i: usize, p: usize| (i * b + p) * 3 * d;
-    for p in 0..b {
-        for h in 0..heads {
-            for i in 0..n {
-                let q = &qkv[row(i, p) + h * hd..][..hd];
-                let mut max = f32::NEG_INFINITY;
-                for (j, wj) in w.iter_mut().enumerate() {
-                    let k = &qkv[row(j, p) + d + h * hd..][..hd];
-                    let s: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
-                    *wj = s * scale;
-                    max = max.max(*wj);
-                }
-                let mut sum = 0.0f32;
-                for wj in w.iter_mut() {
-                    *wj = (*wj - max).exp();
-                    sum += *wj;
-                }
-                let o = &mut out[(i * b + p) * d + h * hd..][..hd];
-                for (j, wj) in w.iter().enumerate() {
-                    let v = &qkv[row(j, p) + 2 * d + h * hd..][..hd];
-                    let c = wj / sum;
-                    for (o, v) in o.iter_mut().zip(v) {
-                        *o += c * v;
-                    }
-                }
-            }
-        }
-    }
-    out
+/// Whether the fused CPU path is on (`GRAIN_ROUTER_FUSED=off` turns it off).
+fn fused_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRAIN_ROUTER_FUSED").map_or(true, |v| v != "off"))
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -403,8 +460,12 @@ mod tests {
     /// candle's softmax) on random inputs, for several crop counts.
     #[test]
     fn cpu_attention_matches_tensor_attention() {
-        let (b, d, heads) = (7usize, 16usize, 4usize);
-        for n in [1usize, 2, 5] {
+        let b = 7usize;
+        // Head counts below, at and above the 8-head register path, head widths 1 to 8.
+        for (n, (d, heads)) in [1usize, 2, 5]
+            .into_iter()
+            .flat_map(|n| [(16usize, 4usize), (16, 8), (64, 8), (32, 16), (24, 6)].map(|c| (n, c)))
+        {
             let qkv: Vec<f32> = (0..n * b * 3 * d)
                 .map(|i| (((i * 2654435761) % 1000) as f32 / 250.0) - 2.0)
                 .collect();
@@ -416,11 +477,98 @@ mod tests {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let got = cross_crop_attention(&qkv, n, b, d, heads);
+            let mut got = vec![0f32; n * b * d];
+            router_cpu::cross_crop_attention_standard(&qkv, (n, b, d), heads, &mut got);
             assert_eq!(got.len(), want.len());
             for (i, (a, w)) in got.iter().zip(&want).enumerate() {
-                assert!((a - w).abs() <= 1e-5, "n={n} [{i}]: {a} vs {w}");
+                assert!(
+                    (a - w).abs() <= 1e-5,
+                    "n={n} d={d} h={heads} [{i}]: {a} vs {w}"
+                );
             }
+        }
+    }
+
+    /// Deterministic values in [-scale, scale) from a seed.
+    fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// The fused CPU path equals the tensor-op path (candle's matmuls, pooling, attention, GELU
+    /// and LayerNorms) on random weights and inputs: several crop counts, a prompt shorter than
+    /// the text queries (zero padding) and a longer one, two images batched together.
+    #[test]
+    fn fused_cpu_path_matches_tensor_path() {
+        let dev = candle_core::Device::Cpu;
+        let d = 16;
+        let config = LlavaConfig::from_json(&serde_json::json!({
+            "hidden_size": d, "num_attention_heads": 4, "intermediate_size": 32,
+            "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+            "router_select": true, "filtered_text_num": 4,
+        }))
+        .unwrap();
+        let rc = config.router.clone().unwrap();
+        let mut seed = 0u64;
+        let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            seed += 1;
+            let len: usize = shape.iter().product();
+            // Weights ~ 1/√fan_in; LayerNorm scales around 1; biases and the voter small.
+            let v = if name.ends_with("norm1.weight")
+                || name.ends_with("norm2.weight")
+                || name == "router.norm.weight"
+            {
+                values(len, seed, 0.5).iter().map(|v| 1.0 + v).collect()
+            } else if shape.len() == 2 && shape[1] > 1 {
+                values(len, seed, 1.5 / (shape[1] as f32).sqrt())
+            } else {
+                values(len, seed, 0.3)
+            };
+            Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?)
+        };
+        let router = Router::from_source(&mut get, &config, &rc, false).unwrap();
+        let cpu = router.cpu.as_ref().expect("CPU router has the fused path");
+        for (n, texts) in [(1usize, [2usize, 9]), (3, [9, 2]), (5, [6, 3])] {
+            let inputs: Vec<RouterInput> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| RouterInput {
+                    features: Tensor::from_vec(
+                        values(n * 576 * d, (n * 10 + i) as u64, 1.0),
+                        (n, 576, d),
+                        &dev,
+                    )
+                    .unwrap(),
+                    text_embeds: Tensor::from_vec(
+                        values(t * d, (n * 10 + i + 5) as u64, 1.0),
+                        (t, d),
+                        &dev,
+                    )
+                    .unwrap(),
+                })
+                .collect();
+            let refs: Vec<&RouterInput> = inputs.iter().collect();
+            let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+            let fused = flat(router.logits_fused(cpu, &refs).unwrap());
+            let want = flat(router.logits_tensor(&refs).unwrap());
+            assert_eq!(fused.len(), want.len());
+            // Both are f32 with different summation orders, a polynomial erf/exp in the fused
+            // path and libm's in candle: LayerNorm'd logits (O(1)) agree to 1e-4.
+            for (i, (a, w)) in fused.iter().zip(&want).enumerate() {
+                assert!((a - w).abs() <= 1e-4, "n={n} [{i}]: {a} vs {w}");
+            }
+            // Not trivially equal: the logits differ between the two images.
+            assert!(fused[..5]
+                .iter()
+                .zip(&fused[5..])
+                .any(|(a, b)| (a - b).abs() > 1e-3));
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The two vector loops of the decode attention kernel ([`crate::attention`]): a dot product and a
-//! weighted sum of value rows, with AVX2/FMA versions chosen at run time (same check as
+//! The vector loops of attention ([`crate::attention`]): a dot product, a weighted sum of value
+//! rows and the exponentials of a softmax, with AVX2/FMA versions chosen at run time (same check as
 //! [`crate::small_gemm`]) and portable ones elsewhere. Hand-written because the compiler's own
 //! vectorisation of these loops kept one dependent chain (or spilled registers) per call.
 //!
@@ -48,9 +48,68 @@ pub(crate) fn weighted_sum(
     }
 }
 
+/// `eˣ` in `f32` (Cephes `expf`: range reduction by `ln 2`, degree-6 polynomial; relative error
+/// about 2e-7), branch-free so loops over it vectorise. Inputs are clamped to [-87, 88].
+#[inline]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + ROUND;
+    let k = t - ROUND;
+    let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // 2^k from `t`'s low mantissa bits, which hold k (integer ops only, so this vectorises; a
+    // float-to-int cast would not).
+    let ki = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let pow2 = f32::from_bits(ki.wrapping_add(127) << 23);
+    e * pow2
+}
+
+/// `out[i] = e^(s[i] − max)` (with [`exp`]), returning `Σ out[i]`: a softmax's exponentials.
+#[inline]
+pub(crate) fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(s.len(), out.len(), "exp_shifted of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA.
+        return unsafe { avx2::exp_shifted(s, max, out) };
+    }
+    exp_shifted_body(s, max, out)
+}
+
+/// [`exp_shifted`]'s loops: branch-free, eight partial sums, so both vectorise.
+#[inline(always)]
+fn exp_shifted_body(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
+    for (o, &x) in out.iter_mut().zip(s) {
+        *o = exp(x - max);
+    }
+    let mut acc = [0f32; 8];
+    let mut chunks = out.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX2 and FMA; equal lengths.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
+        super::exp_shifted_body(s, max, out)
+    }
 
     #[target_feature(enable = "avx2,fma")]
     fn hsum(v: __m256) -> f32 {
@@ -157,6 +216,43 @@ mod tests {
         (0..len)
             .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
             .collect()
+    }
+
+    #[test]
+    fn exp_matches_libm() {
+        // Inside the clamp, normal results only (below -87 libm's results are subnormal).
+        let (mut worst, mut at) = (0f32, 0f32);
+        for i in -8600..8800 {
+            let x = i as f32 * 0.01 + 0.003;
+            let (a, b) = (exp(x), x.exp());
+            let e = ((a - b) / b).abs();
+            if e > worst {
+                (worst, at) = (e, x);
+            }
+        }
+        // Stated tolerance: 1e-6 relative (the polynomial's error is a few ulp).
+        assert!(worst <= 1e-6, "max relative error {worst} at {at}");
+        // Far below the clamp the result is tiny and positive, never NaN or negative.
+        assert!(exp(-1000.0) >= 0.0 && exp(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn exp_shifted_matches_libm_and_sums() {
+        let s: Vec<f32> = (0..203).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut out = vec![0f32; s.len()];
+        let sum = exp_shifted(&s, max, &mut out);
+        let mut want_sum = 0f64;
+        for (o, x) in out.iter().zip(&s) {
+            let want = ((x - max) as f64).exp();
+            want_sum += want;
+            // 1e-6 relative, or absolute where the result is below f32's normal range.
+            assert!(
+                (*o as f64 - want).abs() <= 1e-6 * want + 1e-37,
+                "{o} vs {want}"
+            );
+        }
+        assert!((sum as f64 - want_sum).abs() <= 1e-5 * want_sum);
     }
 
     #[test]

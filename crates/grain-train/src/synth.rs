@@ -9,6 +9,10 @@
 //! - `fine`: "what colour is the small shape?" → the mark's colour. Only at 576 tokens per crop does
 //!   the mark keep a token of its own; pooled 4×4 (36 tokens) it is 1/16 of a token, mixed with
 //!   jittered background and confetti.
+//!
+//! That `mark` layout proved too hard for a tiny LM (it must find one token among ~1176 by its
+//! content); the default `solid` layout ([`solid`]) spreads the fine detail over many tokens while
+//! keeping every 4×4 pooling window's colour mix independent of the answer.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::Example;
 use crate::error::{io, Result, TrainError};
+
+pub mod solid;
+pub use solid::SolidScene;
 
 /// Image side in pixels and the patch cell size of the vision tower.
 pub const SIDE: u32 = 336;
@@ -35,6 +42,15 @@ pub const COLOURS: [(&str, [u8; 3]); 4] = [
 ];
 pub const COARSE_QUESTION: &str = "what colour is the picture?";
 pub const FINE_QUESTION: &str = "what colour is the small shape?";
+
+/// Where the fine detail sits (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum FineLayout {
+    /// One framed cell at a random place among confetti (`Scene`).
+    Mark,
+    /// Solid cells among two-tone ones, balanced per pooling window (`SolidScene`).
+    Solid,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Kind {
@@ -73,6 +89,9 @@ pub struct SceneConfig {
     pub marks: usize,
     /// Max absolute per-cell jitter added to every channel of the background.
     pub jitter: i16,
+    pub layout: FineLayout,
+    /// `solid` layout: side of the balanced windows, 4 or 2 (see [`SolidScene::sample`]).
+    pub solid_block: u32,
 }
 
 impl Default for SceneConfig {
@@ -81,6 +100,8 @@ impl Default for SceneConfig {
             confetti: 24,
             marks: 1,
             jitter: 40,
+            layout: FineLayout::Solid,
+            solid_block: 4,
         }
     }
 }
@@ -191,7 +212,16 @@ pub fn write_set(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut lines = String::new();
     for i in 0..n {
-        let scene = Scene::sample(&mut rng, cfg);
+        let (img, answers) = match cfg.layout {
+            FineLayout::Mark => {
+                let s = Scene::sample(&mut rng, cfg);
+                (s.render(), [s.answer(Kind::Coarse), s.answer(Kind::Fine)])
+            }
+            FineLayout::Solid => {
+                let s = SolidScene::sample(&mut rng, cfg.jitter, cfg.solid_block);
+                (s.render(), [s.answer(Kind::Coarse), s.answer(Kind::Fine)])
+            }
+        };
         // Fine whenever the running count of fine questions falls behind the fraction.
         let fine_so_far = (i as f64 * fine_fraction).ceil();
         let kind = if ((i + 1) as f64 * fine_fraction).ceil() > fine_so_far {
@@ -201,14 +231,12 @@ pub fn write_set(
         };
         let file = format!("images/{name}-{i:05}.png");
         let path = dir.join(&file);
-        scene
-            .render()
-            .save(&path)
+        img.save(&path)
             .map_err(|e| TrainError::Setup(format!("{}: {e}", path.display())))?;
         let ex = Example {
             image: PathBuf::from(file),
             question: question(kind).into(),
-            answer: scene.answer(kind).into(),
+            answer: answers[usize::from(kind == Kind::Fine)].into(),
             kind: Some(kind.name().into()),
         };
         lines.push_str(&serde_json::to_string(&ex).expect("serialisable"));
@@ -234,10 +262,20 @@ pub struct MakeRglfDataArgs {
     /// Fraction of fine questions in `lmm.jsonl`.
     #[arg(long, default_value_t = 0.5)]
     pub lmm_fine_fraction: f64,
-    /// Confetti cells per image (distractors around the mark).
+    /// Where the fine detail sits: `solid` (default) or the older `mark`.
+    #[arg(long, value_enum, default_value_t = FineLayout::Solid)]
+    pub fine_layout: FineLayout,
+    /// `solid` layout: side in cells of the windows whose colour mix hides the answer (4: from
+    /// 36-token pooling; 2: meant to hide it from 72 and 144 too, see docs/rglf.md).
+    #[arg(long, default_value_t = SceneConfig::default().solid_block)]
+    pub solid_block: u32,
+    /// Max per-cell brightness jitter.
+    #[arg(long, default_value_t = SceneConfig::default().jitter)]
+    pub jitter: i16,
+    /// Confetti cells per image (`mark` layout: distractors around the mark).
     #[arg(long, default_value_t = SceneConfig::default().confetti)]
     pub confetti: usize,
-    /// Framed marks per image (all of the answer's colour).
+    /// Framed marks per image (`mark` layout; all of the answer's colour).
     #[arg(long, default_value_t = SceneConfig::default().marks)]
     pub marks: usize,
     #[arg(long, default_value_t = 0)]
@@ -245,10 +283,15 @@ pub struct MakeRglfDataArgs {
 }
 
 pub fn main(a: MakeRglfDataArgs) -> Result<()> {
+    if a.solid_block != 2 && a.solid_block != 4 {
+        return Err(TrainError::Setup("--solid-block must be 2 or 4".into()));
+    }
     let cfg = SceneConfig {
         confetti: a.confetti,
         marks: a.marks,
-        ..SceneConfig::default()
+        jitter: a.jitter,
+        layout: a.fine_layout,
+        solid_block: a.solid_block,
     };
     // Different seeds per set: the router's examples are images the LMM never saw.
     let lmm = write_set(
