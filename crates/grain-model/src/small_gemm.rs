@@ -26,8 +26,9 @@ const NEURONS_PER_TASK: usize = 48;
 /// Below this many multiply-adds a call runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 17;
 
-/// Whether [`matmul_xwt`] can run on this CPU. `GRAIN_SMALL_GEMM=off` in the environment turns
-/// the kernel off (candle's matmul everywhere), for side-by-side measurements.
+/// Whether [`matmul_xwt`] (and the AVX2 loops of [`crate::simd`]) can run on this CPU.
+/// `GRAIN_SMALL_GEMM=off` in the environment turns them all off (candle's matmul and the portable
+/// attention loops), for side-by-side measurements.
 pub(crate) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
