@@ -194,8 +194,9 @@ pub fn question(kind: Kind) -> &'static str {
 }
 
 /// Write `n` images under `dir/images/` (prefix `name`) and `dir/{name}.jsonl`, each image asked
-/// one question, a `fine_fraction` of them fine (spread evenly). Returns the JSONL path. The same
-/// `seed` writes the same bytes.
+/// one question, a `fine_fraction` of them fine (spread evenly); with `pairs`, every image is asked
+/// both questions instead (two lines, coarse first). Returns the JSONL path. The same `seed` writes
+/// the same bytes.
 pub fn write_set(
     dir: &Path,
     name: &str,
@@ -203,6 +204,7 @@ pub fn write_set(
     fine_fraction: f64,
     seed: u64,
     cfg: SceneConfig,
+    pairs: bool,
 ) -> Result<PathBuf> {
     if name.is_empty() || name.contains(['/', '\\']) {
         return Err(TrainError::Setup(format!("bad set name `{name}`")));
@@ -233,14 +235,21 @@ pub fn write_set(
         let path = dir.join(&file);
         img.save(&path)
             .map_err(|e| TrainError::Setup(format!("{}: {e}", path.display())))?;
-        let ex = Example {
-            image: PathBuf::from(file),
-            question: question(kind).into(),
-            answer: answers[usize::from(kind == Kind::Fine)].into(),
-            kind: Some(kind.name().into()),
+        let kinds: &[Kind] = if pairs {
+            &[Kind::Coarse, Kind::Fine]
+        } else {
+            std::slice::from_ref(&kind)
         };
-        lines.push_str(&serde_json::to_string(&ex).expect("serialisable"));
-        lines.push('\n');
+        for &kind in kinds {
+            let ex = Example {
+                image: PathBuf::from(&file),
+                question: question(kind).into(),
+                answer: answers[usize::from(kind == Kind::Fine)].into(),
+                kind: Some(kind.name().into()),
+            };
+            lines.push_str(&serde_json::to_string(&ex).expect("serialisable"));
+            lines.push('\n');
+        }
     }
     let path = dir.join(format!("{name}.jsonl"));
     std::fs::write(&path, lines).map_err(|e| io(&path, e))?;
@@ -256,9 +265,14 @@ pub struct MakeRglfDataArgs {
     /// Examples for fine-tuning the small LMM (`lmm.jsonl`).
     #[arg(long, default_value_t = 600)]
     pub lmm: usize,
-    /// Examples for router training, validation split included (`router.jsonl`).
+    /// Images for router training, validation split included (`router.jsonl`; one example each,
+    /// two with `--router-pairs`).
     #[arg(long, default_value_t = 240)]
     pub router: usize,
+    /// Ask every image of `router.jsonl` both questions (two lines per image), so that only the
+    /// question tells the two kinds apart.
+    #[arg(long)]
+    pub router_pairs: bool,
     /// Fraction of fine questions in `lmm.jsonl`.
     #[arg(long, default_value_t = 0.5)]
     pub lmm_fine_fraction: f64,
@@ -301,6 +315,7 @@ pub fn main(a: MakeRglfDataArgs) -> Result<()> {
         a.lmm_fine_fraction,
         a.seed.wrapping_mul(2),
         cfg,
+        false,
     )?;
     let router = write_set(
         &a.out,
@@ -309,13 +324,15 @@ pub fn main(a: MakeRglfDataArgs) -> Result<()> {
         0.5,
         a.seed.wrapping_mul(2) + 1,
         cfg,
+        a.router_pairs,
     )?;
+    let per_image = if a.router_pairs { 2 } else { 1 };
     println!(
         "wrote {} ({} examples) and {} ({} examples)",
         lmm.display(),
         a.lmm,
         router.display(),
-        a.router
+        a.router * per_image
     );
     Ok(())
 }
@@ -354,7 +371,7 @@ mod tests {
     #[test]
     fn write_set_alternates_kinds_with_matching_answers() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_set(dir.path(), "t", 4, 0.5, 9, SceneConfig::default()).unwrap();
+        let p = write_set(dir.path(), "t", 4, 0.5, 9, SceneConfig::default(), false).unwrap();
         let ex = crate::data::read_jsonl(&p).unwrap();
         assert_eq!(ex.len(), 4);
         let kinds: Vec<_> = ex.iter().map(|e| e.kind.clone().unwrap()).collect();
@@ -362,6 +379,30 @@ mod tests {
         for e in &ex {
             assert!(e.image.is_file());
             assert!(COLOURS.iter().any(|(w, _)| *w == e.answer));
+        }
+    }
+
+    #[test]
+    fn pairs_ask_every_image_both_questions_with_the_single_set_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let single = write_set(dir.path(), "s", 4, 0.5, 9, SceneConfig::default(), false).unwrap();
+        let paired = write_set(dir.path(), "p", 4, 0.5, 9, SceneConfig::default(), true).unwrap();
+        let single = crate::data::read_jsonl(&single).unwrap();
+        let paired = crate::data::read_jsonl(&paired).unwrap();
+        assert_eq!(paired.len(), 8);
+        for (i, pair) in paired.chunks(2).enumerate() {
+            assert_eq!(pair[0].image, pair[1].image);
+            assert_eq!(pair[0].kind.as_deref(), Some("coarse"));
+            assert_eq!(pair[1].kind.as_deref(), Some("fine"));
+            assert_ne!(pair[0].question, pair[1].question);
+            // Same seed, same scenes: the single set's question for image i has the same answer.
+            let s = &single[i];
+            let same = if s.kind.as_deref() == Some("fine") {
+                &pair[1]
+            } else {
+                &pair[0]
+            };
+            assert_eq!(same.answer, s.answer);
         }
     }
 }

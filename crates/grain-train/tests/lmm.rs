@@ -14,7 +14,7 @@ fn trainable_lmm_matches_the_served_model_and_learns() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("model");
     write_tiny(&model_dir, TinyLayout::Avg, TinySize::TINY, 4).unwrap();
-    let data = write_set(dir.path(), "t", 2, 0.5, 1, SceneConfig::default()).unwrap();
+    let data = write_set(dir.path(), "t", 2, 0.5, 1, SceneConfig::default(), false).unwrap();
     let examples = read_jsonl(&data).unwrap();
 
     let served = LlavaModel::load(&model_dir, DType::F32, &Device::Cpu).unwrap();
