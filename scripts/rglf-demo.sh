@@ -23,11 +23,12 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 
 "$GRAIN" make-tiny --layout avg --size tiny --seed 0 --out "$WORK/base"
-"$GRAIN" make-rglf-data --out "$WORK/data" --lmm 500 --router 240 --seed 0 "${LAYOUT[@]}"
+"$GRAIN" make-rglf-data --out "$WORK/data" --lmm 500 --router 120 --router-pairs --seed 0 "${LAYOUT[@]}"
 "$GRAIN" train-lmm --model "$WORK/base" --data "$WORK/data/lmm.jsonl" --out "$WORK/lmm" \
   --epochs 6 --batch-size 8 --lr 3e-3 --seed 0 --val-split 0.1 --freeze-projector --quiet
 "$GRAIN" train-router --model "$WORK/lmm" --data "$WORK/data/router.jsonl" --out "$WORK/routed" \
-  --epochs 6 --batch-size 8 --lr 5e-3 --tie-tolerance 0.02 --seed 0 --val-split 0.5 --quiet
+  --epochs 12 --batch-size 8 --lr 5e-3 --tie-tolerance 0.02 --seed 0 --val-split 0.5 \
+  --text-vote-scale 30 --quiet
 
 echo
 echo "reports: $WORK/lmm/lmm_report.json and $WORK/routed/rglf_report.json"

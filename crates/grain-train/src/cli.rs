@@ -54,6 +54,11 @@ pub struct TrainRouterArgs {
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
     /// No progress bars (logs and the report are still written).
+    /// Multiply the voter's text weights (its last `text_queries` rows) by this before training:
+    /// the released merger attends across crops only, so the question moves the vote through
+    /// those few rows alone (docs/rglf.md).
+    #[arg(long, default_value_t = 1.0)]
+    pub text_vote_scale: f64,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -115,7 +120,8 @@ pub fn run(a: TrainRouterArgs) -> Result<Report> {
     let template = ChatTemplate::from_dir(&a.model, &tok)?.unwrap_or_else(ChatTemplate::vicuna_v1);
     let examples = read_jsonl(&a.data)?;
     let (train_idx, val_idx) = split(examples.len(), a.val_split, a.seed)?;
-    let router = TrainableRouter::load(&a.model, model.config(), &device)?;
+    let router =
+        TrainableRouter::load_scaled(&a.model, model.config(), &device, a.text_vote_scale)?;
 
     let started = Instant::now();
     let runner = FeedbackRunner::new(&model, &tok, template);

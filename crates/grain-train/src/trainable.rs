@@ -21,6 +21,17 @@ pub struct TrainableRouter {
 impl TrainableRouter {
     /// Load the router tensors of the checkpoint in `dir` as f32 variables on `device`.
     pub fn load(dir: &Path, config: &LlavaConfig, device: &Device) -> Result<Self> {
+        Self::load_scaled(dir, config, device, 1.0)
+    }
+
+    /// [`TrainableRouter::load`] with the voter's text weights (its last `text_queries` rows)
+    /// multiplied by `text_vote_scale` before training starts.
+    pub fn load_scaled(
+        dir: &Path,
+        config: &LlavaConfig,
+        device: &Device,
+        text_vote_scale: f64,
+    ) -> Result<Self> {
         let rc = config.router.as_ref().ok_or_else(|| {
             TrainError::Setup(format!(
                 "{} has no granularity router (`router_select` is off): nothing to train",
@@ -30,7 +41,22 @@ impl TrainableRouter {
         let weights = Weights::from_dir(dir, DType::F32, device)?;
         let vars = VarMap::new();
         let mut get = |name: &str, shape: &[usize]| -> grain_model::Result<Tensor> {
-            let var = Var::from_tensor(&weights.get(name, shape)?)?;
+            let mut t = weights.get(name, shape)?;
+            if name == "router.voter" && text_vote_scale != 1.0 {
+                let seq = shape[0];
+                let k = rc.text_queries.min(seq);
+                let scale: Vec<f32> = (0..seq)
+                    .map(|i| {
+                        if i >= seq - k {
+                            text_vote_scale as f32
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect();
+                t = t.broadcast_mul(&Tensor::from_vec(scale, (seq, 1), t.device())?)?;
+            }
+            let var = Var::from_tensor(&t)?;
             let t = var.as_tensor().clone();
             vars.data()
                 .lock()

@@ -165,6 +165,7 @@ fn written_checkpoint_loads_and_routes_differently() {
         ce_weight: 0.1,
         rank_weight: 1.0,
         tie_tolerance: 0.0,
+        text_vote_scale: 1.0,
         seed: 3,
         val_split: 0.0,
         quiet: true,
@@ -224,4 +225,41 @@ fn written_checkpoint_loads_and_routes_differently() {
         .to_scalar()
         .unwrap();
     assert_eq!(diff, 0.0);
+}
+
+#[test]
+fn text_vote_scale_multiplies_only_the_voters_text_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = tiny_checkpoint(dir.path());
+    let model = LlavaModel::load(&ckpt, DType::F32, &Device::Cpu).unwrap();
+    let config = model.config();
+    let k = config.router.as_ref().unwrap().text_queries;
+    let plain = TrainableRouter::load(&ckpt, config, &Device::Cpu).unwrap();
+    let scaled = TrainableRouter::load_scaled(&ckpt, config, &Device::Cpu, 30.0).unwrap();
+    let voter = |r: &TrainableRouter| -> Vec<f32> {
+        r.tensors()["router.voter"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (a, b) = (voter(&plain), voter(&scaled));
+    assert_eq!(a.len(), b.len());
+    let seq = a.len();
+    for i in 0..seq {
+        let want = if i >= seq - k { a[i] * 30.0 } else { a[i] };
+        assert!(
+            (b[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "row {i}: {} vs {want}",
+            b[i]
+        );
+    }
+    // Every other router tensor is untouched.
+    let (ta, tb) = (plain.tensors(), scaled.tensors());
+    for (name, t) in &ta {
+        if name != "router.voter" {
+            let diff = (t - &tb[name]).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+        }
+    }
 }
