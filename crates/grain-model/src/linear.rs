@@ -9,11 +9,18 @@ use crate::small_gemm;
 
 pub(crate) struct Linear {
     inner: candle_nn::Linear,
+    /// The bias as host `f32`, read once here rather than on every decode step; `None` where the
+    /// layer has no bias or it is not a host `f32` tensor (the kernel then does not apply).
+    bias_f32: Option<Vec<f32>>,
 }
 
 impl Linear {
     pub(crate) fn new(inner: candle_nn::Linear) -> Self {
-        Self { inner }
+        let bias_f32 = inner
+            .bias()
+            .filter(|b| b.dtype() == DType::F32 && matches!(b.device(), Device::Cpu))
+            .and_then(|b| b.flatten_all().and_then(|b| b.to_vec1::<f32>()).ok());
+        Self { inner, bias_f32 }
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -55,14 +62,14 @@ impl Linear {
             else {
                 return Ok(None);
             };
-            let bias = match self.inner.bias() {
-                Some(b) if b.dtype() == DType::F32 => Some(b.contiguous()?.to_vec1::<f32>()?),
-                Some(_) => return Ok(None),
-                None => None,
+            let bias = match (self.inner.bias(), &self.bias_f32) {
+                (None, _) => None,
+                (Some(_), Some(b)) => Some(b.as_slice()),
+                (Some(_), None) => return Ok(None),
             };
             let xv = &xc.as_slice::<f32>()?[x0..x1];
             let wv = &wc.as_slice::<f32>()?[w0..w1];
-            if !small_gemm::matmul_xwt(xv, wv, bias.as_deref(), (m, n, k), &mut y) {
+            if !small_gemm::matmul_xwt(xv, wv, bias, (m, n, k), &mut y) {
                 return Ok(None);
             }
         }

@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Storage, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::simd::exp;
+use crate::simd::{exp, lane_sum, tree8};
 
 /// Rows per block of the row-wise layers: big enough for candle's matmul to run at speed, small
 /// enough for the block's activations to stay in cache.
@@ -114,25 +114,6 @@ impl NormF32 {
             *v = (*v - mean) * inv * w + b;
         }
     }
-}
-
-/// `Σ values`, accumulated in 8 interleaved partial sums so the loop vectorises (a single running
-/// sum is one serial chain of dependent adds).
-#[inline]
-fn lane_sum(values: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut chunks = values.chunks_exact(8);
-    for c in &mut chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v;
-        }
-    }
-    tree8(&lanes) + chunks.remainder().iter().sum::<f32>()
-}
-
-#[inline]
-fn tree8(l: &[f32; 8]) -> f32 {
-    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
 /// Run `f` on a contiguous CPU `f32` tensor's values without copying them.

@@ -84,24 +84,36 @@ pub(crate) fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
     exp_shifted_body(s, max, out)
 }
 
-/// [`exp_shifted`]'s loops: branch-free, eight partial sums, so both vectorise.
+/// [`exp_shifted`]'s loops: branch-free, then [`lane_sum`], so both vectorise.
 #[inline(always)]
 fn exp_shifted_body(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
     for (o, &x) in out.iter_mut().zip(s) {
         *o = exp(x - max);
     }
-    let mut acc = [0f32; 8];
-    let mut chunks = out.chunks_exact(8);
+    lane_sum(out)
+}
+
+/// `Σ values`, accumulated in 8 interleaved partial sums so the loop vectorises (a single running
+/// sum is one serial chain of dependent adds).
+#[inline]
+pub(crate) fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = values.chunks_exact(8);
     for c in &mut chunks {
-        for i in 0..8 {
-            acc[i] += c[i];
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
         }
     }
-    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    tree8(&lanes) + chunks.remainder().iter().sum::<f32>()
+}
+
+#[inline]
+pub(crate) fn tree8(l: &[f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -111,8 +123,10 @@ mod avx2 {
         super::exp_shifted_body(s, max, out)
     }
 
+    /// The sum of a vector's eight lanes (also used by [`crate::small_gemm`]).
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    #[inline]
+    pub(crate) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));

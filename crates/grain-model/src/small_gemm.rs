@@ -111,6 +111,8 @@ pub(crate) fn matmul_xwt(
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use crate::simd::avx2::hsum;
+
     /// `out (nn × m, neuron-major) = (x · wᵀ)ᵀ` for `w` of `nn` rows: tiles of 4 rows × 3
     /// neurons, then the leftover rows and neurons with smaller tiles.
     ///
@@ -187,15 +189,6 @@ mod avx2 {
                 out[(j0 + c) * m + r0 + i] = s;
             }
         }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 }
 
