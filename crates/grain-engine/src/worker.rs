@@ -185,6 +185,8 @@ impl<R: ModelRunner> Worker<R> {
                 );
                 std::thread::sleep(OUTBOX_POLL);
             }
+            // Stats first: a client that has its final event may read the gauges at once.
+            self.publish_stats();
             self.deliver();
             self.publish_stats();
             self.tick_ceiling();

@@ -67,9 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("batch  step_ms  ms/seq");
     let mut one = 0.0;
+    // GRAIN_STEP_RUNS raises the number of timed steps (e.g. to profile one batch size with perf).
+    let runs: usize = std::env::var("GRAIN_STEP_RUNS").map_or(Ok(20), |s| s.parse())?;
     for b in [1usize, 4, 16] {
         let toks: Vec<u32> = (0..b).map(|s| 3 + s as u32).collect();
-        let step = time(20, || {
+        let step = time(if b == 16 { runs } else { 20 }, || {
             let e = model.lm().embed(&toks)?;
             let chunks: Vec<SeqChunk> = tables[..b]
                 .iter()

@@ -43,8 +43,8 @@ pub(crate) struct KernelRow<'a> {
     pub ctx: usize,
 }
 
-/// Value lanes summed per pass of [`simd::weighted_sum`].
-const LANES: usize = 32;
+/// Value lanes summed per pass of [`simd::weighted_sum`] (at most 64).
+const LANES: usize = 64;
 
 /// Attention for `rows.len()` query rows. `q` is `(rows, heads.q · dim)` (roped), `layer` the
 /// host cache of this layer (already holding every row's own key and value), `out` is
@@ -105,12 +105,7 @@ impl ItemTask<'_> {
     fn run(&self, o: &mut [f32]) {
         let (group, hd, ctx) = (self.group, self.hd, self.at.len());
         let mut scores = vec![0f32; group * ctx];
-        for (pos, &at) in self.at.iter().enumerate() {
-            let k = &self.kc[at..at + hd];
-            for g in 0..group {
-                scores[g * ctx + pos] = simd::dot(&self.qh[g * hd..(g + 1) * hd], k) * self.scale;
-            }
-        }
+        simd::scores(self.qh, hd, self.kc, self.at, self.scale, &mut scores);
         let mut probs = vec![0f32; group * ctx];
         for (s, p) in scores.chunks_exact(ctx).zip(probs.chunks_exact_mut(ctx)) {
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);

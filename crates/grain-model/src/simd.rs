@@ -1,7 +1,8 @@
-//! The vector loops of attention ([`crate::attention`]): a dot product, a weighted sum of value
-//! rows and the exponentials of a softmax, with AVX2/FMA versions chosen at run time (same check as
-//! [`crate::small_gemm`]) and portable ones elsewhere. Hand-written because the compiler's own
-//! vectorisation of these loops kept one dependent chain (or spilled registers) per call.
+//! The vector loops of attention ([`crate::attention`]): a dot product, the scores of a group of
+//! query heads against many keys, a weighted sum of value rows and the exponentials of a softmax,
+//! with AVX2/FMA versions chosen at run time (same check as [`crate::small_gemm`]) and portable
+//! ones elsewhere. Hand-written because the compiler's own vectorisation of these loops kept one
+//! dependent chain (or spilled registers) per call.
 //!
 //! The workspace denies `unsafe`; this module is an exception, for the intrinsics.
 #![allow(unsafe_code)]
@@ -20,6 +21,35 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Attention scores of `group` query heads against the keys at `at`:
+/// `out[g · at.len() + p] = scale · (q[g·hd .. (g+1)·hd] · kc[at[p] .. at[p] + hd])`.
+pub(crate) fn scores(q: &[f32], hd: usize, kc: &[f32], at: &[usize], scale: f32, out: &mut [f32]) {
+    let ctx = at.len();
+    assert!(hd > 0 && q.len() % hd == 0, "q is not whole heads");
+    assert_eq!(
+        out.len(),
+        q.len() / hd * ctx,
+        "one score per head and position"
+    );
+    for &a in at {
+        assert!(a + hd <= kc.len(), "key row out of bounds");
+    }
+    if ctx == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if hd % 8 == 0 && small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA; every key row is in bounds (checked above).
+        unsafe { avx2::scores(q, hd, kc, at, scale, out) };
+        return;
+    }
+    for (qg, og) in q.chunks_exact(hd).zip(out.chunks_exact_mut(ctx)) {
+        for (o, &a) in og.iter_mut().zip(at) {
+            *o = dot(qg, &kc[a..a + hd]) * scale;
+        }
+    }
+}
+
 /// `out[i] = Σ_p weights[p] · vc[at[p] + offset + i]` for `i < out.len()`.
 #[inline]
 pub(crate) fn weighted_sum(
@@ -35,7 +65,7 @@ pub(crate) fn weighted_sum(
         assert!(a + offset + len <= vc.len(), "value row out of bounds");
     }
     #[cfg(target_arch = "x86_64")]
-    if len % 8 == 0 && len <= 32 && small_gemm::available() {
+    if len % 8 == 0 && len <= 64 && small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA; every row is in bounds (checked above).
         unsafe { avx2::weighted_sum(weights, vc, at, offset, out) };
         return;
@@ -168,8 +198,75 @@ pub(crate) mod avx2 {
         total
     }
 
+    /// Four scores at a time per head: each key row is read once for all heads of the group (the
+    /// quad stays in L1 across them), and eight accumulators (two per key) keep the FMA units busy
+    /// instead of waiting on one dependent chain; the four sums leave in one horizontal reduction.
+    ///
     /// # Safety
-    /// AVX2 and FMA; `out.len()` a multiple of 8 and at most 32; every value row in bounds.
+    /// AVX2 and FMA; `hd` a multiple of 8; every key row `at[p] .. at[p] + hd` within `kc`;
+    /// `q.len()` = heads · `hd` and `out.len()` = heads · `at.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(
+        q: &[f32],
+        hd: usize,
+        kc: &[f32],
+        at: &[usize],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (ctx, heads) = (at.len(), q.len() / hd);
+        let quads = ctx / 4 * 4;
+        let kp = kc.as_ptr();
+        let mut p = 0;
+        while p < quads {
+            // SAFETY (all loads): rows are in bounds (caller), i + 8 <= hd.
+            let rows: [*const f32; 4] = std::array::from_fn(|j| unsafe { kp.add(at[p + j]) });
+            for g in 0..heads {
+                let qg = unsafe { q.as_ptr().add(g * hd) };
+                let mut even = [_mm256_setzero_ps(); 4];
+                let mut odd = [_mm256_setzero_ps(); 4];
+                let mut i = 0;
+                while i + 16 <= hd {
+                    let (q0, q1) =
+                        unsafe { (_mm256_loadu_ps(qg.add(i)), _mm256_loadu_ps(qg.add(i + 8))) };
+                    for j in 0..4 {
+                        let (k0, k1) = unsafe {
+                            (
+                                _mm256_loadu_ps(rows[j].add(i)),
+                                _mm256_loadu_ps(rows[j].add(i + 8)),
+                            )
+                        };
+                        even[j] = _mm256_fmadd_ps(q0, k0, even[j]);
+                        odd[j] = _mm256_fmadd_ps(q1, k1, odd[j]);
+                    }
+                    i += 16;
+                }
+                if i < hd {
+                    let q0 = unsafe { _mm256_loadu_ps(qg.add(i)) };
+                    for j in 0..4 {
+                        let k0 = unsafe { _mm256_loadu_ps(rows[j].add(i)) };
+                        even[j] = _mm256_fmadd_ps(q0, k0, even[j]);
+                    }
+                }
+                let s: [__m256; 4] = std::array::from_fn(|j| _mm256_add_ps(even[j], odd[j]));
+                // [s0 s1 s2 s3] lane sums: two rounds of pairwise adds, then the halves.
+                let t = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+                let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+                let sums = _mm_mul_ps(sums, _mm_set1_ps(scale));
+                unsafe { _mm_storeu_ps(out.as_mut_ptr().add(g * ctx + p), sums) };
+            }
+            p += 4;
+        }
+        for p in quads..ctx {
+            let k = &kc[at[p]..at[p] + hd];
+            for g in 0..heads {
+                out[g * ctx + p] = unsafe { dot(&q[g * hd..(g + 1) * hd], k) } * scale;
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `out.len()` a multiple of 8 and at most 64; every value row in bounds.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn weighted_sum(
         weights: &[f32],
@@ -178,45 +275,42 @@ pub(crate) mod avx2 {
         offset: usize,
         out: &mut [f32],
     ) {
-        let vecs = out.len() / 8;
-        if vecs == 4 {
-            // The common case (head dims 64 and 128 in chunks of 32): four named accumulators,
-            // which stay in registers.
-            let (mut s0, mut s1, mut s2, mut s3) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            for (&p, &a) in weights.iter().zip(at) {
-                let pv = _mm256_set1_ps(p);
-                let row = unsafe { vc.as_ptr().add(a + offset) };
-                unsafe {
-                    s0 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row), s0);
-                    s1 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8)), s1);
-                    s2 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(16)), s2);
-                    s3 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(24)), s3);
-                }
+        // SAFETY (each arm): as this function's.
+        unsafe {
+            match out.len() / 8 {
+                8 => wsum::<8>(weights, vc, at, offset, out),
+                7 => wsum::<7>(weights, vc, at, offset, out),
+                6 => wsum::<6>(weights, vc, at, offset, out),
+                5 => wsum::<5>(weights, vc, at, offset, out),
+                4 => wsum::<4>(weights, vc, at, offset, out),
+                3 => wsum::<3>(weights, vc, at, offset, out),
+                2 => wsum::<2>(weights, vc, at, offset, out),
+                _ => wsum::<1>(weights, vc, at, offset, out),
             }
-            let o = out.as_mut_ptr();
-            unsafe {
-                _mm256_storeu_ps(o, s0);
-                _mm256_storeu_ps(o.add(8), s1);
-                _mm256_storeu_ps(o.add(16), s2);
-                _mm256_storeu_ps(o.add(24), s3);
-            }
-            return;
         }
-        let mut acc = [_mm256_setzero_ps(); 4];
+    }
+
+    /// [`weighted_sum`] over `N` vectors: `N` independent accumulators (a fixed count, so they
+    /// live in registers), one broadcast weight per position.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn wsum<const N: usize>(
+        weights: &[f32],
+        vc: &[f32],
+        at: &[usize],
+        offset: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); N];
         for (&p, &a) in weights.iter().zip(at) {
             let pv = _mm256_set1_ps(p);
+            // SAFETY: the row's N·8 values are in bounds (caller).
             let row = unsafe { vc.as_ptr().add(a + offset) };
-            for (j, s) in acc.iter_mut().enumerate().take(vecs) {
-                let v = unsafe { _mm256_loadu_ps(row.add(8 * j)) };
-                *s = _mm256_fmadd_ps(pv, v, *s);
+            for (j, s) in acc.iter_mut().enumerate() {
+                *s = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(row.add(8 * j)) }, *s);
             }
         }
-        for (j, s) in acc.iter().enumerate().take(vecs) {
+        for (j, s) in acc.iter().enumerate() {
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *s) };
         }
     }
@@ -283,11 +377,50 @@ mod tests {
     }
 
     #[test]
+    fn scores_match_plain_dots() {
+        for hd in [8usize, 16, 24, 64, 128, 5] {
+            let kc = values(hd * 40, 5);
+            for heads in [1usize, 2, 4] {
+                let q = values(heads * hd, 6);
+                for ctx in [0usize, 1, 3, 4, 5, 9, 17] {
+                    let at: Vec<usize> = (0..ctx).map(|p| (p * 11 % 37) * hd).collect();
+                    let mut out = vec![f32::NAN; heads * ctx];
+                    scores(&q, hd, &kc, &at, 0.125, &mut out);
+                    for g in 0..heads {
+                        for (p, &a) in at.iter().enumerate() {
+                            let want: f64 = (0..hd)
+                                .map(|i| q[g * hd + i] as f64 * kc[a + i] as f64)
+                                .sum::<f64>()
+                                * 0.125;
+                            let got = out[g * ctx + p] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * hd as f64,
+                                "hd {hd} heads {heads} ctx {ctx} g {g} p {p}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn weighted_sum_matches_a_plain_sum() {
-        let vc = values(40 * 16, 3);
-        let at: Vec<usize> = (0..12).map(|p| (p * 7 % 15) * 40).collect();
+        let vc = values(80 * 16, 3);
+        let at: Vec<usize> = (0..12).map(|p| (p * 7 % 15) * 80).collect();
         let weights = values(12, 4);
-        for (offset, len) in [(0usize, 32usize), (8, 32), (0, 16), (4, 8), (3, 5), (0, 36)] {
+        let cases = [
+            (0usize, 32usize),
+            (8, 32),
+            (0, 16),
+            (4, 8),
+            (3, 5),
+            (0, 36),
+            (0, 64),
+            (16, 56),
+            (1, 72),
+        ];
+        for (offset, len) in cases {
             let mut out = vec![f32::NAN; len];
             weighted_sum(&weights, &vc, &at, offset, &mut out);
             for (i, got) in out.iter().enumerate() {

@@ -254,3 +254,20 @@ async fn model_card_is_served_as_given() {
     assert_eq!(h.model_card(), &toy_card(&toy));
     assert_eq!(h.stats().kv_blocks_total, toy.num_blocks);
 }
+
+/// The gauges are published before a request's final event goes out: a client that has read its
+/// whole answer (and, say, scrapes `/metrics` next) never sees its own request still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_are_settled_when_the_final_event_arrives() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    for i in 0..20 {
+        let out = run(&h, request("a", &format!("prompt {i}"), &[], greedy(3))).await;
+        assert_eq!(out.tokens[0].len(), 3);
+        let s = h.stats();
+        assert_eq!(
+            (s.running, s.waiting, s.kv_blocks_used),
+            (0, 0, 0),
+            "after request {i}"
+        );
+    }
+}
