@@ -198,7 +198,12 @@ def test_clients_that_stop_reading_do_not_keep_their_admission_slots(start_grain
             s.connect(("127.0.0.1", grain.port))
             s.sendall(request)
             readers.append(s)
-        _wait_for(lambda: grain.metric("grain_num_requests_running") > 0, 60, "the readers to be admitted")
+        # Every slot held: a fifth request is refused (under load the server may still be reading
+        # the last reader's request; a request sent then would take its slot and be served).
+        _wait_for(
+            lambda: grain.client.post("/v1/chat/completions", json=p.chat("Hello.")).status_code == 429,
+            60, "all readers to be admitted", step=0.2,
+        )
         # Once they are cut off, admission is free again and a normal request is served.
         _wait_for(
             lambda: grain.client.post("/v1/chat/completions", json=p.chat("Hello.")).status_code == 200,

@@ -67,7 +67,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("batch  step_ms  ms/seq");
     let mut one = 0.0;
-    // GRAIN_STEP_RUNS raises the number of timed steps (e.g. to profile one batch size with perf).
+    // GRAIN_STEP_RUNS (batch 16) and GRAIN_PREFILL_RUNS raise the number of timed runs, e.g. to
+    // profile one of them with perf.
     let runs: usize = std::env::var("GRAIN_STEP_RUNS").map_or(Ok(20), |s| s.parse())?;
     for b in [1usize, 4, 16] {
         let toks: Vec<u32> = (0..b).map(|s| 3 + s as u32).collect();
@@ -102,7 +103,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         block_table: &tables[0],
         want_logits: true,
     };
-    let prefill = time(3, || {
+    let prefill_runs: usize = std::env::var("GRAIN_PREFILL_RUNS").map_or(Ok(3), |s| s.parse())?;
+    let prefill = time(prefill_runs, || {
         model.forward(&e, std::slice::from_ref(&chunk), &cache)?;
         Ok(())
     })?;

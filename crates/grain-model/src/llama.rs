@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::attention::{causal_blocked, paged_rows, CausalPlan, Heads, KernelRow};
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
+use crate::host_ops;
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::vision;
@@ -234,9 +235,8 @@ impl Llama {
             x = (x + layer.o.forward(&attn)?)?;
             let y = layer.ln2.forward(&x)?;
             let gate_up = layer.gate_up.forward(&y)?;
-            let i = c.intermediate_size;
-            let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, i)?)?;
-            let mlp = layer.down.forward(&(gate * gate_up.narrow(1, i, i)?)?)?;
+            let act = host_ops::swiglu(&gate_up, c.intermediate_size)?;
+            let mlp = layer.down.forward(&act)?;
             x = (x + mlp)?;
         }
         Ok(x)

@@ -1,7 +1,8 @@
 //! The vector loops of attention ([`crate::attention`]): a dot product, the scores of a group of
-//! query heads against many keys, a weighted sum of value rows and the exponentials of a softmax,
-//! with AVX2/FMA versions chosen at run time (same check as [`crate::small_gemm`]) and portable
-//! ones elsewhere. Hand-written because the compiler's own vectorisation of these loops kept one
+//! query heads against many keys, a weighted sum of value rows and the exponentials of a softmax;
+//! and the activations of [`crate::host_ops`] (SwiGLU, QuickGELU). Each
+//! has an AVX2/FMA version chosen at run time (same check as [`crate::small_gemm`]) and a portable
+//! one elsewhere. Hand-written because the compiler's own vectorisation of these loops kept one
 //! dependent chain (or spilled registers) per call.
 //!
 //! The workspace denies `unsafe`; this module is an exception, for the intrinsics.
@@ -123,6 +124,50 @@ fn exp_shifted_body(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
     lane_sum(out)
 }
 
+/// `out[i] = silu(gate[i]) · up[i]` with `silu(x) = x / (1 + e⁻ˣ)` (the SwiGLU of a gated MLP),
+/// with [`exp`].
+#[inline]
+pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(
+        gate.len() == out.len() && up.len() == out.len(),
+        "silu_mul of unequal lengths"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA.
+        return unsafe { avx2::silu_mul(gate, up, out) };
+    }
+    silu_mul_body(gate, up, out)
+}
+
+/// [`silu_mul`]'s loop: branch-free, so it vectorises.
+#[inline(always)]
+fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp(-g)) * u;
+    }
+}
+
+/// `out[i] = x[i] · sigmoid(1.702 · x[i])` (CLIP's QuickGELU), with [`exp`].
+#[inline]
+pub(crate) fn quick_gelu(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "quick_gelu of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA.
+        return unsafe { avx2::quick_gelu(x, out) };
+    }
+    quick_gelu_body(x, out)
+}
+
+/// [`quick_gelu`]'s loop: branch-free, so it vectorises.
+#[inline(always)]
+fn quick_gelu_body(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v / (1.0 + exp(-1.702 * v));
+    }
+}
+
 /// `Σ values`, accumulated in 8 interleaved partial sums so the loop vectorises (a single running
 /// sum is one serial chain of dependent adds).
 #[inline]
@@ -151,6 +196,20 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
         super::exp_shifted_body(s, max, out)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; equal lengths.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::silu_mul_body(gate, up, out)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; equal lengths.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quick_gelu(x: &[f32], out: &mut [f32]) {
+        super::quick_gelu_body(x, out)
     }
 
     /// The sum of a vector's eight lanes (also used by [`crate::small_gemm`]).
@@ -361,6 +420,23 @@ mod tests {
             );
         }
         assert!((sum as f64 - want_sum).abs() <= 1e-5 * want_sum);
+    }
+
+    #[test]
+    fn silu_mul_matches_f64() {
+        let gate: Vec<f32> = (0..1001).map(|i| (i as f32 - 500.0) * 0.2).collect();
+        let up = values(gate.len(), 9);
+        let mut out = vec![f32::NAN; gate.len()];
+        silu_mul(&gate, &up, &mut out);
+        for ((o, g), u) in out.iter().zip(&gate).zip(&up) {
+            let (g, u) = (*g as f64, *u as f64);
+            let want = g / (1.0 + (-g).exp()) * u;
+            // Stated tolerance: 1e-6 relative (exp's error plus two roundings), absolute near 0.
+            assert!(
+                (*o as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                "silu({g}) * {u}: {o} vs {want}"
+            );
+        }
     }
 
     #[test]

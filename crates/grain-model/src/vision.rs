@@ -8,6 +8,7 @@ use candle_nn::{LayerNorm, Linear};
 
 use crate::config::{FeatureSelect, VisionAct, VisionConfig};
 use crate::error::{ModelError, Result};
+use crate::host_ops;
 use crate::weights::Weights;
 
 pub(crate) fn linear(
@@ -76,13 +77,13 @@ impl EncoderLayer {
         let q = split(self.q.forward(&y)?.affine((hd as f64).powf(-0.5), 0.0)?)?;
         let k = split(self.k.forward(&y)?)?;
         let v = split(self.v.forward(&y)?)?;
-        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let att = host_ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
         let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         let x = (x + self.out.forward(&o)?)?;
         let y = self.fc1.forward(&self.ln2.forward(&x)?)?;
         let y = match self.act {
-            VisionAct::QuickGelu => (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)?,
-            VisionAct::Gelu => y.gelu_erf()?,
+            VisionAct::QuickGelu => host_ops::quick_gelu(&y)?,
+            VisionAct::Gelu => host_ops::gelu_erf(&y)?,
         };
         Ok((x + self.fc2.forward(&y)?)?)
     }
@@ -192,6 +193,8 @@ impl Projector {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.l2.forward(&self.l1.forward(x)?.gelu_erf()?)?)
+        Ok(self
+            .l2
+            .forward(&host_ops::gelu_erf(&self.l1.forward(x)?)?)?)
     }
 }
