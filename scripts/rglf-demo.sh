@@ -5,9 +5,12 @@
 #      two-tone ones, hidden from coarse pooling; coarse: the picture's dominant colour);
 #   3. fine-tune its LM (projector frozen, so nothing undoes the pooling) at mixed granularities;
 #   4. train the router with RGLF on other images, evaluate on held-out ones.
-# Usage: [SERVE=1] scripts/rglf-demo.sh [WORK_DIR]   (default: target/rglf-demo). Everything is
-# seeded. SERVE=1 then serves the fine-tuned and the router-trained checkpoints in turn and prints
-# the granularity mix each chose for the same 40 fresh questions (from /metrics).
+# Usage: [SERVE=1] [LAYOUT_ORDER=1] scripts/rglf-demo.sh [WORK_DIR]   (default: target/rglf-demo).
+# Everything is seeded. LAYOUT_ORDER=1 uses the `order` layout instead (fine: the colour on the left
+# of the cell pairs in the top four rows, hidden from every pooled view; see docs/rglf.md) and
+# fine-tunes the LM twice as long (two runs of 6 epochs). SERVE=1 then serves the fine-tuned and
+# the router-trained checkpoints in turn and prints the granularity mix each chose for the same 40
+# fresh questions (from /metrics).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,13 +22,27 @@ if [[ ! -x $GRAIN ]]; then
 fi
 # The scene layout, for the training sets and for the fresh images of SERVE=1.
 LAYOUT=(--fine-layout solid --solid-block 4)
+LMM_RUNS=1
+if [[ ${LAYOUT_ORDER:-0} == 1 ]]; then
+  LAYOUT=(--fine-layout order --order-pairs 48)
+  LMM_RUNS=2
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
 "$GRAIN" make-tiny --layout avg --size tiny --seed 0 --out "$WORK/base"
 "$GRAIN" make-rglf-data --out "$WORK/data" --lmm 500 --router 120 --router-pairs --seed 0 "${LAYOUT[@]}"
-"$GRAIN" train-lmm --model "$WORK/base" --data "$WORK/data/lmm.jsonl" --out "$WORK/lmm" \
-  --epochs 6 --batch-size 8 --lr 3e-3 --seed 0 --val-split 0.1 --freeze-projector --quiet
+# Each run continues from the previous one's checkpoint (fresh optimiser state).
+prev="$WORK/base"
+for run in $(seq "$LMM_RUNS"); do
+  out="$WORK/lmm"
+  if [[ $run -lt $LMM_RUNS ]]; then
+    out="$WORK/lmm-run$run"
+  fi
+  "$GRAIN" train-lmm --model "$prev" --data "$WORK/data/lmm.jsonl" --out "$out" \
+    --epochs 6 --batch-size 8 --lr 3e-3 --seed 0 --val-split 0.1 --freeze-projector --quiet
+  prev="$out"
+done
 "$GRAIN" train-router --model "$WORK/lmm" --data "$WORK/data/router.jsonl" --out "$WORK/routed" \
   --epochs 12 --batch-size 8 --lr 5e-3 --tie-tolerance 0.02 --seed 0 --val-split 0.5 \
   --text-vote-scale 30 --quiet

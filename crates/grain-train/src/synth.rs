@@ -23,7 +23,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::Example;
 use crate::error::{io, Result, TrainError};
 
+pub mod order;
 pub mod solid;
+pub use order::OrderScene;
 pub use solid::SolidScene;
 
 /// Image side in pixels and the patch cell size of the vision tower.
@@ -50,6 +52,8 @@ pub enum FineLayout {
     Mark,
     /// Solid cells among two-tone ones, balanced per pooling window (`SolidScene`).
     Solid,
+    /// The colour of the top-left cell, hidden in the order of a horizontal pair (`OrderScene`).
+    Order,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -92,6 +96,9 @@ pub struct SceneConfig {
     pub layout: FineLayout,
     /// `solid` layout: side of the balanced windows, 4 or 2 (see [`SolidScene::sample`]).
     pub solid_block: u32,
+    /// `order` layout: pairs, row-major from the top-left, that show the fine order (see
+    /// [`OrderScene::sample`]).
+    pub order_pairs: u32,
 }
 
 impl Default for SceneConfig {
@@ -102,6 +109,7 @@ impl Default for SceneConfig {
             jitter: 40,
             layout: FineLayout::Solid,
             solid_block: 4,
+            order_pairs: 1,
         }
     }
 }
@@ -193,6 +201,14 @@ pub fn question(kind: Kind) -> &'static str {
     }
 }
 
+/// The question of `kind` for scenes of `layout` (`order` asks for the top-left cell).
+pub fn layout_question(kind: Kind, layout: FineLayout) -> &'static str {
+    match (kind, layout) {
+        (Kind::Fine, FineLayout::Order) => order::ORDER_FINE_QUESTION,
+        _ => question(kind),
+    }
+}
+
 /// Write `n` images under `dir/images/` (prefix `name`) and `dir/{name}.jsonl`, each image asked
 /// one question, a `fine_fraction` of them fine (spread evenly); with `pairs`, every image is asked
 /// both questions instead (two lines, coarse first). Returns the JSONL path. The same `seed` writes
@@ -223,6 +239,10 @@ pub fn write_set(
                 let s = SolidScene::sample(&mut rng, cfg.jitter, cfg.solid_block);
                 (s.render(), [s.answer(Kind::Coarse), s.answer(Kind::Fine)])
             }
+            FineLayout::Order => {
+                let s = OrderScene::sample(&mut rng, cfg.jitter, cfg.order_pairs);
+                (s.render(), [s.answer(Kind::Coarse), s.answer(Kind::Fine)])
+            }
         };
         // Fine whenever the running count of fine questions falls behind the fraction.
         let fine_so_far = (i as f64 * fine_fraction).ceil();
@@ -243,7 +263,7 @@ pub fn write_set(
         for &kind in kinds {
             let ex = Example {
                 image: PathBuf::from(&file),
-                question: question(kind).into(),
+                question: layout_question(kind, cfg.layout).into(),
                 answer: answers[usize::from(kind == Kind::Fine)].into(),
                 kind: Some(kind.name().into()),
             };
@@ -276,13 +296,18 @@ pub struct MakeRglfDataArgs {
     /// Fraction of fine questions in `lmm.jsonl`.
     #[arg(long, default_value_t = 0.5)]
     pub lmm_fine_fraction: f64,
-    /// Where the fine detail sits: `solid` (default) or the older `mark`.
+    /// Where the fine detail sits: `solid` (default), `order` or the older `mark`.
     #[arg(long, value_enum, default_value_t = FineLayout::Solid)]
     pub fine_layout: FineLayout,
     /// `solid` layout: side in cells of the windows whose colour mix hides the answer (4: from
     /// 36-token pooling; 2: meant to hide it from 72 and 144 too, see docs/rglf.md).
     #[arg(long, default_value_t = SceneConfig::default().solid_block)]
     pub solid_block: u32,
+    /// `order` layout: horizontal cell pairs, row-major from the top-left (12 per row), that show
+    /// the fine colour pair in the same order (1: only the top-left cell and its right
+    /// neighbour; 12: the top row; at most 144).
+    #[arg(long, default_value_t = SceneConfig::default().order_pairs)]
+    pub order_pairs: u32,
     /// Max per-cell brightness jitter.
     #[arg(long, default_value_t = SceneConfig::default().jitter)]
     pub jitter: i16,
@@ -300,12 +325,19 @@ pub fn main(a: MakeRglfDataArgs) -> Result<()> {
     if a.solid_block != 2 && a.solid_block != 4 {
         return Err(TrainError::Setup("--solid-block must be 2 or 4".into()));
     }
+    if !(1..=order::MAX_FINE_PAIRS).contains(&a.order_pairs) {
+        return Err(TrainError::Setup(format!(
+            "--order-pairs must be 1..={}",
+            order::MAX_FINE_PAIRS
+        )));
+    }
     let cfg = SceneConfig {
         confetti: a.confetti,
         marks: a.marks,
         jitter: a.jitter,
         layout: a.fine_layout,
         solid_block: a.solid_block,
+        order_pairs: a.order_pairs,
     };
     // Different seeds per set: the router's examples are images the LMM never saw.
     let lmm = write_set(
@@ -366,6 +398,38 @@ mod tests {
             })
             .count();
         assert!(near as f64 > 0.8 * f64::from(SIDE * SIDE), "{near}");
+    }
+
+    #[test]
+    fn order_sets_ask_for_the_top_left_cell_and_answer_with_its_pixel() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SceneConfig {
+            layout: FineLayout::Order,
+            ..SceneConfig::default()
+        };
+        let p = write_set(dir.path(), "o", 4, 0.5, 2, cfg, true).unwrap();
+        let again = tempfile::tempdir().unwrap();
+        let q = write_set(again.path(), "o", 4, 0.5, 2, cfg, true).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap());
+        for e in crate::data::read_jsonl(&p).unwrap() {
+            let img = image::open(&e.image).unwrap().to_rgb8();
+            let again = image::open(
+                again
+                    .path()
+                    .join("images")
+                    .join(e.image.file_name().unwrap()),
+            );
+            assert_eq!(img, again.unwrap().to_rgb8());
+            let (_, rgb) = COLOURS.iter().find(|(w, _)| *w == e.answer).unwrap();
+            if e.kind.as_deref() == Some("fine") {
+                assert_eq!(e.question, order::ORDER_FINE_QUESTION);
+                let p = img.get_pixel(CELL / 2, CELL / 2).0;
+                let near = p.iter().zip(rgb).all(|(&a, &b)| a.abs_diff(b) <= 40);
+                assert!(near, "{p:?} vs {rgb:?}");
+            } else {
+                assert_eq!(e.question, COARSE_QUESTION);
+            }
+        }
     }
 
     #[test]
