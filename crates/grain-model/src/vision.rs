@@ -89,6 +89,11 @@ impl EncoderLayer {
     }
 }
 
+/// Crops per vision-tower pass on the CPU (see [`VisionTower::forward`]). On the small preset
+/// (4 heads) four crops' attention scores are about 21 MB, within the 32 MB L3 of the machine
+/// measured; the matmuls stay long (577 rows per crop) however few crops a pass holds.
+const CPU_CROPS_PER_PASS: usize = 4;
+
 /// CLIP vision transformer, truncated after the selected layer.
 pub struct VisionTower {
     patch_weight: Tensor,
@@ -140,7 +145,27 @@ impl VisionTower {
     }
 
     /// `pixels`: `(n, 3, S, S)` → `(n, patches, hidden)` (or `patches + 1` when CLS is kept).
+    ///
+    /// On the CPU the crops go through in passes of at most [`CPU_CROPS_PER_PASS`]: crops never
+    /// interact, and a pass over many crops at once (16 requests' images) keeps attention scores
+    /// and activations far beyond the caches. Measured on the small preset, 8 images (40 crops)
+    /// in one pass cost 1.6× the time per image of one image alone.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let n = pixels.dim(0)?;
+        if !matches!(pixels.device(), candle_core::Device::Cpu) || n <= CPU_CROPS_PER_PASS {
+            return self.forward_pass(pixels);
+        }
+        let mut outs = Vec::with_capacity(n.div_ceil(CPU_CROPS_PER_PASS));
+        let mut i = 0;
+        while i < n {
+            let len = CPU_CROPS_PER_PASS.min(n - i);
+            outs.push(self.forward_pass(&pixels.narrow(0, i, len)?)?);
+            i += len;
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    fn forward_pass(&self, pixels: &Tensor) -> Result<Tensor> {
         let (n, c, s, s2) = pixels.dims4()?;
         let cfg = &self.config;
         if c != 3 || s != cfg.image_size || s2 != cfg.image_size {

@@ -59,6 +59,33 @@ fn count_function_agrees_with_merge_on_many_sizes() {
     }
 }
 
+/// On the CPU the vision tower encodes many crops in passes of a few (crops never interact):
+/// two images' crops encoded together equal each image's crops encoded alone.
+#[test]
+fn crops_encode_the_same_together_and_alone() {
+    let (_g, dir) = common::tiny(TinyLayout::Avg, 1);
+    let model = LlavaModel::load(&dir, DType::F32, &Device::Cpu).unwrap();
+    let (na, pa) = model.preprocess(&common::picture(672, 672)).unwrap();
+    let (nb, pb) = model.preprocess(&common::picture(1000, 500)).unwrap();
+    assert!(na + nb > 4, "more crops than one CPU pass holds");
+    let both = model
+        .encode_crops(
+            &model
+                .pixels_tensor(na + nb, &[pa.clone(), pb.clone()].concat())
+                .unwrap(),
+        )
+        .unwrap();
+    let a = model
+        .encode_crops(&model.pixels_tensor(na, &pa).unwrap())
+        .unwrap();
+    let b = model
+        .encode_crops(&model.pixels_tensor(nb, &pb).unwrap())
+        .unwrap();
+    let alone = Tensor::cat(&[&a, &b], 0).unwrap();
+    // Same arithmetic per crop; 1e-5 allows for a matmul blocked differently by row count.
+    assert!(max_abs_diff(&both, &alone) <= 1e-5);
+}
+
 #[test]
 fn both_layouts_load_and_route() {
     let (_g, avg) = common::tiny(TinyLayout::Avg, 2);
