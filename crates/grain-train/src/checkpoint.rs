@@ -10,6 +10,21 @@ use grain_model::weights::{canonical_name, safetensors_files};
 
 use crate::error::{io, Result, TrainError};
 
+/// The reports `train-router` and `train-lmm` write next to a checkpoint: not carried over.
+const REPORT_FILES: [&str; 2] = [crate::cli::REPORT_FILE, crate::finetune::LMM_REPORT_FILE];
+
+/// Writes `contents` to `path` as a new file. `path` may be a hard link into the base checkpoint
+/// (every file that is not rewritten is linked): writing through it would change the base too,
+/// so any existing file is removed first.
+pub fn write_new_file(path: &Path, contents: &[u8]) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(path, e)),
+    }
+    std::fs::write(path, contents).map_err(|e| io(path, e))
+}
+
 /// Write `src` with the router tensors replaced by `router` (canonical names `router.…`) to `out`.
 /// Returns the names of the files that were rewritten.
 pub fn write_checkpoint(
@@ -42,6 +57,10 @@ pub fn write_checkpoint(
         let path = entry.path();
         if !path.is_file() {
             // Checkpoints are flat; sub-folders (caches, git metadata) are not part of the model.
+            continue;
+        }
+        if REPORT_FILES.iter().any(|r| entry.file_name() == *r) {
+            // The base's own training report describes the base, not this checkpoint.
             continue;
         }
         let dest = out.join(entry.file_name());

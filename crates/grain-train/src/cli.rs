@@ -9,9 +9,9 @@ use grain_tokenizer::{ChatTemplate, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::checkpoint::write_checkpoint;
+use crate::checkpoint::{write_checkpoint, write_new_file};
 use crate::data::{read_jsonl, split};
-use crate::error::{io, Result};
+use crate::error::Result;
 use crate::feedback::{FeedbackRunner, Prepared};
 use crate::loss::{ranking, LossConfig};
 use crate::train::{evaluate, train, EpochLog, Evaluation, TrainConfig};
@@ -218,9 +218,8 @@ pub fn run(a: TrainRouterArgs) -> Result<Report> {
         epochs,
         rewritten_files,
     };
-    let path = a.out.join(REPORT_FILE);
     let text = serde_json::to_string_pretty(&report).expect("serialisable");
-    std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    write_new_file(&a.out.join(REPORT_FILE), text.as_bytes())?;
     Ok(report)
 }
 

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::checkpoint::write_checkpoint;
+use crate::checkpoint::{write_checkpoint, write_new_file};
 use crate::data::{read_jsonl, split, Example};
 use crate::error::{io, Result, TrainError};
 use crate::feedback::token_ids;
@@ -295,10 +295,10 @@ pub fn run(a: &TrainLmmArgs) -> Result<LmmReport> {
     let after = losses_by_granularity(&lmm, eval_set, &grans, image_token)?;
     write_checkpoint(&a.model, &a.out, &lmm.tensors())?;
     if write_template {
-        let p = a.out.join("chat_template.jinja");
-        // Never write through a hard link into the base checkpoint.
-        let _ = std::fs::remove_file(&p);
-        std::fs::write(&p, SHORT_TEMPLATE).map_err(|e| io(&p, e))?;
+        write_new_file(
+            &a.out.join("chat_template.jinja"),
+            SHORT_TEMPLATE.as_bytes(),
+        )?;
     }
     let report = LmmReport {
         base: a.model.clone(),
@@ -314,12 +314,12 @@ pub fn run(a: &TrainLmmArgs) -> Result<LmmReport> {
         before,
         after,
     };
-    let p = a.out.join(LMM_REPORT_FILE);
-    std::fs::write(
-        &p,
-        serde_json::to_string_pretty(&report).expect("serialisable"),
-    )
-    .map_err(|e| io(&p, e))?;
+    write_new_file(
+        &a.out.join(LMM_REPORT_FILE),
+        serde_json::to_string_pretty(&report)
+            .expect("serialisable")
+            .as_bytes(),
+    )?;
     Ok(report)
 }
 

@@ -153,6 +153,8 @@ fn written_checkpoint_loads_and_routes_differently() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = tiny_checkpoint(dir.path());
     let data = dataset(dir.path(), 2);
+    // A base that was itself trained carries a report: it must stay the base's.
+    std::fs::write(model_dir.join(REPORT_FILE), "{\"base\": true}").unwrap();
     let out = dir.path().join("trained");
     let report = run(TrainRouterArgs {
         model: model_dir.clone(),
@@ -176,6 +178,11 @@ fn written_checkpoint_loads_and_routes_differently() {
         vec!["model.safetensors".to_string()]
     );
     assert!(out.join(REPORT_FILE).is_file());
+    assert_eq!(
+        std::fs::read_to_string(model_dir.join(REPORT_FILE)).unwrap(),
+        "{\"base\": true}",
+        "the base checkpoint's report is untouched"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join(REPORT_FILE)).unwrap()).unwrap();
     assert_eq!(json["epochs"].as_array().unwrap().len(), 2);
