@@ -2,10 +2,11 @@
 //! pass over host `f32` rows with the vector loops of [`crate::simd`].
 //!
 //! candle's CPU versions of these run libm's scalar `expf`/`erf` per element, and a composite such
-//! as `x · sigmoid(1.702·x)` takes three passes and two temporary tensors. On the small preset the
-//! vision tower's softmax and QuickGELU alone were about a fifth of a 5-crop image's encode. Each
-//! function here takes that host path for a contiguous-able `f32` CPU tensor and falls back to
-//! candle's ops anywhere else (other dtypes, GPUs), with the same results to within `exp`'s 2e-7.
+//! as `x · sigmoid(1.702·x)` takes three passes and two temporary tensors. On the small preset this
+//! path took the vision tower of a 5-crop image from about 670 to 485 ms of one core. Each function
+//! here takes the host path for an `f32` CPU tensor (made contiguous) and falls back to candle's
+//! ops anywhere else (other dtypes, GPUs); results agree with candle's to about 1e-6 relative
+//! (tested at 1e-5).
 
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
