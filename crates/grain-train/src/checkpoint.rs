@@ -1,6 +1,7 @@
 //! Writing the trained checkpoint: every safetensors file that holds router tensors is rewritten
-//! with the new values (in each tensor's original dtype); every other file is hard-linked (or
-//! copied when linking is impossible, e.g. across file systems).
+//! with the new values (in each tensor's original dtype); every other file but the base's own
+//! training reports is hard-linked (or copied when linking is impossible, e.g. across file
+//! systems).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
