@@ -228,15 +228,12 @@ impl CpuRouter {
         let m = w.len();
         let d = acc.len();
         // x ← LayerNorm1(x + out_proj(o))
-        let h = self.out_proj.apply(o, m)?;
-        with_values(&h, |h| {
-            for (xr, hr) in x.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
-                for ((x, h), b) in xr.iter_mut().zip(hr).zip(&self.out_proj.bias) {
-                    *x += h + b;
-                }
-                self.norm1.apply(xr);
-            }
-        })?;
+        residual_norm(
+            x,
+            &self.out_proj.apply(o, m)?,
+            &self.out_proj.bias,
+            &self.norm1,
+        )?;
         // x ← LayerNorm2(x + linear2(ReLU(linear1(x))))
         let h = self.linear1.apply(x, m)?;
         let width = self.linear1.bias.len();
@@ -248,15 +245,12 @@ impl CpuRouter {
                 }
             }
         })?;
-        let h = self.linear2.apply(&f, m)?;
-        with_values(&h, |h| {
-            for (xr, hr) in x.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
-                for ((x, h), b) in xr.iter_mut().zip(hr).zip(&self.linear2.bias) {
-                    *x += h + b;
-                }
-                self.norm2.apply(xr);
-            }
-        })?;
+        residual_norm(
+            x,
+            &self.linear2.apply(&f, m)?,
+            &self.linear2.bias,
+            &self.norm2,
+        )?;
         // acc += Σ_r w_r · GELU(mlp1(x_r))
         let g = self.mlp1.apply(x, m)?;
         let mut part = vec![0f32; d];
@@ -276,6 +270,20 @@ impl CpuRouter {
         }
         Ok(())
     }
+}
+
+/// `x ← norm(x + h + bias)` row by row: a layer's residual add and post-LayerNorm, with `h` the
+/// layer's output without its bias, rows as wide as `bias`.
+fn residual_norm(x: &mut [f32], h: &Tensor, bias: &[f32], norm: &NormF32) -> Result<()> {
+    let d = bias.len();
+    with_values(h, |h| {
+        for (xr, hr) in x.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
+            for ((x, h), b) in xr.iter_mut().zip(hr).zip(bias) {
+                *x += h + b;
+            }
+            norm.apply(xr);
+        }
+    })
 }
 
 /// Average-pool a row-major `side`×`side` map of `width`-wide rows `src` with window `(kh, kw)`

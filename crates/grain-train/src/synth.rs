@@ -42,6 +42,11 @@ pub const COLOURS: [(&str, [u8; 3]); 4] = [
     ("blue", [40, 70, 210]),
     ("yellow", [225, 210, 40]),
 ];
+/// A palette colour with a brightness jitter `j` added to each channel (clamped to 0..=255).
+fn shade(c: [u8; 3], j: i16) -> [u8; 3] {
+    c.map(|v| (i16::from(v) + j).clamp(0, 255) as u8)
+}
+
 pub const COARSE_QUESTION: &str = "what colour is the picture?";
 pub const FINE_QUESTION: &str = "what colour is the small shape?";
 
@@ -163,7 +168,6 @@ impl Scene {
     }
 
     pub fn render(&self) -> RgbImage {
-        let shade = |c: [u8; 3], j: i16| c.map(|v| (i16::from(v) + j).clamp(0, 255) as u8);
         let mut img = RgbImage::new(SIDE, SIDE);
         for (x, y, px) in img.enumerate_pixels_mut() {
             let (cx, cy) = (x / CELL, y / CELL);

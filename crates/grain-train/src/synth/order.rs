@@ -25,7 +25,7 @@
 use image::{Rgb, RgbImage};
 use rand::Rng;
 
-use super::{Kind, CELL, CELLS, COLOURS, SIDE};
+use super::{shade, Kind, CELL, CELLS, COLOURS, SIDE};
 
 /// Most fine pairs allowed: half of the image's 288 pairs, so `D` still dominates.
 pub const MAX_FINE_PAIRS: u32 = CELLS * CELLS / 4;
@@ -118,7 +118,7 @@ impl OrderScene {
             let cell = ((y / CELL) * CELLS + x / CELL) as usize;
             let j = self.jitter[cell];
             let c = COLOURS[self.cells[cell]].1;
-            *px = Rgb(c.map(|v| (i16::from(v) + j).clamp(0, 255) as u8));
+            *px = Rgb(shade(c, j));
         }
         img
     }

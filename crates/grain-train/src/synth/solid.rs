@@ -15,7 +15,7 @@ use image::{Rgb, RgbImage};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::{Kind, CELL, CELLS, COLOURS, SIDE};
+use super::{shade, Kind, CELL, CELLS, COLOURS, SIDE};
 
 /// Cells per side of a pooling window at 36 tokens per crop (24 / 6).
 pub const WINDOW: u32 = 4;
@@ -121,7 +121,7 @@ impl SolidScene {
             let half = usize::from(x % CELL >= CELL / 2);
             let j = self.jitter[cell][half];
             let c = COLOURS[self.halves[cell][half]].1;
-            *px = Rgb(c.map(|v| (i16::from(v) + j).clamp(0, 255) as u8));
+            *px = Rgb(shade(c, j));
         }
         img
     }
