@@ -78,7 +78,7 @@ if [[ ! -x $BIN ]]; then
   echo "gpu-check: no grain binary at '$BIN' (build it with scripts/build-cuda.sh and carry it)" >&2
   exit 2
 fi
-if ldd "$BIN" | grep -q 'not found'; then
+if grep -q 'not found' <<<"$(ldd "$BIN")"; then
   echo "gpu-check: $BIN misses shared libraries:" >&2
   ldd "$BIN" | grep 'not found' >&2
   exit 2

