@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::router_cpu::{gelu_erf as gelu_erf_scalar, with_values};
+use crate::host_dense::{gelu_erf as gelu_erf_scalar, with_values};
 use crate::simd;
 
 /// Elements per parallel task (and below which a call runs on one thread).

@@ -10,6 +10,7 @@ mod attention;
 pub mod config;
 pub mod error;
 pub mod granularity;
+mod host_dense;
 mod host_ops;
 pub mod image;
 pub mod kv_cache;

@@ -12,6 +12,7 @@ use candle_nn::{LayerNorm, Linear};
 
 use crate::config::{LlavaConfig, RouterConfig};
 use crate::error::{ModelError, Result};
+use crate::host_dense::{to_f32_vec, with_values};
 use crate::router_cpu::{self, CpuRouter, DenseF32, NormF32};
 use crate::weights::Weights;
 
@@ -136,12 +137,12 @@ impl Router {
                 linear1: dense(&linear1)?,
                 linear2: dense(&linear2)?,
                 mlp1: dense(&mlp1)?,
-                mlp2_weight: router_cpu::to_f32_vec(mlp2.weight())?,
-                mlp2_bias: router_cpu::to_f32_vec(mlp2.bias().expect("mlp2 has a bias"))?,
+                mlp2_weight: to_f32_vec(mlp2.weight())?,
+                mlp2_bias: to_f32_vec(mlp2.bias().expect("mlp2 has a bias"))?,
                 norm1: norm(&norm1)?,
                 norm2: norm(&norm2)?,
                 norm: norm(&out_norm)?,
-                voter: router_cpu::to_f32_vec(&voter)?,
+                voter: to_f32_vec(&voter)?,
                 heads: rc.merger_heads,
             })
         } else {
@@ -295,19 +296,22 @@ impl Router {
                 )));
             }
             let text = self.select_text(&f.get(0)?, &input.text_embeds.to_dtype(DType::F32)?)?;
-            let text = router_cpu::to_f32_vec(&text)?;
-            let qkv_f = cpu.in_proj.apply_tensor(&f.reshape((n * l, d))?)?;
-            let mut qkv_t = router_cpu::to_f32_vec(&cpu.in_proj.apply(&text, text.len() / d)?)?;
+            let text = to_f32_vec(&text)?;
+            let mut qkv_t = cpu.in_proj.apply(&text);
             for row in qkv_t.chunks_exact_mut(3 * d) {
                 row.iter_mut()
                     .zip(&cpu.in_proj.bias)
                     .for_each(|(v, b)| *v += b);
             }
-            let logits = router_cpu::with_values(&f, |fv| {
-                router_cpu::with_values(&qkv_f, |qv| {
-                    cpu.logits((fv, qv), (&text, &qkv_t), (n, side, d), &self.granularities)
-                })
-            })???;
+            let logits = with_values(&f, |fv| {
+                let qkv_f = cpu.in_proj_rows(fv);
+                cpu.logits(
+                    (fv, &qkv_f),
+                    (&text, &qkv_t),
+                    (n, side, d),
+                    &self.granularities,
+                )
+            })??;
             all.extend(logits);
         }
         Ok(Tensor::from_vec(
@@ -556,7 +560,21 @@ mod tests {
                 .collect();
             let refs: Vec<&RouterInput> = inputs.iter().collect();
             let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-            let fused = flat(router.logits_fused(cpu, &refs).unwrap());
+            let fused_on = |threads: usize| -> Vec<f32> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| flat(router.logits_fused(cpu, &refs).unwrap()))
+            };
+            let fused = fused_on(1);
+            // Positions and row blocks are shared out among threads, but partial sums are added
+            // in a fixed order: the same bits on any thread count.
+            assert_eq!(
+                fused,
+                fused_on(3),
+                "n={n}: logits depend on the thread count"
+            );
             let want = flat(router.logits_tensor(&refs).unwrap());
             assert_eq!(fused.len(), want.len());
             // Both are f32 with different summation orders, a polynomial erf/exp in the fused
