@@ -209,7 +209,7 @@ def test_clients_that_stop_reading_do_not_keep_their_admission_slots(start_grain
             lambda: grain.client.post("/v1/chat/completions", json=p.chat("Hello.")).status_code == 200,
             120, "an admission slot", step=0.5,
         )
-        assert "stopped reading" in grain.log_text()
+        assert "stopped reading" in grain.log_text(), grain.log_tail(60)
     finally:
         for s in readers:
             s.close()

@@ -7,11 +7,15 @@
 //! - [`causal_blocked`]: long chunks (prefill) as batched matmuls over query blocks. A block of
 //!   queries only meets the keys up to its last position, so the upper triangle is never computed
 //!   and the score matrix held at once is `heads × block × context`, not `heads × len × context`.
+//!   On the host cache, [`causal_host`] does the same in parallel (head, block) tasks
+//!   ([`crate::attention_blocks`]).
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
+use crate::attention_blocks::{self, Mask};
 use crate::error::Result;
+use crate::host_dense::with_values;
 use crate::kv_cache::HostLayer;
 use crate::simd;
 
@@ -182,6 +186,48 @@ fn masked_softmax_host(scores: &Tensor, group: usize, first: usize) -> Result<Te
         });
     drop(storage);
     Ok(Tensor::from_vec(out, dims, scores.device())?)
+}
+
+/// [`causal_blocked`] on host `f32` tensors, through [`crate::attention_blocks`]: `q`
+/// `(len, heads.q, dim)` (roped), `k` and `v` `(heads.kv, start + len, dim)`. Returns the
+/// `(len, heads.q · dim)` output's values.
+pub(crate) fn causal_host(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    start: usize,
+    heads: Heads,
+) -> Result<Vec<f32>> {
+    let (len, _, hd) = q.dims3()?;
+    let (nkv, group) = (heads.kv, heads.group());
+    let keys = start + len;
+    // (kv heads, len · group, dim), scaled: the query heads sharing a KV head are adjacent rows.
+    let q = (q.reshape((len, nkv, group, hd))?.permute((1, 0, 2, 3))? * heads.scale())?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
+    let k = k.narrow(1, 0, keys)?.to_dtype(DType::F32)?.contiguous()?;
+    let v = v.narrow(1, 0, keys)?.to_dtype(DType::F32)?.contiguous()?;
+    let width = group * hd;
+    let mut o = vec![0f32; nkv * len * width];
+    let mask = Mask::Causal {
+        first: start + 1,
+        per_query: group,
+    };
+    with_values(&q, |q| {
+        with_values(&k, |k| {
+            with_values(&v, |v| {
+                attention_blocks::attend(q, k, v, (nkv, len * group, keys, hd), mask, &mut o)
+            })
+        })
+    })???;
+    // (kv heads, len, group · dim) → (len, kv heads · group · dim).
+    let mut out = vec![0f32; len * nkv * width];
+    for (h, oh) in o.chunks_exact(len * width).enumerate() {
+        for (p, src) in oh.chunks_exact(width).enumerate() {
+            out[(p * nkv + h) * width..][..width].copy_from_slice(src);
+        }
+    }
+    Ok(out)
 }
 
 /// Causal attention of one chunk: `q` `(len, heads.q, dim)` (roped), `k` and `v`

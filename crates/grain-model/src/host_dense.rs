@@ -1,8 +1,8 @@
-//! Row-major `f32` building blocks on the host, shared by the CPU router and the host ops: dense
-//! layers whose products run on the calling thread, LayerNorm of one row, the erf GELU, and views
-//! of a CPU tensor's values.
+//! Row-major `f32` building blocks on the host, shared by the CPU router, the host attention and
+//! the host ops: a matrix product and dense layers that run on the calling thread, LayerNorm of
+//! one row, the erf GELU, and views of a CPU tensor's values.
 //!
-//! [`DenseF32::apply`] calls the `gemm` crate (the kernel behind candle's CPU matmul) with
+//! [`matmul_serial`] calls the `gemm` crate (the kernel behind candle's CPU matmul) with
 //! `Parallelism::None`. Callers parallelise over row blocks themselves: for the router's
 //! products (hundreds of rows, 64–512 wide) candle's own split of one product over the rayon pool
 //! cost more in hand-offs than it gained; on the 2-core build machine the tiny router took 19 ms
@@ -64,44 +64,66 @@ impl DenseF32 {
     }
 
     /// [`Self::apply`] into `out` `(rows, out)`.
-    // The workspace denies `unsafe`; `gemm::gemm` takes raw pointers and strides, and this is
-    // its one call, with the bounds asserted first.
-    #[allow(unsafe_code)]
     pub(crate) fn apply_into(&self, x: &[f32], out: &mut [f32]) {
         let (d_in, d_out) = (self.d_in, self.d_out());
         let rows = x.len() / d_in;
         assert_eq!(x.len(), rows * d_in, "input rows are {d_in} wide");
-        assert_eq!(out.len(), rows * d_out, "output rows are {d_out} wide");
-        if rows == 0 {
-            return;
-        }
-        // SAFETY: the asserts above bound every access: `dst` is `rows × d_out` row-major
-        // (column stride 1, row stride d_out), `lhs` is `rows × d_in` row-major, and `rhs` is
-        // Wᵀ `(d_in × d_out)` read from W `(d_out, d_in)` row-major (row stride 1, column
-        // stride d_in), all inside their slices. `read_dst` is false, so `dst` is only written.
-        unsafe {
-            gemm::gemm(
-                rows,
-                d_out,
-                d_in,
-                out.as_mut_ptr(),
-                1,
-                d_out as isize,
-                false,
-                x.as_ptr(),
-                1,
-                d_in as isize,
-                self.weight.as_ptr(),
-                d_in as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // Wᵀ (in, out) read from W (out, in) row-major.
+        matmul_serial(x, &self.weight, (rows, d_in, d_out), (1, d_in), out);
+    }
+}
+
+/// `dst (m, n) = a (m, k) · b` on the calling thread, `a` and `dst` row-major, `b` `(k, n)` read
+/// from `b` with row stride `b_rs` and column stride `b_cs`: `(n, 1)` for a row-major `b`,
+/// `(1, k)` for the transpose of a row-major `(n, k)` matrix.
+// The workspace denies `unsafe`; `gemm::gemm` takes raw pointers and strides, and this is its
+// one call, with every bound asserted first.
+#[allow(unsafe_code)]
+pub(crate) fn matmul_serial(
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    (b_rs, b_cs): (usize, usize),
+    dst: &mut [f32],
+) {
+    assert_eq!(a.len(), m * k, "a is (m, k)");
+    assert_eq!(dst.len(), m * n, "dst is (m, n)");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst.fill(0.0);
+        return;
+    }
+    assert!(
+        (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
+        "b (k, n) out of bounds"
+    );
+    // SAFETY: the asserts above bound every access: `dst` is `m × n` row-major (column stride 1,
+    // row stride n), `a` is `m × k` row-major, and every element `(i, j)` of `b` read, at
+    // `i·b_rs + j·b_cs`, lies inside `b`. `read_dst` is false, so `dst` is only written.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 

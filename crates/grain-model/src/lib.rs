@@ -7,6 +7,7 @@
 //! - [`llava`]: the assembled model; [`kv_cache`]: paged KV storage; [`tiny`]: tiny checkpoints.
 
 mod attention;
+mod attention_blocks;
 pub mod config;
 pub mod error;
 pub mod granularity;

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::attention::{causal_blocked, paged_rows, CausalPlan, Heads, KernelRow};
+use crate::attention::{causal_blocked, causal_host, paged_rows, CausalPlan, Heads, KernelRow};
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::host_ops;
@@ -401,7 +401,7 @@ fn attention_host(
     }
     offset = 0;
     for (s, plan) in chunks.iter().zip(plans) {
-        if let Some(plan) = plan {
+        if plan.is_some() {
             let (kc, vc) = if s.start == 0 {
                 (
                     k.narrow(0, offset, s.len)?.transpose(0, 1)?.contiguous()?,
@@ -410,9 +410,8 @@ fn attention_host(
             } else {
                 cache.gather_heads(li, s.block_table, s.start + s.len)?
             };
-            let o = causal_blocked(&q.narrow(0, offset, s.len)?, &kc, &vc, plan, heads)?;
-            out[offset * width..(offset + s.len) * width]
-                .copy_from_slice(&o.flatten_all()?.to_vec1::<f32>()?);
+            let o = causal_host(&q.narrow(0, offset, s.len)?, &kc, &vc, s.start, heads)?;
+            out[offset * width..(offset + s.len) * width].copy_from_slice(&o);
         }
         offset += s.len;
     }

@@ -3,11 +3,13 @@
 //! The tower returns the hidden state selected by `FeatureSelect` (LLaVA: the second-to-last layer)
 //! with the CLS token dropped — not the last layer, which is what candle-transformers' llava does.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
+use crate::attention_blocks::{self, Mask};
 use crate::config::{FeatureSelect, VisionAct, VisionConfig};
 use crate::error::{ModelError, Result};
+use crate::host_dense::with_values;
 use crate::host_ops;
 use crate::weights::Weights;
 
@@ -77,8 +79,21 @@ impl EncoderLayer {
         let q = split(self.q.forward(&y)?.affine((hd as f64).powf(-0.5), 0.0)?)?;
         let k = split(self.k.forward(&y)?)?;
         let v = split(self.v.forward(&y)?)?;
-        let att = host_ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let o = if matches!(q.device(), candle_core::Device::Cpu) && q.dtype() == DType::F32 {
+            let mut o = vec![0f32; b * self.heads * t * hd];
+            with_values(&q, |q| {
+                with_values(&k, |k| {
+                    with_values(&v, |v| {
+                        let shape = (b * self.heads, t, t, hd);
+                        attention_blocks::attend(q, k, v, shape, Mask::Full, &mut o)
+                    })
+                })
+            })???;
+            Tensor::from_vec(o, (b, self.heads, t, hd), q.device())?
+        } else {
+            host_ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(&v)?
+        };
+        let o = o.transpose(1, 2)?.reshape((b, t, h))?;
         let x = (x + self.out.forward(&o)?)?;
         let y = self.fc1.forward(&self.ln2.forward(&x)?)?;
         let y = match self.act {
@@ -89,9 +104,10 @@ impl EncoderLayer {
     }
 }
 
-/// Crops per vision-tower pass on the CPU (see [`VisionTower::forward`]). On the small preset
-/// (4 heads) four crops' attention scores are about 21 MB, within the 32 MB L3 of the machine
-/// measured; the matmuls stay long (577 rows per crop) however few crops a pass holds.
+/// Crops per vision-tower pass on the CPU (see [`VisionTower::forward`]): a pass's activations
+/// (577 rows per crop; the attention scores live per thread in blocks of 32 rows,
+/// [`crate::attention_blocks`]) stay within the L3 of the machine measured, and the matmuls stay
+/// long however few crops a pass holds.
 const CPU_CROPS_PER_PASS: usize = 4;
 
 /// CLIP vision transformer, truncated after the selected layer.

@@ -86,8 +86,12 @@ pub(crate) async fn serve_connections(
         );
         let stall_limit = timeouts.write_stall;
         tokio::spawn(async move {
+            // Pinned outside `select!`, which would otherwise drop (close) the connection before
+            // its branch runs: the log line comes first, then the close that frees the
+            // request's admission slot.
+            tokio::pin!(conn);
             tokio::select! {
-                result = conn => {
+                result = &mut conn => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
