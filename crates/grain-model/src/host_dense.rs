@@ -142,6 +142,7 @@ impl NormF32 {
     }
 
     /// LayerNorm of one row in place.
+    #[inline]
     pub(crate) fn apply(&self, row: &mut [f32]) {
         let d = row.len() as f32;
         let mean = lane_sum(row) / d;

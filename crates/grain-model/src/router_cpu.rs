@@ -84,7 +84,6 @@ impl CpuRouter {
         }
         let vis = cells.len();
         let rows = n * vis + k;
-        let l = side * side;
         // Residual rows and attention outputs: the pooled rows of every crop, then the text rows
         // once, whose attention output is their value (same q, k, v in every crop).
         let (mut xr, mut o) = (vec![0f32; rows * d], vec![0f32; rows * d]);
@@ -95,18 +94,8 @@ impl CpuRouter {
             .for_each_init(
                 || (AttendScratch::new(n, self.heads), vec![0f32; n * 3 * d]),
                 |(sc, qrows), ((xrows, orows), &(win, cell))| {
-                    let scale = 1.0 / (win.0 * win.1) as f32;
-                    for i in 0..n {
-                        let x = &mut xrows[i * d..][..d];
-                        pool_cell(&f[i * l * d..][..l * d], side, win, cell, x);
-                        x.iter_mut().for_each(|v| *v *= scale);
-                        let q = &mut qrows[i * 3 * d..][..3 * d];
-                        pool_cell(&qkv_f[i * l * 3 * d..][..l * 3 * d], side, win, cell, q);
-                        for (v, b) in q.iter_mut().zip(&self.in_proj.bias) {
-                            *v = *v * scale + b;
-                        }
-                    }
-                    attend(qrows, d, self.heads, sc, orows);
+                    let at = Position { win, cell, side };
+                    self.position((f, qkv_f), at, sc, qrows, (xrows, orows));
                 },
             );
         xr[n * vis * d..].copy_from_slice(text);
@@ -149,6 +138,18 @@ impl CpuRouter {
     /// One block of rows on the calling thread: attention output `o`, residual `x` (overwritten),
     /// voter weights `w`. Returns `Σ_r w_r · GELU(mlp1(row_r))`.
     fn block(&self, o: &[f32], x: &mut [f32], w: &[f32]) -> Vec<f64> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::small_gemm::available() {
+            // SAFETY: `available()` checked AVX2 and FMA.
+            #[allow(unsafe_code)]
+            return unsafe { avx2::block(self, o, x, w) };
+        }
+        self.block_body(o, x, w)
+    }
+
+    /// [`Self::block`]'s work, inlined into an AVX2/FMA copy where the CPU has them.
+    #[inline(always)]
+    fn block_body(&self, o: &[f32], x: &mut [f32], w: &[f32]) -> Vec<f64> {
         let d = self.mlp1.d_out();
         // x ← LayerNorm1(x + out_proj(o))
         residual_norm(x, &self.out_proj.apply(o), &self.out_proj.bias, &self.norm1);
@@ -173,6 +174,104 @@ impl CpuRouter {
     }
 }
 
+/// One pooled position: its pooling window and cell on the `side`×`side` map.
+#[derive(Clone, Copy)]
+struct Position {
+    win: (usize, usize),
+    cell: (usize, usize),
+    side: usize,
+}
+
+impl CpuRouter {
+    /// One position across the crops: pools every crop's features into `xrows` and their
+    /// projections into `qrows` (bias added), then the cross-crop attention into `orows`.
+    fn position(
+        &self,
+        fq: (&[f32], &[f32]),
+        at: Position,
+        sc: &mut AttendScratch,
+        qrows: &mut [f32],
+        xo: (&mut [f32], &mut [f32]),
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::small_gemm::available() {
+            // SAFETY: `available()` checked AVX2 and FMA.
+            #[allow(unsafe_code)]
+            return unsafe { avx2::position(self, fq, at, sc, qrows, xo) };
+        }
+        self.position_body(fq, at, sc, qrows, xo)
+    }
+
+    /// [`Self::position`]'s loops, inlined into an AVX2/FMA copy where the CPU has them.
+    #[inline(always)]
+    fn position_body(
+        &self,
+        (f, qkv_f): (&[f32], &[f32]),
+        Position { win, cell, side }: Position,
+        sc: &mut AttendScratch,
+        qrows: &mut [f32],
+        (xrows, orows): (&mut [f32], &mut [f32]),
+    ) {
+        let d = self.in_proj.d_in();
+        let n = xrows.len() / d;
+        let l = side * side;
+        let scale = 1.0 / (win.0 * win.1) as f32;
+        for i in 0..n {
+            let x = &mut xrows[i * d..][..d];
+            pool_cell(&f[i * l * d..][..l * d], side, win, cell, x);
+            x.iter_mut().for_each(|v| *v *= scale);
+            let q = &mut qrows[i * 3 * d..][..3 * d];
+            pool_cell(&qkv_f[i * l * 3 * d..][..l * 3 * d], side, win, cell, q);
+            for (v, b) in q.iter_mut().zip(&self.in_proj.bias) {
+                *v = *v * scale + b;
+            }
+        }
+        attend_body(qrows, d, self.heads, sc, orows);
+    }
+}
+
+/// AVX2/FMA copies of the router's loops (the build targets baseline x86-64, so the compiler
+/// vectorises them for SSE2 only): each inlines the `_body` version of its function.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{attend_body, AttendScratch, CpuRouter, Position};
+
+    /// # Safety
+    /// AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend(
+        qkv: &[f32],
+        d: usize,
+        heads: usize,
+        sc: &mut AttendScratch,
+        out: &mut [f32],
+    ) {
+        attend_body(qkv, d, heads, sc, out)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn block(r: &CpuRouter, o: &[f32], x: &mut [f32], w: &[f32]) -> Vec<f64> {
+        r.block_body(o, x, w)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn position(
+        r: &CpuRouter,
+        fq: (&[f32], &[f32]),
+        at: Position,
+        sc: &mut AttendScratch,
+        qrows: &mut [f32],
+        xo: (&mut [f32], &mut [f32]),
+    ) {
+        r.position_body(fq, at, sc, qrows, xo)
+    }
+}
+
 /// `x ← norm(x + h + bias)` row by row: a layer's residual add and post-LayerNorm, with `h` the
 /// layer's output without its bias, rows as wide as `bias`.
 fn residual_norm(x: &mut [f32], h: &[f32], bias: &[f32], norm: &NormF32) {
@@ -185,6 +284,7 @@ fn residual_norm(x: &mut [f32], h: &[f32], bias: &[f32], norm: &NormF32) {
     }
 }
 
+#[inline(always)]
 /// Write the sum of the `kh`×`kw` window at cell `(r, c)` of a row-major `side`×`side` map of
 /// rows as wide as `out` into `out`.
 fn pool_cell(
@@ -240,6 +340,18 @@ impl AttendScratch {
 /// output rows of `d`. The `n×n×heads` scores, softmax and weighted sums are loops over
 /// `heads`-long vectors (eight heads at a time in registers where `heads` is a multiple of 8).
 pub(crate) fn attend(qkv: &[f32], d: usize, heads: usize, sc: &mut AttendScratch, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA.
+        #[allow(unsafe_code)]
+        return unsafe { avx2::attend(qkv, d, heads, sc, out) };
+    }
+    attend_body(qkv, d, heads, sc, out)
+}
+
+/// [`attend`]'s loops, inlined into an AVX2/FMA copy where the CPU has them.
+#[inline(always)]
+fn attend_body(qkv: &[f32], d: usize, heads: usize, sc: &mut AttendScratch, out: &mut [f32]) {
     let n = qkv.len() / (3 * d);
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
