@@ -197,9 +197,15 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero():
     def stream(i: int) -> None:
         try:
             finish = None
+            # The streams must outlast the probes below: if they all ended first, the drain would
+            # finish and the server close before the probe's request. 400 sampled tokens took the
+            # embedded model well under half a second, and could meet EOS sooner. Greedy, it runs
+            # all 2000 tokens (about 1 s), and a reader taking 1 ms a chunk fills the socket
+            # buffers, so the server holds each stream about 2 s.
             for chunk in client.chat.completions.create(
-                model=model_id, messages=HELLO, max_tokens=400, stream=True
+                model=model_id, messages=HELLO, max_tokens=2000, temperature=0, stream=True
             ):
+                time.sleep(0.001)
                 if chunk.choices and chunk.choices[0].delta.content:
                     started[i].set()
                 if chunk.choices and chunk.choices[0].finish_reason:
