@@ -125,67 +125,33 @@ impl ItemTask<'_> {
     }
 }
 
-/// The query blocks of a chunk of `len` new positions after `start` cached ones: block `b` covers
-/// queries `b · QUERY_BLOCK ..` and sees keys `0..start + q1`. Off the host cache each block also
-/// gets its additive causal mask, built once per chunk and shared by every layer; on the host the
-/// mask is folded into the softmax instead.
+/// The query blocks of a chunk of `len` new positions after `start` cached ones, for
+/// [`causal_blocked`] (off the host cache): block `b` covers queries `b · QUERY_BLOCK ..`, sees
+/// keys `0..start + q1` and gets its additive causal mask, built once per chunk and shared by every
+/// layer.
 pub(crate) struct CausalPlan {
     start: usize,
-    blocks: Vec<(usize, usize, Option<Tensor>)>,
+    blocks: Vec<(usize, usize, Tensor)>,
 }
 
 impl CausalPlan {
-    pub(crate) fn new(start: usize, len: usize, host: bool, device: &Device) -> Result<Self> {
+    pub(crate) fn new(start: usize, len: usize, device: &Device) -> Result<Self> {
         let mut blocks = Vec::with_capacity(len.div_ceil(QUERY_BLOCK));
         let mut q0 = 0;
         while q0 < len {
             let q1 = (q0 + QUERY_BLOCK).min(len);
             let kend = start + q1;
-            let mask = if host {
-                None
-            } else {
-                let mut mask = vec![0f32; (q1 - q0) * kend];
-                for (i, row) in mask.chunks_exact_mut(kend).enumerate() {
-                    row[start + q0 + i + 1..].fill(f32::NEG_INFINITY);
-                }
-                // (block, 1, keys): broadcast over the query heads sharing a KV head.
-                Some(Tensor::from_vec(mask, (q1 - q0, 1, kend), device)?)
-            };
+            let mut mask = vec![0f32; (q1 - q0) * kend];
+            for (i, row) in mask.chunks_exact_mut(kend).enumerate() {
+                row[start + q0 + i + 1..].fill(f32::NEG_INFINITY);
+            }
+            // (block, 1, keys): broadcast over the query heads sharing a KV head.
+            let mask = Tensor::from_vec(mask, (q1 - q0, 1, kend), device)?;
             blocks.push((q0, q1, mask));
             q0 = q1;
         }
         Ok(Self { start, blocks })
     }
-}
-
-/// Softmax of each row of host `scores` `(kv heads, block · group, keys)` over the keys its query
-/// may see (`first + query index in the block`), zero beyond: the causal mask and the softmax in
-/// one pass, with no exponentials spent on masked keys.
-fn masked_softmax_host(scores: &Tensor, group: usize, first: usize) -> Result<Tensor> {
-    let dims = scores.dims3()?;
-    let (_, per_head, keys) = dims;
-    let scores = scores.contiguous()?;
-    let (storage, layout) = scores.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(candle_core::Error::Msg("host softmax on device scores".into()).into());
-    };
-    let (o1, o2) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("scores not contiguous".into()))?;
-    let src = &cpu.as_slice::<f32>()?[o1..o2];
-    let mut out = vec![0f32; src.len()];
-    out.par_chunks_mut(keys)
-        .zip(src.par_chunks(keys))
-        .enumerate()
-        .for_each(|(r, (o, s))| {
-            let seen = (first + (r % per_head) / group).min(keys);
-            let (o, s) = (&mut o[..seen], &s[..seen]);
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let inv = 1.0 / simd::exp_shifted(s, max, o);
-            o.iter_mut().for_each(|d| *d *= inv);
-        });
-    drop(storage);
-    Ok(Tensor::from_vec(out, dims, scores.device())?)
 }
 
 /// [`causal_blocked`] on host `f32` tensors, through [`crate::attention_blocks`]: `q`
@@ -253,16 +219,11 @@ pub(crate) fn causal_blocked(
         let scores = qb
             .matmul(&k.narrow(1, 0, kend)?.t()?)?
             .to_dtype(DType::F32)?;
-        let probs = match mask {
-            None => masked_softmax_host(&scores, group, plan.start + q0 + 1)?,
-            Some(mask) => {
-                let scores = scores
-                    .reshape((nkv, n, group, kend))?
-                    .broadcast_add(mask)?
-                    .reshape((nkv, n * group, kend))?;
-                candle_nn::ops::softmax_last_dim(&scores)?
-            }
-        };
+        let scores = scores
+            .reshape((nkv, n, group, kend))?
+            .broadcast_add(mask)?
+            .reshape((nkv, n * group, kend))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let o = probs
             .to_dtype(v.dtype())?
             .matmul(&v.narrow(1, 0, kend)?)?

@@ -1,5 +1,6 @@
-//! Elementwise activations and the softmax of the decoder and the vision tower, as one parallel
-//! pass over host `f32` rows with the vector loops of [`crate::simd`].
+//! Elementwise activations of the decoder, the vision tower and the projector, as one parallel
+//! pass over host `f32` rows with the vector loops of [`crate::simd`] (the vision tower's softmax
+//! lives in [`crate::attention_blocks`]).
 //!
 //! candle's CPU versions of these run libm's scalar `expf`/`erf` per element, and a composite such
 //! as `x · sigmoid(1.702·x)` takes three passes and two temporary tensors. On the small preset this
@@ -18,8 +19,8 @@ use crate::simd;
 /// Elements per parallel task (and below which a call runs on one thread).
 const TASK: usize = 1 << 15;
 
-/// Whether `t` takes the host path.
-fn on_host(t: &Tensor) -> bool {
+/// Whether `t` takes the host path: an `f32` tensor on the CPU.
+pub(crate) fn on_host(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
 }
 
@@ -84,18 +85,6 @@ pub(crate) fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Softmax over the last dimension.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !on_host(x) {
-        return Ok(candle_nn::ops::softmax_last_dim(x)?);
-    }
-    map_rows(x, x.dim(D::Minus1)?, |x, o| {
-        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let inv = 1.0 / simd::exp_shifted(x, max, o);
-        o.iter_mut().for_each(|v| *v *= inv);
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,14 +128,12 @@ mod tests {
             assert!(worst(&quick_gelu(&x).unwrap(), &want) <= 1.0);
             let want = x.gelu_erf().unwrap();
             assert!(worst(&gelu_erf(&x).unwrap(), &want) <= 1.0);
-            let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
-            assert!(worst(&softmax_last_dim(&x).unwrap(), &want) <= 1.0);
         }
-        // Higher-rank input keeps its shape (the vision tower's (batch, heads, t, t) scores).
+        // Higher-rank input keeps its shape (map_rows works on the last dimension).
         let x = sample((24, 10)).reshape((2, 3, 4, 10)).unwrap();
-        let got = softmax_last_dim(&x).unwrap();
+        let got = quick_gelu(&x).unwrap();
         assert_eq!(got.dims(), &[2, 3, 4, 10]);
-        let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
+        let want = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
         assert!(worst(&got, &want) <= 1.0);
     }
 }

@@ -15,7 +15,7 @@ use crate::vision;
 use crate::weights::Weights;
 
 /// Chunks up to this many new positions run through the paged kernel on the host cache; longer
-/// ones through blocked matmuls.
+/// ones through [`causal_host`]'s blocked products.
 const KERNEL_MAX_LEN: usize = 32;
 
 /// One sequence's share of a flat batch.
@@ -215,14 +215,14 @@ impl Llama {
         let pos = Tensor::from_vec(positions, t, embeds.device())?;
         let cos = self.cos.index_select(&pos, 0)?;
         let sin = self.sin.index_select(&pos, 0)?;
-        // Long chunks (and every chunk off the host cache) take the blocked matmul path; their
-        // causal masks are built once and shared by all layers.
+        // Off the host cache every chunk takes the blocked matmul path; its causal masks are built
+        // once and shared by all layers. The host cache needs none ([`attention_host`]).
         let host = cache.is_host();
         let plans = chunks
             .iter()
             .map(|s| {
-                if s.len > 0 && (!host || s.len > KERNEL_MAX_LEN) {
-                    CausalPlan::new(s.start, s.len, host, embeds.device()).map(Some)
+                if s.len > 0 && !host {
+                    CausalPlan::new(s.start, s.len, embeds.device()).map(Some)
                 } else {
                     Ok(None)
                 }
@@ -318,7 +318,7 @@ impl Llama {
         let k =
             candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?.reshape((t, nkv, hd))?;
         if cache.is_host() {
-            return attention_host(li, heads, (&q, &k, &v), chunks, plans, cache);
+            return attention_host(li, heads, (&q, &k, &v), chunks, cache);
         }
         let mut outs = Vec::with_capacity(chunks.len());
         let mut offset = 0;
@@ -345,15 +345,20 @@ impl Llama {
     }
 }
 
+/// Whether a chunk on the host cache goes through the paged kernel (decode steps, short chunks)
+/// rather than [`causal_host`] (prefill).
+fn paged(s: &SeqChunk<'_>) -> bool {
+    s.len <= KERNEL_MAX_LEN
+}
+
 /// Attention over the host KV cache: writes every chunk's keys and values in place, runs the
 /// short chunks (decode steps) through the paged kernel in one parallel pass and the long ones
-/// (prefill) through the blocked matmuls.
+/// (prefill) through [`causal_host`].
 fn attention_host(
     li: usize,
     heads: Heads,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     chunks: &[SeqChunk<'_>],
-    plans: &[Option<CausalPlan>],
     cache: &KvCache,
 ) -> Result<Tensor> {
     let t = q.dim(0)?;
@@ -371,8 +376,8 @@ fn attention_host(
     let mut rows = Vec::new();
     let mut at = Vec::new();
     offset = 0;
-    for (s, plan) in chunks.iter().zip(plans) {
-        if plan.is_none() {
+    for s in chunks {
+        if paged(s) {
             for i in 0..s.len {
                 rows.push(KernelRow {
                     table: s.block_table,
@@ -400,8 +405,8 @@ fn attention_host(
         }
     }
     offset = 0;
-    for (s, plan) in chunks.iter().zip(plans) {
-        if plan.is_some() {
+    for s in chunks {
+        if !paged(s) {
             let (kc, vc) = if s.start == 0 {
                 (
                     k.narrow(0, offset, s.len)?.transpose(0, 1)?.contiguous()?,

@@ -3,7 +3,7 @@
 //! The tower returns the hidden state selected by `FeatureSelect` (LLaVA: the second-to-last layer)
 //! with the CLS token dropped — not the last layer, which is what candle-transformers' llava does.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
 use crate::attention_blocks::{self, Mask};
@@ -79,7 +79,7 @@ impl EncoderLayer {
         let q = split(self.q.forward(&y)?.affine((hd as f64).powf(-0.5), 0.0)?)?;
         let k = split(self.k.forward(&y)?)?;
         let v = split(self.v.forward(&y)?)?;
-        let o = if matches!(q.device(), candle_core::Device::Cpu) && q.dtype() == DType::F32 {
+        let o = if host_ops::on_host(&q) {
             let mut o = vec![0f32; b * self.heads * t * hd];
             with_values(&q, |q| {
                 with_values(&k, |k| {
@@ -91,7 +91,7 @@ impl EncoderLayer {
             })???;
             Tensor::from_vec(o, (b, self.heads, t, hd), q.device())?
         } else {
-            host_ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(&v)?
+            candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?.matmul(&v)?
         };
         let o = o.transpose(1, 2)?.reshape((b, t, h))?;
         let x = (x + self.out.forward(&o)?)?;
