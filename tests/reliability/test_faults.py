@@ -128,6 +128,18 @@ def _closed_by_server(sock: socket.socket, timeout: float) -> bytes:
         received += chunk
 
 
+def _response_head(sock: socket.socket, timeout: float) -> bytes:
+    """Reads until the end of a response's head (a little of the body may come with it)."""
+    sock.settimeout(timeout)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(1024)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
 def test_slowloris_headers_are_cut_and_others_are_served(start_grain):
     grain = start_grain("--client-timeout-s", "2")
     socks = []
@@ -183,10 +195,11 @@ def test_clients_that_stop_reading_do_not_keep_their_admission_slots(start_grain
     grain = start_grain("--max-concurrent-requests", str(slots), "--client-timeout-s", "2")
     # Large responses (8 choices with 20 alternatives per token, about 1.3 kB per token) so that
     # the socket buffers fill while the clients read nothing. The server's send buffer may grow to
-    # net.ipv4.tcp_wmem's maximum (4 MiB by default): 8 × 400 tokens could fit in it when a few
-    # choices sampled EOS early, so the request finished without a stall. 1500 tokens a choice
-    # keeps the response well above it however the sampling goes.
-    body = json.dumps(p.chat("Write a lot.", max_tokens=1500, temperature=1.0, n=8, logprobs=True,
+    # net.ipv4.tcp_wmem's maximum (4 MiB by default). Greedy decoding of this prompt runs the
+    # embedded model to all 1500 tokens of every choice (about 15 MB); sampled choices could all
+    # meet EOS within a few hundred tokens, and then a response fit in the buffers and finished
+    # without a stall (it did, about once in thirty runs).
+    body = json.dumps(p.chat("Say hello.", max_tokens=1500, temperature=0, n=8, logprobs=True,
                              top_logprobs=20, stream=True)).encode()
     request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: grain\r\ncontent-type: application/json\r\n"
                b"content-length: %d\r\n\r\n" % len(body)) + body
@@ -198,8 +211,13 @@ def test_clients_that_stop_reading_do_not_keep_their_admission_slots(start_grain
             s.connect(("127.0.0.1", grain.port))
             s.sendall(request)
             readers.append(s)
-        # Every slot held: a fifth request is refused (under load the server may still be reading
-        # the last reader's request; a request sent then would take its slot and be served).
+        # Each reader reads its response head (sent once the request is admitted) and nothing
+        # more. Without this a probe below could reach the server before the last reader's
+        # request, take its slot and leave that reader with a 429.
+        for s in readers:
+            head = _response_head(s, timeout=60)
+            assert head.startswith(b"HTTP/1.1 200"), head[:300]
+        # Every slot held: a fifth request is refused.
         _wait_for(
             lambda: grain.client.post("/v1/chat/completions", json=p.chat("Hello.")).status_code == 429,
             60, "all readers to be admitted", step=0.2,
