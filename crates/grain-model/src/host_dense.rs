@@ -11,6 +11,7 @@
 use candle_core::{DType, Storage, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::panel_gemm::Panels;
 use crate::simd::{exp, lane_sum, tree8};
 
 /// The `f32` values of a tensor, row-major (a copy).
@@ -30,18 +31,22 @@ pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<
     }
 }
 
-/// A `Linear`'s `f32` weight `(out, in)` row-major and its bias, on the host.
+/// A `Linear`'s `f32` weight `(out, in)` row-major and its bias, on the host; also packed into
+/// [`Panels`] where that kernel runs (AVX2/FMA, `out` a multiple of 16).
 pub(crate) struct DenseF32 {
     weight: Vec<f32>,
+    panels: Option<Panels>,
     pub bias: Vec<f32>,
     d_in: usize,
 }
 
 impl DenseF32 {
     pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
-        let (_, d_in) = weight.dims2()?;
+        let (d_out, d_in) = weight.dims2()?;
+        let weight = to_f32_vec(weight)?;
         Ok(Self {
-            weight: to_f32_vec(weight)?,
+            panels: Panels::new(&weight, d_out, d_in),
+            weight,
             bias: to_f32_vec(bias)?,
             d_in,
         })
@@ -55,21 +60,37 @@ impl DenseF32 {
         self.bias.len()
     }
 
-    /// `x (rows, in) · Wᵀ`, without the bias, on the calling thread.
-    pub(crate) fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let rows = x.len() / self.d_in;
-        let mut out = vec![0f32; rows * self.d_out()];
-        self.apply_into(x, &mut out);
-        out
+    /// `out (rows, out) = x (rows, in) · Wᵀ`, without the bias, on the calling thread.
+    pub(crate) fn apply_into(&self, x: &[f32], out: &mut [f32]) {
+        self.product(x, None, out);
     }
 
-    /// [`Self::apply`] into `out` `(rows, out)`.
-    pub(crate) fn apply_into(&self, x: &[f32], out: &mut [f32]) {
+    /// `out = x · Wᵀ + bias`, then `max(0, ·)` when `relu`, on the calling thread.
+    pub(crate) fn apply_biased(&self, x: &[f32], relu: bool, out: &mut [f32]) {
+        self.product(x, Some((&self.bias, relu)), out);
+    }
+
+    fn product(&self, x: &[f32], epilogue: Option<(&[f32], bool)>, out: &mut [f32]) {
         let (d_in, d_out) = (self.d_in, self.d_out());
         let rows = x.len() / d_in;
         assert_eq!(x.len(), rows * d_in, "input rows are {d_in} wide");
+        if let Some(p) = &self.panels {
+            let (bias, relu) = epilogue.map_or((None, false), |(b, r)| (Some(b), r));
+            p.apply(x, bias, relu, out);
+            return;
+        }
         // Wᵀ (in, out) read from W (out, in) row-major.
         matmul_serial(x, &self.weight, (rows, d_in, d_out), (1, d_in), out);
+        if let Some((bias, relu)) = epilogue {
+            for row in out.chunks_exact_mut(d_out) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                    if relu {
+                        *v = v.max(0.0);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -141,8 +162,8 @@ impl NormF32 {
         })
     }
 
-    /// LayerNorm of one row in place.
-    #[inline]
+    /// LayerNorm of one row in place (inlined, so the callers' AVX2 copies vectorise it too).
+    #[inline(always)]
     pub(crate) fn apply(&self, row: &mut [f32]) {
         let d = row.len() as f32;
         let mean = lane_sum(row) / d;
@@ -188,17 +209,48 @@ mod tests {
 
     #[test]
     fn dense_matches_candles_matmul() {
-        // Shapes that are not multiples of the kernel's tiles, and an empty input.
+        // Shapes that are not multiples of the kernels' tiles (192 outputs take the panel kernel
+        // where the CPU has it, 5 and 33 the gemm crate), and an empty input.
         for (rows, d_in, d_out) in [(1, 3, 5), (37, 64, 192), (513, 70, 33), (0, 8, 8)] {
             let w = Tensor::randn(0f32, 1.0, (d_out, d_in), &Device::Cpu).unwrap();
-            let b = Tensor::zeros(d_out, DType::F32, &Device::Cpu).unwrap();
+            let b = Tensor::randn(0f32, 1.0, d_out, &Device::Cpu).unwrap();
             let x = Tensor::randn(0f32, 1.0, (rows, d_in), &Device::Cpu).unwrap();
             let dense = DenseF32::new(&w, &b).unwrap();
-            let got = dense.apply(&to_f32_vec(&x).unwrap());
-            let want = to_f32_vec(&x.matmul(&w.t().unwrap()).unwrap()).unwrap();
-            assert_eq!(got.len(), want.len());
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+            let xv = to_f32_vec(&x).unwrap();
+            let product = x.matmul(&w.t().unwrap()).unwrap();
+            let biased = product.broadcast_add(&b).unwrap();
+            let cases = [
+                (
+                    {
+                        let mut o = vec![f32::NAN; rows * d_out];
+                        dense.apply_into(&xv, &mut o);
+                        o
+                    },
+                    product.clone(),
+                ),
+                (
+                    {
+                        let mut o = vec![f32::NAN; rows * d_out];
+                        dense.apply_biased(&xv, false, &mut o);
+                        o
+                    },
+                    biased.clone(),
+                ),
+                (
+                    {
+                        let mut o = vec![f32::NAN; rows * d_out];
+                        dense.apply_biased(&xv, true, &mut o);
+                        o
+                    },
+                    biased.relu().unwrap(),
+                ),
+            ];
+            for (got, want) in cases {
+                let want = to_f32_vec(&want).unwrap();
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+                }
             }
         }
     }

@@ -13,7 +13,8 @@ use candle_nn::{LayerNorm, Linear};
 use crate::config::{LlavaConfig, RouterConfig};
 use crate::error::{ModelError, Result};
 use crate::host_dense::{to_f32_vec, with_values};
-use crate::router_cpu::{self, CpuRouter, DenseF32, NormF32};
+use crate::router_attend;
+use crate::router_cpu::{CpuRouter, DenseF32, NormF32};
 use crate::weights::Weights;
 
 /// What the router needs for one image.
@@ -119,7 +120,7 @@ impl Router {
                 NormF32::new(l.weight(), l.bias().expect("router norms have biases"))
             };
             // q, k, v and the attention output in head-interleaved column order.
-            let perm = router_cpu::interleave_heads(d, rc.merger_heads);
+            let perm = router_attend::interleave_heads(d, rc.merger_heads);
             let perm3: Vec<u32> = (0..3)
                 .flat_map(|b| perm.iter().map(move |&o| o + (b * d) as u32))
                 .collect();
@@ -295,20 +296,18 @@ impl Router {
                     "{l} tokens per crop is not a square map"
                 )));
             }
-            let text = self.select_text(&f.get(0)?, &input.text_embeds.to_dtype(DType::F32)?)?;
-            let text = to_f32_vec(&text)?;
-            let mut qkv_t = cpu.in_proj.apply(&text);
-            for row in qkv_t.chunks_exact_mut(3 * d) {
-                row.iter_mut()
-                    .zip(&cpu.in_proj.bias)
-                    .for_each(|(v, b)| *v += b);
+            let (_, text_d) = input.text_embeds.dims2()?;
+            if text_d != d {
+                return Err(ModelError::Input(format!(
+                    "text embeddings are {text_d} wide, image features {d}"
+                )));
             }
+            let text = to_f32_vec(&input.text_embeds)?;
             let logits = with_values(&f, |fv| {
-                let qkv_f = cpu.in_proj_rows(fv);
-                cpu.logits(
-                    (fv, &qkv_f),
-                    (&text, &qkv_t),
-                    (n, side, d),
+                cpu.image_logits(
+                    fv,
+                    &text,
+                    (n, side, d, self.text_queries),
                     &self.granularities,
                 )
             })??;
@@ -398,7 +397,7 @@ impl Router {
         let o = if qkv.device().is_cpu() && !self.differentiable {
             let flat = qkv.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let mut o = vec![0f32; n * b * d];
-            router_cpu::cross_crop_attention_standard(&flat, (n, b, d), self.heads, &mut o);
+            router_attend::cross_crop_attention_standard(&flat, (n, b, d), self.heads, &mut o);
             Tensor::from_vec(o, (n * b, d), qkv.device())?.to_dtype(x.dtype())?
         } else {
             attention(qkv, self.heads, self.differentiable)?.reshape((n * b, d))?
@@ -482,7 +481,7 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let mut got = vec![0f32; n * b * d];
-            router_cpu::cross_crop_attention_standard(&qkv, (n, b, d), heads, &mut got);
+            router_attend::cross_crop_attention_standard(&qkv, (n, b, d), heads, &mut got);
             assert_eq!(got.len(), want.len());
             for (i, (a, w)) in got.iter().zip(&want).enumerate() {
                 assert!(

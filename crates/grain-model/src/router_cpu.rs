@@ -1,31 +1,32 @@
 //! The router's inference path on the CPU: one pass over `f32` rows instead of a chain of
 //! whole-matrix tensor ops.
 //!
-//! For one image with `n` crops it pools the features and their `in_proj` projection at every
-//! granularity (pooling commutes with the affine projection; the projections are pooled one
-//! position at a time, never stored), runs the cross-crop attention, then row blocks through
-//! `out_proj → +x → LayerNorm1 → linear1 → ReLU → linear2 → +x → LayerNorm2 → mlp1 → GELU(erf)`,
-//! and sums the GELU rows weighted by the voter (divided by `n`: the crop mean). The last layer,
-//! `mlp2`, is affine, so it is applied once to that sum: `Σ_t v_t·(W·g_t + b) = W·Σ_t v_t·g_t +
-//! b·Σ_t v_t`. The text rows are the same in every crop (same q, k, v), so their attention output
-//! is their value and they go through the layers once per image, weighted `n` times `1/n`.
+//! For one image with `n` crops the work is cut into *supercells* ([`crate::router_pool`]): tiles
+//! of the crop map that hold whole cells of every granularity (31 positions for 36…576). One task
+//! per supercell, on the rayon pool, runs the whole router on that tile's rows, so they never
+//! leave the core's cache:
+//! 1. gather the tile's feature rows of every crop and project them with `in_proj` (no bias);
+//! 2. pool features and projections at every granularity (average pooling commutes with the
+//!    affine projection, so the 540 coarser rows per crop are never projected), add the bias;
+//! 3. the cross-crop attention of each position ([`crate::router_attend`]);
+//! 4. `out_proj → +x → LayerNorm1 → linear1 → ReLU → linear2 → +x → LayerNorm2 → mlp1 →
+//!    GELU(erf)`, and the sum of the GELU rows weighted by the voter (divided by `n`: the crop
+//!    mean).
 //!
-//! Positions, then row blocks, run in parallel on the rayon pool, each on one thread: matrix
-//! products are the `gemm` crate's single-threaded kernel ([`crate::host_dense`]), everything
-//! between them plain loops over slices the compiler vectorises, with a polynomial `exp` and erf
-//! (Abramowitz–Stegun 7.1.26) in place of libm's scalar calls.
+//! The last layer, `mlp2`, is affine, so it is applied once to the total: `Σ_t v_t·(W·g_t + b) =
+//! W·Σ_t v_t·g_t + b·Σ_t v_t`. The text rows are the same in every crop (same q, k, v), so their
+//! attention output is their value and they go through the layers once per image (one more
+//! task), weighted `n` times `1/n`. Tasks' partial sums are added in task order, so the logits do
+//! not depend on the thread count. Matrix products are [`crate::panel_gemm`]'s (or the `gemm`
+//! crate's) single-threaded kernels; the loops between them have AVX2/FMA copies.
 
 use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::host_dense::gelu_erf;
 pub(crate) use crate::host_dense::{DenseF32, NormF32};
-use crate::simd::exp;
-
-/// Rows per block of the row-wise layers: enough for the matrix products to run near the core's
-/// peak, few enough that a 5-crop image's ~5600 rows make a dozen blocks to share out among
-/// threads, and that a block's activations stay in cache.
-const BLOCK: usize = 256;
+use crate::router_attend::{attend, AttendScratch};
+use crate::router_pool::PoolPlan;
 
 /// The router's layers, as `f32` on the CPU.
 pub(crate) struct CpuRouter {
@@ -45,77 +46,80 @@ pub(crate) struct CpuRouter {
     pub heads: usize,
 }
 
-/// One position of the pooled map: its pooling window `(kh, kw)` and cell `(row, column)`.
-type Cell = ((usize, usize), (usize, usize));
+/// The top-`k` rows of `text` `(T, d)` by mean cosine similarity to the rows of `base`, in score
+/// order (ties in prompt order), zero-padded to `k` rows. The mean of the cosines is the cosine
+/// against the mean of the unit base rows, `t̂ · (Σ_i b̂_i) / L`: one pass over the base instead of
+/// a `(L, T)` similarity matrix. Norms are clamped at `1e-8`, as in the tensor path.
+fn select_text(base: &[f32], text: &[f32], d: usize, k: usize) -> Vec<f32> {
+    let mut u = vec![0f64; d];
+    for row in base.chunks_exact(d) {
+        let norm = row
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-8);
+        u.iter_mut()
+            .zip(row)
+            .for_each(|(u, v)| *u += *v as f64 / norm);
+    }
+    let rows = (base.len() / d).max(1) as f64;
+    let scores: Vec<f64> = text
+        .chunks_exact(d)
+        .map(|t| {
+            let norm = t
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-8);
+            t.iter().zip(&u).map(|(t, u)| *t as f64 * u).sum::<f64>() / norm / rows
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut out = vec![0f32; k * d];
+    for (dst, &i) in out.chunks_exact_mut(d).zip(&order) {
+        dst.copy_from_slice(&text[i * d..][..d]);
+    }
+    out
+}
 
 impl CpuRouter {
-    /// `x (rows, D) · in_projᵀ + bias`, in parallel over row blocks.
-    pub(crate) fn in_proj_rows(&self, x: &[f32]) -> Vec<f32> {
-        let (d, d3) = (self.in_proj.d_in(), self.in_proj.d_out());
-        let mut out = vec![0f32; x.len() / d * d3];
-        out.par_chunks_mut(BLOCK * d3)
-            .zip(x.par_chunks(BLOCK * d))
-            .for_each(|(o, x)| self.in_proj.apply_into(x, o));
-        out
-    }
-
-    /// LayerNorm'd logits of one image from its unpooled crop features `f` `(n, side², D)`, their
-    /// projection `qkv_f = f·in_projᵀ` without the bias `(n, side², 3D)`, the selected text rows
-    /// `text` `(k, D)` and their full projection `qkv_t` `(k, 3D)`. Average pooling commutes with
-    /// the affine `in_proj`, so every granularity's rows and projections are pooled here, one
-    /// position (all crops) at a time, right before that position's cross-crop attention.
-    ///
-    /// Rows are laid out position-major (`position · n + crop`, then the text rows): the
-    /// positions, and then the row blocks of the layers, run in parallel on the rayon pool, each
-    /// on one thread. Block partial sums are added in block order, so the result does not depend
-    /// on the thread count.
-    pub(crate) fn logits(
+    /// LayerNorm'd logits of one image: its crop features `f` `(n, side², D)` and its prompt's
+    /// token embeddings `text_embeds` `(T, D)`; `k` text rows are selected.
+    pub(crate) fn image_logits(
         &self,
-        (f, qkv_f): (&[f32], &[f32]),
-        (text, qkv_t): (&[f32], &[f32]),
-        (n, side, d): (usize, usize, usize),
+        f: &[f32],
+        text_embeds: &[f32],
+        (n, side, d, k): (usize, usize, usize, usize),
         grans: &[u32],
     ) -> Result<Vec<f32>> {
-        let k = text.len() / d;
-        let mut cells: Vec<Cell> = Vec::new();
-        for &g in grans {
-            let (kh, kw) = crate::granularity::pool_window(g, side)?;
-            cells.extend((0..g as usize).map(|c| ((kh, kw), (c / (side / kw), c % (side / kw)))));
-        }
-        let vis = cells.len();
-        let rows = n * vis + k;
-        // Residual rows and attention outputs: the pooled rows of every crop, then the text rows
-        // once, whose attention output is their value (same q, k, v in every crop).
-        let (mut xr, mut o) = (vec![0f32; rows * d], vec![0f32; rows * d]);
-        xr[..n * vis * d]
-            .par_chunks_mut(n * d)
-            .zip(o[..n * vis * d].par_chunks_mut(n * d))
-            .zip(cells.par_iter())
-            .for_each_init(
-                || (AttendScratch::new(n, self.heads), vec![0f32; n * 3 * d]),
-                |(sc, qrows), ((xrows, orows), &(win, cell))| {
-                    let at = Position { win, cell, side };
-                    self.position((f, qkv_f), at, sc, qrows, (xrows, orows));
+        let plan = PoolPlan::new(grans, side)?;
+        let vis = plan.order.len();
+        let text = select_text(&f[..side * side * d], text_embeds, d, k);
+        let supercells = plan.supercells();
+        let partials: Vec<Vec<f64>> = (0..=supercells)
+            .into_par_iter()
+            .map_init(
+                || Task::new(&plan, n, (d, k), self),
+                |task, s| {
+                    if s < supercells {
+                        self.supercell(f, (&plan, s, side), task)
+                    } else {
+                        // The text rows, once: their attention output is their value.
+                        let rows = text.len() / d;
+                        let (x, o) = (&mut task.x[..rows * d], &mut task.o[..rows * d]);
+                        x.copy_from_slice(&text);
+                        let qkv = &mut task.qkv[..rows * 3 * d];
+                        self.in_proj.apply_biased(&text, false, qkv);
+                        for (o, t) in o.chunks_exact_mut(d).zip(qkv.chunks_exact(3 * d)) {
+                            o.copy_from_slice(&t[2 * d..]);
+                        }
+                        self.block(o, x, &self.voter[vis..vis + rows], &mut task.h)
+                    }
                 },
-            );
-        xr[n * vis * d..].copy_from_slice(text);
-        for (o, t) in o[n * vis * d..]
-            .chunks_exact_mut(d)
-            .zip(qkv_t.chunks_exact(3 * d))
-        {
-            o.copy_from_slice(&t[2 * d..]);
-        }
-        // Voter weights per row, the crop mean's 1/n included; a text row stands for all n crops.
-        let inv_n = 1.0 / n as f32;
-        let mut wr: Vec<f32> = (0..vis)
-            .flat_map(|p| std::iter::repeat_n(self.voter[p] * inv_n, n))
-            .collect();
-        wr.extend_from_slice(&self.voter[vis..vis + k]);
-        let partials: Vec<Vec<f64>> = xr
-            .par_chunks_mut(BLOCK * d)
-            .zip(o.par_chunks(BLOCK * d))
-            .zip(wr.par_chunks(BLOCK))
-            .map(|((x, o), w)| self.block(o, x, w))
+            )
             .collect();
         let mut acc = vec![0f64; d];
         for part in &partials {
@@ -136,97 +140,162 @@ impl CpuRouter {
     }
 
     /// One block of rows on the calling thread: attention output `o`, residual `x` (overwritten),
-    /// voter weights `w`. Returns `Σ_r w_r · GELU(mlp1(row_r))`.
-    fn block(&self, o: &[f32], x: &mut [f32], w: &[f32]) -> Vec<f64> {
+    /// voter weights `w`, scratch `h` of at least `rows × widest layer` each. Returns
+    /// `Σ_r w_r · GELU(mlp1(row_r))`.
+    fn block(&self, o: &[f32], x: &mut [f32], w: &[f32], h: &mut [Vec<f32>; 2]) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
         if crate::small_gemm::available() {
             // SAFETY: `available()` checked AVX2 and FMA.
             #[allow(unsafe_code)]
-            return unsafe { avx2::block(self, o, x, w) };
+            return unsafe { avx2::block(self, o, x, w, h) };
         }
-        self.block_body(o, x, w)
+        self.block_body(o, x, w, h)
     }
 
     /// [`Self::block`]'s work, inlined into an AVX2/FMA copy where the CPU has them.
     #[inline(always)]
-    fn block_body(&self, o: &[f32], x: &mut [f32], w: &[f32]) -> Vec<f64> {
+    fn block_body(&self, o: &[f32], x: &mut [f32], w: &[f32], h: &mut [Vec<f32>; 2]) -> Vec<f64> {
         let d = self.mlp1.d_out();
+        let rows = w.len();
+        let [h1, h2] = h;
+        let span = |l: &DenseF32| 0..rows * l.d_out();
         // x ← LayerNorm1(x + out_proj(o))
-        residual_norm(x, &self.out_proj.apply(o), &self.out_proj.bias, &self.norm1);
+        let r = span(&self.out_proj);
+        self.out_proj.apply_biased(o, false, &mut h1[r.clone()]);
+        residual_norm(x, &h1[r], &self.norm1);
         // x ← LayerNorm2(x + linear2(ReLU(linear1(x))))
-        let mut h = self.linear1.apply(x);
-        let width = self.linear1.d_out();
-        for hr in h.chunks_exact_mut(width) {
-            for (v, b) in hr.iter_mut().zip(&self.linear1.bias) {
-                *v = (*v + b).max(0.0);
-            }
-        }
-        residual_norm(x, &self.linear2.apply(&h), &self.linear2.bias, &self.norm2);
+        let r1 = span(&self.linear1);
+        self.linear1.apply_biased(x, true, &mut h1[r1.clone()]);
+        let r2 = span(&self.linear2);
+        self.linear2
+            .apply_biased(&h1[r1], false, &mut h2[r2.clone()]);
+        residual_norm(x, &h2[r2], &self.norm2);
         // Σ_r w_r · GELU(mlp1(x_r))
-        let g = self.mlp1.apply(x);
+        let r = span(&self.mlp1);
+        self.mlp1.apply_biased(x, false, &mut h1[r.clone()]);
         let mut part = vec![0f32; d];
-        for (row, wr) in g.chunks_exact(d).zip(w) {
-            for ((p, v), b) in part.iter_mut().zip(row).zip(&self.mlp1.bias) {
-                *p += wr * gelu_erf(v + b);
+        for (row, wr) in h1[r].chunks_exact(d).zip(w) {
+            for (p, v) in part.iter_mut().zip(row) {
+                *p += wr * gelu_erf(*v);
             }
         }
         part.iter().map(|&p| p as f64).collect()
     }
 }
 
-/// One pooled position: its pooling window and cell on the `side`×`side` map.
-#[derive(Clone, Copy)]
-struct Position {
-    win: (usize, usize),
-    cell: (usize, usize),
-    side: usize,
+/// One task's buffers, sized for a supercell's rows (`positions × n`) or the text rows,
+/// whichever is more: the tile's gathered features and their projection (`SH·SW × n` rows), the
+/// pooling scratch, the rows' `x`, `q k v` and attention output, and two layer outputs.
+struct Task {
+    feat: Vec<f32>,
+    proj: Vec<f32>,
+    pool: Vec<f32>,
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    o: Vec<f32>,
+    h: [Vec<f32>; 2],
+    weights: Vec<f32>,
+    attend: AttendScratch,
+}
+
+impl Task {
+    fn new(plan: &PoolPlan, n: usize, (d, k): (usize, usize), r: &CpuRouter) -> Self {
+        let rows = (plan.positions_per_supercell() * n).max(k);
+        let tile = plan.supercell_rows() * n;
+        let width = [&r.out_proj, &r.linear1, &r.linear2, &r.mlp1]
+            .iter()
+            .map(|l| l.d_out())
+            .max()
+            .unwrap_or(d);
+        Self {
+            feat: vec![0f32; tile * d],
+            proj: vec![0f32; tile * 3 * d],
+            pool: vec![0f32; plan.scratch_rows() * 3 * d],
+            x: vec![0f32; rows * d],
+            qkv: vec![0f32; rows * 3 * d],
+            o: vec![0f32; rows * d],
+            h: [vec![0f32; rows * width], vec![0f32; rows * width]],
+            weights: vec![0f32; rows],
+            attend: AttendScratch::new(n, r.heads),
+        }
+    }
 }
 
 impl CpuRouter {
-    /// One position across the crops: pools every crop's features into `xrows` and their
-    /// projections into `qrows` (bias added), then the cross-crop attention into `orows`.
-    fn position(
-        &self,
-        fq: (&[f32], &[f32]),
-        at: Position,
-        sc: &mut AttendScratch,
-        qrows: &mut [f32],
-        xo: (&mut [f32], &mut [f32]),
-    ) {
+    /// The whole router on supercell `s` of every crop; returns its share of
+    /// `Σ_r w_r · GELU(mlp1(row_r))`. Rows are position-major, then crop.
+    fn supercell(&self, f: &[f32], at: (&PoolPlan, usize, usize), task: &mut Task) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
         if crate::small_gemm::available() {
             // SAFETY: `available()` checked AVX2 and FMA.
             #[allow(unsafe_code)]
-            return unsafe { avx2::position(self, fq, at, sc, qrows, xo) };
+            return unsafe { avx2::supercell(self, f, at, task) };
         }
-        self.position_body(fq, at, sc, qrows, xo)
+        self.supercell_body(f, at, task)
     }
 
-    /// [`Self::position`]'s loops, inlined into an AVX2/FMA copy where the CPU has them.
+    /// [`Self::supercell`]'s loops, inlined into an AVX2/FMA copy where the CPU has them.
     #[inline(always)]
-    fn position_body(
+    fn supercell_body(
         &self,
-        (f, qkv_f): (&[f32], &[f32]),
-        Position { win, cell, side }: Position,
-        sc: &mut AttendScratch,
-        qrows: &mut [f32],
-        (xrows, orows): (&mut [f32], &mut [f32]),
-    ) {
+        f: &[f32],
+        (plan, s, side): (&PoolPlan, usize, usize),
+        task: &mut Task,
+    ) -> Vec<f64> {
         let d = self.in_proj.d_in();
-        let n = xrows.len() / d;
         let l = side * side;
-        let scale = 1.0 / (win.0 * win.1) as f32;
+        let n = f.len() / (l * d);
+        let (tile, per) = (plan.supercell_rows(), plan.positions_per_supercell());
+        let rows = per * n;
+        // 1. The tile's rows of every crop, projected (no bias: it is added after pooling).
         for i in 0..n {
-            let x = &mut xrows[i * d..][..d];
-            pool_cell(&f[i * l * d..][..l * d], side, win, cell, x);
-            x.iter_mut().for_each(|v| *v *= scale);
-            let q = &mut qrows[i * 3 * d..][..3 * d];
-            pool_cell(&qkv_f[i * l * 3 * d..][..l * 3 * d], side, win, cell, q);
-            for (v, b) in q.iter_mut().zip(&self.in_proj.bias) {
-                *v = *v * scale + b;
-            }
+            plan.gather(
+                s,
+                &f[i * l * d..][..l * d],
+                d,
+                &mut task.feat[i * tile * d..][..tile * d],
+            );
         }
-        attend_body(qrows, d, self.heads, sc, orows);
+        let (feat, proj) = (
+            &task.feat[..n * tile * d],
+            &mut task.proj[..n * tile * 3 * d],
+        );
+        self.in_proj.apply_into(feat, proj);
+        // 2. Pooled rows and projections, position-major then crop.
+        let (x, qkv) = (&mut task.x[..rows * d], &mut task.qkv[..rows * 3 * d]);
+        let bias = &self.in_proj.bias;
+        for i in 0..n {
+            plan.sums(
+                &feat[i * tile * d..][..tile * d],
+                d,
+                &mut task.pool,
+                |t, sum, area| {
+                    let scale = 1.0 / area as f32;
+                    let x = &mut x[(t * n + i) * d..][..d];
+                    x.iter_mut().zip(sum).for_each(|(x, v)| *x = v * scale);
+                },
+            );
+            let src = &proj[i * tile * 3 * d..][..tile * 3 * d];
+            plan.sums(src, 3 * d, &mut task.pool, |t, sum, area| {
+                let scale = 1.0 / area as f32;
+                let q = &mut qkv[(t * n + i) * 3 * d..][..3 * d];
+                for ((q, v), b) in q.iter_mut().zip(sum).zip(bias) {
+                    *q = v * scale + b;
+                }
+            });
+        }
+        // 3. Cross-crop attention per position.
+        let o = &mut task.o[..rows * d];
+        for (q, o) in qkv.chunks_exact(n * 3 * d).zip(o.chunks_exact_mut(n * d)) {
+            attend(q, d, self.heads, &mut task.attend, o);
+        }
+        // 4. The layers, weighted by the voter (the crop mean's 1/n included).
+        let inv_n = 1.0 / n as f32;
+        let w = &mut task.weights[..rows];
+        for (t, wt) in w.chunks_exact_mut(n).enumerate() {
+            wt.fill(self.voter[plan.order[s * per + t]] * inv_n);
+        }
+        self.block_body(o, x, w, &mut task.h)
     }
 }
 
@@ -235,229 +304,91 @@ impl CpuRouter {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
-    use super::{attend_body, AttendScratch, CpuRouter, Position};
+    use super::{CpuRouter, PoolPlan, Task};
 
     /// # Safety
     /// AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn attend(
-        qkv: &[f32],
-        d: usize,
-        heads: usize,
-        sc: &mut AttendScratch,
-        out: &mut [f32],
-    ) {
-        attend_body(qkv, d, heads, sc, out)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block(r: &CpuRouter, o: &[f32], x: &mut [f32], w: &[f32]) -> Vec<f64> {
-        r.block_body(o, x, w)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn position(
+    pub(super) unsafe fn block(
         r: &CpuRouter,
-        fq: (&[f32], &[f32]),
-        at: Position,
-        sc: &mut AttendScratch,
-        qrows: &mut [f32],
-        xo: (&mut [f32], &mut [f32]),
-    ) {
-        r.position_body(fq, at, sc, qrows, xo)
+        o: &[f32],
+        x: &mut [f32],
+        w: &[f32],
+        h: &mut [Vec<f32>; 2],
+    ) -> Vec<f64> {
+        r.block_body(o, x, w, h)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn supercell(
+        r: &CpuRouter,
+        f: &[f32],
+        at: (&PoolPlan, usize, usize),
+        task: &mut Task,
+    ) -> Vec<f64> {
+        r.supercell_body(f, at, task)
     }
 }
 
-/// `x ← norm(x + h + bias)` row by row: a layer's residual add and post-LayerNorm, with `h` the
-/// layer's output without its bias, rows as wide as `bias`.
-fn residual_norm(x: &mut [f32], h: &[f32], bias: &[f32], norm: &NormF32) {
-    let d = bias.len();
+/// `x ← norm(x + h)` row by row: a layer's residual add and post-LayerNorm, with `h` the layer's
+/// output (bias included), rows as wide as the norm.
+#[inline(always)]
+fn residual_norm(x: &mut [f32], h: &[f32], norm: &NormF32) {
+    let d = norm.weight.len();
     for (xr, hr) in x.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
-        for ((x, h), b) in xr.iter_mut().zip(hr).zip(bias) {
-            *x += h + b;
-        }
+        xr.iter_mut().zip(hr).for_each(|(x, h)| *x += h);
         norm.apply(xr);
     }
 }
 
-#[inline(always)]
-/// Write the sum of the `kh`×`kw` window at cell `(r, c)` of a row-major `side`×`side` map of
-/// rows as wide as `out` into `out`.
-fn pool_cell(
-    src: &[f32],
-    side: usize,
-    (kh, kw): (usize, usize),
-    (r, c): (usize, usize),
-    out: &mut [f32],
-) {
-    let width = out.len();
-    let at = |a: usize, b: usize| ((r * kh + a) * side + c * kw + b) * width;
-    out.copy_from_slice(&src[at(0, 0)..][..width]);
-    for a in 0..kh {
-        for b in (0..kw).skip(usize::from(a == 0)) {
-            for (o, v) in out.iter_mut().zip(&src[at(a, b)..][..width]) {
-                *o += v;
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::select_text;
 
-/// The column order of the fused path's q, k, v and attention output: `perm[new] = old` with
-/// `new = c·heads + h` for `old = h·hd + c`, so that one channel of every head is contiguous and
-/// the per-head loops of [`attend`] run over `heads`-long vectors. Applied once to
-/// `in_proj`'s rows and `out_proj`'s columns, it costs nothing per call.
-pub(crate) fn interleave_heads(d: usize, heads: usize) -> Vec<u32> {
-    let hd = d / heads;
-    (0..d)
-        .map(|new| ((new % heads) * hd + new / heads) as u32)
-        .collect()
-}
-
-/// Scratch space of [`attend`] for `n` crops and `heads` heads.
-pub(crate) struct AttendScratch {
-    /// Scores, then weights, laid out [i][j][head].
-    s: Vec<f32>,
-    max: Vec<f32>,
-    sum: Vec<f32>,
-}
-
-impl AttendScratch {
-    pub(crate) fn new(n: usize, heads: usize) -> Self {
-        Self {
-            s: vec![0f32; n * n * heads],
-            max: vec![0f32; heads],
-            sum: vec![0f32; heads],
-        }
-    }
-}
-
-/// Softmax attention across the `n` crops of one position, in the head-interleaved column order
-/// of [`interleave_heads`]: `qkv` holds the `n` rows `(q, k, v)` of `3d` each, `out` the `n`
-/// output rows of `d`. The `n×n×heads` scores, softmax and weighted sums are loops over
-/// `heads`-long vectors (eight heads at a time in registers where `heads` is a multiple of 8).
-pub(crate) fn attend(qkv: &[f32], d: usize, heads: usize, sc: &mut AttendScratch, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::small_gemm::available() {
-        // SAFETY: `available()` checked AVX2 and FMA.
-        #[allow(unsafe_code)]
-        return unsafe { avx2::attend(qkv, d, heads, sc, out) };
-    }
-    attend_body(qkv, d, heads, sc, out)
-}
-
-/// [`attend`]'s loops, inlined into an AVX2/FMA copy where the CPU has them.
-#[inline(always)]
-fn attend_body(qkv: &[f32], d: usize, heads: usize, sc: &mut AttendScratch, out: &mut [f32]) {
-    let n = qkv.len() / (3 * d);
-    let hd = d / heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let (s, max, sum) = (&mut sc.s, &mut sc.max, &mut sc.sum);
-    for i in 0..n {
-        let q = &qkv[i * 3 * d..][..d];
-        for j in 0..n {
-            let k = &qkv[j * 3 * d + d..][..d];
-            let sc = &mut s[(i * n + j) * heads..][..heads];
-            if heads % 8 == 0 {
-                for (g, sg) in sc.chunks_exact_mut(8).enumerate() {
-                    let mut acc = [0f32; 8];
-                    for c in 0..hd {
-                        let at = c * heads + g * 8;
-                        for ((t, a), b) in acc.iter_mut().zip(&q[at..at + 8]).zip(&k[at..at + 8]) {
-                            *t += a * b;
-                        }
-                    }
-                    sg.copy_from_slice(&acc);
-                }
-                continue;
-            }
-            sc.fill(0.0);
-            for (qc, kc) in q.chunks_exact(heads).zip(k.chunks_exact(heads)) {
-                for ((s, a), b) in sc.iter_mut().zip(qc).zip(kc) {
-                    *s += a * b;
+    #[test]
+    fn text_selection_ranks_by_the_mean_of_the_cosines() {
+        let d = 3;
+        let base: Vec<f32> = (0..40 * d).map(|i| ((i * 37) % 11) as f32 - 4.0).collect();
+        // Rows 1 and 4 are equal (a tie: prompt order), row 5 is zero (norm clamped: score 0).
+        let text: Vec<f32> = [
+            [1.0, 0.0, 0.0],
+            [0.2, -1.0, 3.0],
+            [-2.0, 1.0, 0.5],
+            [0.0, 1.0, 1.0],
+            [0.2, -1.0, 3.0],
+            [0.0, 0.0, 0.0],
+        ]
+        .concat();
+        let cos = |a: &[f32], b: &[f32]| -> f64 {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let n = |v: &[f32]| {
+                v.iter()
+                    .map(|x| (*x as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-8)
+            };
+            dot / n(a) / n(b)
+        };
+        let score = |t: &[f32]| -> f64 { base.chunks(d).map(|b| cos(b, t)).sum::<f64>() / 40.0 };
+        let mut want: Vec<usize> = (0..6).collect();
+        want.sort_by(|&a, &b| {
+            let (sa, sb) = (score(&text[a * d..][..d]), score(&text[b * d..][..d]));
+            sb.partial_cmp(&sa).unwrap().then(a.cmp(&b))
+        });
+        for k in [2usize, 6, 8] {
+            let got = select_text(&base, &text, d, k);
+            assert_eq!(got.len(), k * d);
+            for (r, row) in got.chunks(d).enumerate() {
+                match want.get(r) {
+                    Some(&i) => assert_eq!(row, &text[i * d..][..d], "k={k} row {r}"),
+                    None => assert!(row.iter().all(|v| *v == 0.0), "k={k}: row {r} is padding"),
                 }
             }
         }
-    }
-    for si in s.chunks_exact_mut(n * heads) {
-        max.fill(f32::NEG_INFINITY);
-        for sj in si.chunks_exact(heads) {
-            for (m, v) in max.iter_mut().zip(sj) {
-                *m = m.max(*v);
-            }
-        }
-        sum.fill(0.0);
-        for sj in si.chunks_exact_mut(heads) {
-            for ((v, m), t) in sj.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
-                *v = exp((*v - m) * scale);
-                *t += *v;
-            }
-        }
-        sum.iter_mut().for_each(|t| *t = 1.0 / *t);
-        for sj in si.chunks_exact_mut(heads) {
-            for (v, t) in sj.iter_mut().zip(sum.iter()) {
-                *v *= t;
-            }
-        }
-    }
-    for (i, o) in out.chunks_exact_mut(d).enumerate() {
-        if heads % 8 == 0 {
-            for (ci, og) in o.chunks_exact_mut(8).enumerate() {
-                let g = ci % (heads / 8);
-                let mut acc = [0f32; 8];
-                for j in 0..n {
-                    let v = &qkv[j * 3 * d + 2 * d + ci * 8..][..8];
-                    let a = &s[(i * n + j) * heads + g * 8..][..8];
-                    for ((t, a), v) in acc.iter_mut().zip(a).zip(v) {
-                        *t += a * v;
-                    }
-                }
-                og.copy_from_slice(&acc);
-            }
-            continue;
-        }
-        o.fill(0.0);
-        for j in 0..n {
-            let v = &qkv[j * 3 * d + 2 * d..][..d];
-            let a = &s[(i * n + j) * heads..][..heads];
-            for (oc, vc) in o.chunks_exact_mut(heads).zip(v.chunks_exact(heads)) {
-                for ((o, a), v) in oc.iter_mut().zip(a).zip(vc) {
-                    *o += a * v;
-                }
-            }
-        }
-    }
-}
-
-/// Attention across crops on the standard column order (`h·hd + c`): `qkv` `(n, b, 3d)` row-major
-/// in, `(n·b, d)` out, every position through [`attend`].
-pub(crate) fn cross_crop_attention_standard(
-    qkv: &[f32],
-    (n, b, d): (usize, usize, usize),
-    heads: usize,
-    out: &mut [f32],
-) {
-    let perm = interleave_heads(d, heads);
-    let mut sc = AttendScratch::new(n, heads);
-    let (mut rows, mut o) = (vec![0f32; n * 3 * d], vec![0f32; n * d]);
-    for p in 0..b {
-        for (i, dst) in rows.chunks_exact_mut(3 * d).enumerate() {
-            let src = &qkv[(i * b + p) * 3 * d..][..3 * d];
-            for (dst, src) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
-                for (x, &o) in dst.iter_mut().zip(&perm) {
-                    *x = src[o as usize];
-                }
-            }
-        }
-        attend(&rows, d, heads, &mut sc, &mut o);
-        for (i, src) in o.chunks_exact(d).enumerate() {
-            let dst = &mut out[(i * b + p) * d..][..d];
-            for (x, &o) in src.iter().zip(&perm) {
-                dst[o as usize] = *x;
-            }
-        }
+        let first_tie = want.iter().position(|&i| i == 1).unwrap();
+        assert_eq!(want[first_tie + 1], 4, "equal rows keep prompt order");
     }
 }

@@ -1,0 +1,260 @@
+//! `y = x · Wᵀ + b` on one thread for the router's narrow layers (`k` and `n` of 64–512), with the
+//! weight packed once, at load time, into 16-column panels.
+//!
+//! The `gemm` crate packs both operands on every call, which for a 256 × 64 × 64 product is a
+//! large share of the work. Here the weight is already in the order the kernel reads it: panel `p`
+//! holds, for each input channel, the 16 weights of outputs `16p .. 16p + 16`. A register tile of
+//! 6 rows × 16 outputs keeps twelve 8-lane FMA accumulators busy with two weight loads and six
+//! broadcasts per channel. The bias (and a ReLU) are applied as the tile is stored, so the output
+//! is written once and never needs zeroing.
+//!
+//! x86-64 with AVX2 and FMA only (checked at run time); [`Panels::new`] returns `None` elsewhere,
+//! or when `n` is not a multiple of 16, and the caller keeps the `gemm` crate.
+//!
+//! The workspace denies `unsafe`; this module is the exception, for the SIMD intrinsics.
+#![allow(unsafe_code)]
+
+/// Outputs per panel: two 8-lane registers.
+const PANEL: usize = 16;
+
+/// A weight `(n, k)` packed into `n / 16` panels of `k × 16`.
+pub(crate) struct Panels {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+}
+
+impl Panels {
+    /// Packs a row-major `(n, k)` weight, or `None` where this kernel cannot run.
+    pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), n * k, "weight is not n × k");
+        if !crate::small_gemm::available() || n % PANEL != 0 || n == 0 || k == 0 {
+            return None;
+        }
+        let mut data = vec![0f32; n * k];
+        for p in 0..n / PANEL {
+            for c in 0..k {
+                for j in 0..PANEL {
+                    data[(p * k + c) * PANEL + j] = w[(p * PANEL + j) * k + c];
+                }
+            }
+        }
+        Some(Self { data, n, k })
+    }
+
+    /// `out (m, n) = x (m, k) · Wᵀ (+ bias)`, then `max(0, ·)` when `relu`. Every element of
+    /// `out` is written.
+    pub(crate) fn apply(&self, x: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let m = x.len() / k;
+        assert!(
+            x.len() == m * k && out.len() == m * n && bias.is_none_or(|b| b.len() == n),
+            "x (m, {k}), out (m, {n}) and a bias of {n}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `new` only builds panels where AVX2/FMA are available; shapes asserted above.
+        unsafe {
+            avx2::apply(x, &self.data, bias, (m, k, n), relu, out)
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::PANEL;
+
+    /// # Safety
+    /// AVX2 and FMA; `x` `m × k`, `panels` `n × k`, `bias` `n`, `out` `m × n`, `n % 16 == 0`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn apply(
+        x: &[f32],
+        panels: &[f32],
+        bias: Option<&[f32]>,
+        (m, k, n): (usize, usize, usize),
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let mut r = 0;
+        while r < m {
+            let rows = (m - r).min(6);
+            for p in 0..n / PANEL {
+                let at = Tile { r, p, k, n, relu };
+                // SAFETY: AVX2/FMA enabled; rows `r..r+rows` and panel `p` are in bounds.
+                unsafe {
+                    match rows {
+                        6 => tile::<6>(x, panels, bias, at, out),
+                        5 => tile::<5>(x, panels, bias, at, out),
+                        4 => tile::<4>(x, panels, bias, at, out),
+                        3 => tile::<3>(x, panels, bias, at, out),
+                        2 => tile::<2>(x, panels, bias, at, out),
+                        _ => tile::<1>(x, panels, bias, at, out),
+                    }
+                }
+            }
+            r += rows;
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Tile {
+        r: usize,
+        p: usize,
+        k: usize,
+        n: usize,
+        relu: bool,
+    }
+
+    /// Rows `r .. r + R` against panel `p`: `R × 16` outputs.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        x: &[f32],
+        panels: &[f32],
+        bias: Option<&[f32]>,
+        Tile { r, p, k, n, relu }: Tile,
+        out: &mut [f32],
+    ) {
+        debug_assert!((r + R) * k <= x.len() && (p + 1) * PANEL * k <= panels.len());
+        let xp = x.as_ptr();
+        let wp = panels.as_ptr().wrapping_add(p * k * PANEL);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        // SAFETY: channel `c < k` of rows `r + i < m` and of panel `p`, all inside the slices.
+        unsafe {
+            for c in 0..k {
+                let w0 = _mm256_loadu_ps(wp.add(c * PANEL));
+                let w1 = _mm256_loadu_ps(wp.add(c * PANEL + 8));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_broadcast_ss(&*xp.add((r + i) * k + c));
+                    a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+                }
+            }
+            let (b0, b1) = match bias {
+                Some(b) => (
+                    _mm256_loadu_ps(b.as_ptr().add(p * PANEL)),
+                    _mm256_loadu_ps(b.as_ptr().add(p * PANEL + 8)),
+                ),
+                None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+            };
+            let zero = _mm256_setzero_ps();
+            for (i, a) in acc.iter().enumerate() {
+                let mut v0 = _mm256_add_ps(a[0], b0);
+                let mut v1 = _mm256_add_ps(a[1], b1);
+                if relu {
+                    v0 = _mm256_max_ps(v0, zero);
+                    v1 = _mm256_max_ps(v1, zero);
+                }
+                let o = out.as_mut_ptr().add((r + i) * n + p * PANEL);
+                _mm256_storeu_ps(o, v0);
+                _mm256_storeu_ps(o.add(8), v1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_an_f64_product_on_every_row_remainder() {
+        for (n, k) in [(16usize, 1usize), (64, 64), (192, 64), (32, 37)] {
+            let w = values(n * k, (n + k) as u64);
+            let Some(panels) = Panels::new(&w, n, k) else {
+                return; // No AVX2/FMA: callers keep the gemm crate.
+            };
+            let bias = values(n, 7);
+            for m in [1usize, 2, 3, 4, 5, 6, 7, 13, 256] {
+                let x = values(m * k, (m * 31 + k) as u64);
+                for (relu, with_bias) in [(false, false), (false, true), (true, true)] {
+                    let mut got = vec![f32::NAN; m * n];
+                    panels.apply(&x, with_bias.then_some(&bias[..]), relu, &mut got);
+                    for r in 0..m {
+                        for j in 0..n {
+                            let mut s = if with_bias { bias[j] as f64 } else { 0.0 };
+                            for c in 0..k {
+                                s += x[r * k + c] as f64 * w[j * k + c] as f64;
+                            }
+                            let want = if relu { s.max(0.0) } else { s } as f32;
+                            let g = got[r * n + j];
+                            // f32 sums of k products of values in [-1, 1).
+                            assert!(
+                                (g - want).abs() <= 1e-6 * (k + 1) as f32,
+                                "n={n} k={k} m={m} relu={relu} [{r},{j}]: {g} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn widths_that_are_not_panels_keep_the_fallback() {
+        assert!(Panels::new(&[0.0; 24 * 3], 24, 3).is_none());
+    }
+}
+
+/// Side-by-side timing of this kernel and the `gemm` crate on the router's shapes, run by hand:
+/// `cargo test --release -p grain-model --lib panel_gemm::speed -- --ignored --nocapture`.
+#[cfg(test)]
+mod speed {
+    use std::time::Instant;
+
+    fn best(mut f: impl FnMut()) -> f64 {
+        (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn against_gemm_crate() {
+        for (m, k, n) in [
+            (256usize, 64usize, 64usize),
+            (256, 64, 192),
+            (256, 512, 512),
+        ] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1e3 - 0.5)
+                .collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
+                .collect();
+            let Some(p) = super::Panels::new(&w, n, k) else {
+                return;
+            };
+            let mut y = vec![0f32; m * n];
+            let ours = best(|| p.apply(&x, None, false, &mut y));
+            let mut z = vec![0f32; m * n];
+            let theirs =
+                best(|| crate::host_dense::matmul_serial(&x, &w, (m, k, n), (1, k), &mut z));
+            let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+            println!(
+                "{m}x{k}x{n}: panels {:.1} µs {:.1} GFLOP/s | gemm {:.1} µs {:.1} GFLOP/s",
+                ours * 1e6,
+                gf(ours),
+                theirs * 1e6,
+                gf(theirs)
+            );
+        }
+    }
+}
