@@ -27,6 +27,11 @@ pub(crate) struct AttendScratch {
 }
 
 impl AttendScratch {
+    /// Whether this scratch serves `n` crops and `heads` heads.
+    pub(crate) fn fits(&self, n: usize, heads: usize) -> bool {
+        self.max.len() == heads && self.s.len() >= n * n * heads
+    }
+
     pub(crate) fn new(n: usize, heads: usize) -> Self {
         Self {
             s: vec![0f32; n * n * heads],

@@ -101,9 +101,8 @@ impl CpuRouter {
         let supercells = plan.supercells();
         let partials: Vec<Vec<f64>> = (0..=supercells)
             .into_par_iter()
-            .map_init(
-                || Task::new(&plan, n, (d, k), self),
-                |task, s| {
+            .map(|s| {
+                Task::with(&plan, n, (d, k), self, |task| {
                     if s < supercells {
                         self.supercell(f, (&plan, s, side), task)
                     } else {
@@ -118,8 +117,8 @@ impl CpuRouter {
                         }
                         self.block(o, x, &self.voter[vis..vis + rows], &mut task.h)
                     }
-                },
-            )
+                })
+            })
             .collect();
         let mut acc = vec![0f64; d];
         for part in &partials {
@@ -185,7 +184,10 @@ impl CpuRouter {
 
 /// One task's buffers, sized for a supercell's rows (`positions × n`) or the text rows,
 /// whichever is more: the tile's gathered features and their projection (`SH·SW × n` rows), the
-/// pooling scratch, the rows' `x`, `q k v` and attention output, and two layer outputs.
+/// pooling scratch, the rows' `x`, `q k v` and attention output, and two layer outputs. Each
+/// thread keeps one ([`Task::with`]), grown to the largest image it has routed, so routing an image
+/// allocates nothing on the pool's threads (whose malloc arenas would otherwise keep growing).
+#[derive(Default)]
 struct Task {
     feat: Vec<f32>,
     proj: Vec<f32>,
@@ -195,29 +197,53 @@ struct Task {
     o: Vec<f32>,
     h: [Vec<f32>; 2],
     weights: Vec<f32>,
-    attend: AttendScratch,
+    attend: Option<AttendScratch>,
+}
+
+thread_local! {
+    static TASK: std::cell::RefCell<Task> = std::cell::RefCell::default();
+}
+
+/// Grow `v` (never shrink) to at least `len` elements.
+fn fit(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
 }
 
 impl Task {
-    fn new(plan: &PoolPlan, n: usize, (d, k): (usize, usize), r: &CpuRouter) -> Self {
-        let rows = (plan.positions_per_supercell() * n).max(k);
-        let tile = plan.supercell_rows() * n;
-        let width = [&r.out_proj, &r.linear1, &r.linear2, &r.mlp1]
-            .iter()
-            .map(|l| l.d_out())
-            .max()
-            .unwrap_or(d);
-        Self {
-            feat: vec![0f32; tile * d],
-            proj: vec![0f32; tile * 3 * d],
-            pool: vec![0f32; plan.scratch_rows() * 3 * d],
-            x: vec![0f32; rows * d],
-            qkv: vec![0f32; rows * 3 * d],
-            o: vec![0f32; rows * d],
-            h: [vec![0f32; rows * width], vec![0f32; rows * width]],
-            weights: vec![0f32; rows],
-            attend: AttendScratch::new(n, r.heads),
-        }
+    /// Run `f` with this thread's task buffers, sized for `plan` with `n` crops, width `d` and `k`
+    /// text rows.
+    fn with<R>(
+        plan: &PoolPlan,
+        n: usize,
+        (d, k): (usize, usize),
+        r: &CpuRouter,
+        f: impl FnOnce(&mut Task) -> R,
+    ) -> R {
+        TASK.with(|cell| {
+            let mut t = cell.borrow_mut();
+            let rows = (plan.positions_per_supercell() * n).max(k);
+            let tile = plan.supercell_rows() * n;
+            let width = [&r.out_proj, &r.linear1, &r.linear2, &r.mlp1]
+                .iter()
+                .map(|l| l.d_out())
+                .max()
+                .unwrap_or(d);
+            fit(&mut t.feat, tile * d);
+            fit(&mut t.proj, tile * 3 * d);
+            fit(&mut t.pool, plan.scratch_rows() * 3 * d);
+            fit(&mut t.x, rows * d);
+            fit(&mut t.qkv, rows * 3 * d);
+            fit(&mut t.o, rows * d);
+            fit(&mut t.h[0], rows * width);
+            fit(&mut t.h[1], rows * width);
+            fit(&mut t.weights, rows);
+            if !t.attend.as_ref().is_some_and(|a| a.fits(n, r.heads)) {
+                t.attend = Some(AttendScratch::new(n, r.heads));
+            }
+            f(&mut t)
+        })
     }
 }
 
@@ -287,7 +313,8 @@ impl CpuRouter {
         // 3. Cross-crop attention per position.
         let o = &mut task.o[..rows * d];
         for (q, o) in qkv.chunks_exact(n * 3 * d).zip(o.chunks_exact_mut(n * d)) {
-            attend(q, d, self.heads, &mut task.attend, o);
+            let scratch = task.attend.as_mut().expect("Task::with sized it");
+            attend(q, d, self.heads, scratch, o);
         }
         // 4. The layers, weighted by the voter (the crop mean's 1/n included).
         let inv_n = 1.0 / n as f32;
