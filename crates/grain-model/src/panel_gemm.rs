@@ -230,6 +230,8 @@ mod speed {
     fn against_gemm_crate() {
         for (m, k, n) in [
             (256usize, 64usize, 64usize),
+            (155, 64, 64),
+            (80, 64, 192),
             (256, 64, 192),
             (256, 512, 512),
         ] {

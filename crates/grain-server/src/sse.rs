@@ -192,8 +192,11 @@ impl SseState {
             r#"{"error":{"message":"error","type":"server_error","param":null,"code":null}}"#
                 .to_owned()
         });
-        self.pending
-            .push_back(SseEvent::default().event("error").data(body));
+        self.pending.push_back(
+            SseEvent::default()
+                .event("error")
+                .data(escape_line_separators(body)),
+        );
         self.push_done();
     }
 
@@ -237,8 +240,44 @@ impl SseState {
 
     fn push_json(&mut self, chunk: &wire::ChatCompletionChunk) {
         match serde_json::to_string(chunk) {
-            Ok(json) => self.pending.push_back(SseEvent::default().data(json)),
+            Ok(json) => self
+                .pending
+                .push_back(SseEvent::default().data(escape_line_separators(json))),
             Err(e) => self.fail(ApiError::Internal(format!("serializing a chunk: {e}"))),
         }
+    }
+}
+
+/// `json` with U+0085, U+2028 and U+2029 written as `\u` escapes. serde_json writes them raw (they
+/// are legal in JSON strings, the only place they can occur), but many SSE readers split lines the
+/// way `str.splitlines` does, on these too: Python's httpx `aiter_lines`, for one, then hands the
+/// client half a JSON object. A model can generate any of them. OpenAI's API escapes all non-ASCII,
+/// so its clients never meet them raw.
+fn escape_line_separators(json: String) -> String {
+    if !json.contains(['\u{85}', '\u{2028}', '\u{2029}']) {
+        return json;
+    }
+    json.replace('\u{85}', "\\u0085")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_line_separators;
+
+    #[test]
+    fn line_separators_in_strings_are_escaped_and_the_json_unchanged() {
+        let text = "a\u{85}b\u{2028}c\u{2029}d é \n";
+        let json = serde_json::to_string(&serde_json::json!({ "content": text })).unwrap();
+        assert!(
+            json.contains('\u{2028}'),
+            "serde_json writes it raw: {json}"
+        );
+        let safe = escape_line_separators(json);
+        assert!(!safe.contains(['\u{85}', '\u{2028}', '\u{2029}']), "{safe}");
+        assert_eq!(safe.lines().count(), 1);
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["content"], text);
     }
 }
