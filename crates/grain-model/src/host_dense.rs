@@ -31,22 +31,26 @@ pub(crate) fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<
     }
 }
 
-/// A `Linear`'s `f32` weight `(out, in)` row-major and its bias, on the host; also packed into
-/// [`Panels`] where that kernel runs (AVX2/FMA, `out` a multiple of 16).
+/// A `Linear`'s `f32` weight and its bias, on the host.
 pub(crate) struct DenseF32 {
-    weight: Vec<f32>,
-    panels: Option<Panels>,
+    weight: Weight,
     pub bias: Vec<f32>,
     d_in: usize,
+}
+
+/// The weight in one layout only: packed into [`Panels`] where that kernel runs (AVX2/FMA, `out`
+/// a multiple of 16), else `(out, in)` row-major for [`matmul_serial`].
+enum Weight {
+    Panels(Panels),
+    RowMajor(Vec<f32>),
 }
 
 impl DenseF32 {
     pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
         let (d_out, d_in) = weight.dims2()?;
-        let weight = to_f32_vec(weight)?;
+        let w = to_f32_vec(weight)?;
         Ok(Self {
-            panels: Panels::new(&weight, d_out, d_in),
-            weight,
+            weight: Panels::new(&w, d_out, d_in).map_or(Weight::RowMajor(w), Weight::Panels),
             bias: to_f32_vec(bias)?,
             d_in,
         })
@@ -74,13 +78,16 @@ impl DenseF32 {
         let (d_in, d_out) = (self.d_in, self.d_out());
         let rows = x.len() / d_in;
         assert_eq!(x.len(), rows * d_in, "input rows are {d_in} wide");
-        if let Some(p) = &self.panels {
-            let (bias, relu) = epilogue.map_or((None, false), |(b, r)| (Some(b), r));
-            p.apply(x, bias, relu, out);
-            return;
-        }
+        let w = match &self.weight {
+            Weight::Panels(p) => {
+                let (bias, relu) = epilogue.map_or((None, false), |(b, r)| (Some(b), r));
+                p.apply(x, bias, relu, out);
+                return;
+            }
+            Weight::RowMajor(w) => w,
+        };
         // Wᵀ (in, out) read from W (out, in) row-major.
-        matmul_serial(x, &self.weight, (rows, d_in, d_out), (1, d_in), out);
+        matmul_serial(x, w, (rows, d_in, d_out), (1, d_in), out);
         if let Some((bias, relu)) = epilogue {
             for row in out.chunks_exact_mut(d_out) {
                 for (v, b) in row.iter_mut().zip(bias) {

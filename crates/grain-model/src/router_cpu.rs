@@ -52,13 +52,13 @@ pub(crate) struct CpuRouter {
 /// a `(L, T)` similarity matrix. Norms are clamped at `1e-8`, as in the tensor path.
 fn select_text(base: &[f32], text: &[f32], d: usize, k: usize) -> Vec<f32> {
     let mut u = vec![0f64; d];
+    // A row's f64 Euclidean norm, clamped as the tensor path clamps it.
+    let norm = |row: &[f32]| -> f64 {
+        let sq: f64 = row.iter().map(|v| (*v as f64).powi(2)).sum();
+        sq.sqrt().max(1e-8)
+    };
     for row in base.chunks_exact(d) {
-        let norm = row
-            .iter()
-            .map(|v| (*v as f64).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-8);
+        let norm = norm(row);
         u.iter_mut()
             .zip(row)
             .for_each(|(u, v)| *u += *v as f64 / norm);
@@ -66,15 +66,7 @@ fn select_text(base: &[f32], text: &[f32], d: usize, k: usize) -> Vec<f32> {
     let rows = (base.len() / d).max(1) as f64;
     let scores: Vec<f64> = text
         .chunks_exact(d)
-        .map(|t| {
-            let norm = t
-                .iter()
-                .map(|v| (*v as f64).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-8);
-            t.iter().zip(&u).map(|(t, u)| *t as f64 * u).sum::<f64>() / norm / rows
-        })
+        .map(|t| t.iter().zip(&u).map(|(t, u)| *t as f64 * u).sum::<f64>() / norm(t) / rows)
         .collect();
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
