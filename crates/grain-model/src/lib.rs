@@ -26,6 +26,8 @@ mod router_cpu;
 mod router_pool;
 mod simd;
 mod small_gemm;
+#[cfg(test)]
+mod test_util;
 pub mod tiny;
 pub mod vision;
 pub mod weights;

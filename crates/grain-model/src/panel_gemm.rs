@@ -157,29 +157,18 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_util::values;
 
     #[test]
     fn matches_an_f64_product_on_every_row_remainder() {
         for (n, k) in [(16usize, 1usize), (64, 64), (192, 64), (32, 37)] {
-            let w = values(n * k, (n + k) as u64);
+            let w = values(n * k, (n + k) as u64, 1.0);
             let Some(panels) = Panels::new(&w, n, k) else {
                 return; // No AVX2/FMA: callers keep the gemm crate.
             };
-            let bias = values(n, 7);
+            let bias = values(n, 7, 1.0);
             for m in [1usize, 2, 3, 4, 5, 6, 7, 13, 256] {
-                let x = values(m * k, (m * 31 + k) as u64);
+                let x = values(m * k, (m * 31 + k) as u64, 1.0);
                 for (relu, with_bias) in [(false, false), (false, true), (true, true)] {
                     let mut got = vec![f32::NAN; m * n];
                     panels.apply(&x, with_bias.then_some(&bias[..]), relu, &mut got);
@@ -213,17 +202,7 @@ mod tests {
 /// `cargo test --release -p grain-model --lib panel_gemm::speed -- --ignored --nocapture`.
 #[cfg(test)]
 mod speed {
-    use std::time::Instant;
-
-    fn best(mut f: impl FnMut()) -> f64 {
-        (0..200)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::MAX, f64::min)
-    }
+    use crate::test_util::best_of;
 
     #[test]
     #[ignore = "a measurement, run by hand"]
@@ -245,10 +224,11 @@ mod speed {
                 return;
             };
             let mut y = vec![0f32; m * n];
-            let ours = best(|| p.apply(&x, None, false, &mut y));
+            let ours = best_of(200, || p.apply(&x, None, false, &mut y));
             let mut z = vec![0f32; m * n];
-            let theirs =
-                best(|| crate::host_dense::matmul_serial(&x, &w, (m, k, n), (1, k), &mut z));
+            let theirs = best_of(200, || {
+                crate::host_dense::matmul_serial(&x, &w, (m, k, n), (1, k), &mut z)
+            });
             let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
             println!(
                 "{m}x{k}x{n}: panels {:.1} µs {:.1} GFLOP/s | gemm {:.1} µs {:.1} GFLOP/s",

@@ -458,6 +458,7 @@ fn argmax(v: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::values;
 
     /// The one-pass CPU attention equals the tensor-op attention (batched matrix products and
     /// candle's softmax) on random inputs, for several crop counts.
@@ -490,19 +491,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// Deterministic values in [-scale, scale) from a seed.
-    fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
     }
 
     /// The fused CPU path equals the tensor-op path (candle's matmuls, pooling, attention, GELU

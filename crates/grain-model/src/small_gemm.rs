@@ -195,6 +195,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::values;
 
     fn reference(
         x: &[f32],
@@ -216,18 +217,6 @@ mod tests {
         y
     }
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn matches_a_plain_dot_product_on_every_tile_remainder() {
         if !available() {
@@ -238,9 +227,9 @@ mod tests {
         for m in [1usize, 2, 3, 4, 5, 7, 9, 16, 32] {
             for n in [1usize, 2, 3, 50, 97] {
                 for k in [5usize, 8, 37, 512] {
-                    let x = values(m * k, (m * 131 + n * 7 + k) as u64);
-                    let w = values(n * k, (n * 17 + k) as u64);
-                    let b = values(n, n as u64 + 3);
+                    let x = values(m * k, (m * 131 + n * 7 + k) as u64, 1.0);
+                    let w = values(n * k, (n * 17 + k) as u64, 1.0);
+                    let b = values(n, n as u64 + 3, 1.0);
                     for bias in [None, Some(b.as_slice())] {
                         let mut y = vec![f32::NAN; m * n];
                         assert!(matmul_xwt(&x, &w, bias, (m, n, k), &mut y));
@@ -266,8 +255,8 @@ mod tests {
         }
         let (m, n, k) = (16, 1376, 512);
         assert!(m * n * k >= PARALLEL_MIN_MACS);
-        let x = values(m * k, 1);
-        let w = values(n * k, 2);
+        let x = values(m * k, 1, 1.0);
+        let w = values(n * k, 2, 1.0);
         let mut y = vec![0f32; m * n];
         assert!(matmul_xwt(&x, &w, None, (m, n, k), &mut y));
         let want = reference(&x, &w, None, (m, n, k));
@@ -286,17 +275,8 @@ mod tests {
 #[cfg(test)]
 mod speed {
     use candle_core::{Device, Tensor};
-    use std::time::Instant;
 
-    fn best(mut f: impl FnMut()) -> f64 {
-        (0..30)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::MAX, f64::min)
-    }
+    use crate::test_util::best_of;
 
     #[test]
     #[ignore = "a measurement, run by hand"]
@@ -315,12 +295,12 @@ mod speed {
                     .collect();
                 let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
                 let mut y = vec![0f32; m * n];
-                let ours = best(|| {
+                let ours = best_of(30, || {
                     super::matmul_xwt(&x, &w, None, (m, n, k), &mut y);
                 });
                 let mut want =
                     Tensor::zeros((m, n), candle_core::DType::F32, &Device::Cpu).unwrap();
-                let candle = best(|| want = xt.matmul(&wt.t().unwrap()).unwrap());
+                let candle = best_of(30, || want = xt.matmul(&wt.t().unwrap()).unwrap());
                 let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let worst = y
                     .iter()
