@@ -3,6 +3,9 @@
 //! several runs; a measuring tool for iterating on the decoder, not a test.
 //!
 //! cargo run --release -p grain-model --example decode_step -- [tiny|small] [CTX] [N]
+//!
+//! `GRAIN_WAVE=15` also times 15 prefills of `N` tokens in one forward (a wave of concurrent
+//! requests' first step).
 
 use std::time::Instant;
 
@@ -108,6 +111,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.forward(&e, std::slice::from_ref(&chunk), &cache)?;
         Ok(())
     })?;
+    // `GRAIN_WAVE=S`: also S sequences of `N` tokens each in one forward, like the first step of
+    // a wave of concurrent requests.
+    let seqs: usize = std::env::var("GRAIN_WAVE").map_or(Ok(0), |s| s.parse())?;
+    if seqs > max_batch {
+        return Err(format!("GRAIN_WAVE: at most {max_batch} sequences").into());
+    }
+    if seqs > 0 {
+        let e: Tensor = model.lm().embed(&ids(n * seqs, 7))?;
+        let chunks: Vec<SeqChunk> = tables[..seqs]
+            .iter()
+            .map(|t| SeqChunk {
+                start: 0,
+                len: n,
+                block_table: t,
+                want_logits: true,
+            })
+            .collect();
+        let wave = time(prefill_runs, || {
+            model.forward(&e, &chunks, &cache)?;
+            Ok(())
+        })?;
+        println!(
+            "{seqs} prefills of {n} tokens in one forward: {:.1} ms",
+            wave * 1e3
+        );
+    }
     let c = &model.config().text;
     let (h, l, i) = (c.hidden_size, c.num_hidden_layers, c.intermediate_size);
     let qd = c.num_attention_heads * c.head_dim;

@@ -64,9 +64,9 @@ pub struct Llama {
     config: TextConfig,
 }
 
-/// A decoder projection: candle's `Linear` with the small-batch CPU kernel in front.
+/// A decoder projection, packed for the CPU kernel where it runs ([`Linear::packed`]).
 fn linear(w: &Weights, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-    Ok(Linear::new(vision::linear(w, name, out, inp, bias)?))
+    Ok(Linear::packed(vision::linear(w, name, out, inp, bias)?))
 }
 
 /// Several projections of the same input stacked row-wise into one (their outputs side by side).
@@ -91,7 +91,7 @@ fn stacked(
     } else {
         None
     };
-    Ok(Linear::new(candle_nn::Linear::new(weight, bias)))
+    Ok(Linear::packed(candle_nn::Linear::new(weight, bias)))
 }
 
 fn rms(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<RmsNorm> {

@@ -8,6 +8,12 @@
 //! broadcasts per channel. The bias (and a ReLU) are applied as the tile is stored, so the output
 //! is written once and never needs zeroing.
 //!
+//! [`Panels::apply_par`] runs the same tiles on the rayon pool for the decoder's projections,
+//! each task a contiguous range of panels (one sequential stream of weights), rows in chunks
+//! that stay in L2 while the task's panels are reused from L1. Every output is one FMA chain over
+//! `k` in channel order, whatever the row count or the tile a row lands in, so a sequence's
+//! projections give the same bits alone or batched with others.
+//!
 //! x86-64 with AVX2 and FMA only (checked at run time); [`Panels::new`] returns `None` elsewhere,
 //! or when `n` is not a multiple of 16, and the caller keeps the `gemm` crate.
 //!
@@ -16,6 +22,27 @@
 
 /// Outputs per panel: two 8-lane registers.
 const PANEL: usize = 16;
+
+/// Rows per chunk in [`Panels::apply_par`]: a chunk of activations (48 × k) stays in L2 while a
+/// task's panels pass over it.
+const ROW_CHUNK: usize = 48;
+
+/// Below this many multiply-adds [`Panels::apply_par`] runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 17;
+
+/// The output pointer shared by [`Panels::apply_par`]'s tasks, which write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of one output buffer that outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// A weight `(n, k)` packed into `n / 16` panels of `k × 16`.
 pub(crate) struct Panels {
@@ -51,11 +78,50 @@ impl Panels {
             x.len() == m * k && out.len() == m * n && bias.is_none_or(|b| b.len() == n),
             "x (m, {k}), out (m, {n}) and a bias of {n}"
         );
+        let all = 0..n / PANEL;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `new` only builds panels where AVX2/FMA are available; shapes asserted above.
         unsafe {
-            avx2::apply(x, &self.data, bias, (m, k, n), relu, out)
+            avx2::apply(x, &self.data, bias, (m, k, n), relu, out.as_mut_ptr(), all)
         };
+    }
+
+    /// Output width `n`.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input width `k`.
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    /// [`Self::apply`] (no ReLU) split over the rayon pool by contiguous panel ranges, for the
+    /// decoder's projections; small products stay on the calling thread.
+    pub(crate) fn apply_par(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let m = x.len() / k;
+        let threads = rayon::current_num_threads();
+        if m * n * k < PARALLEL_MIN_MACS || threads < 2 {
+            return self.apply(x, bias, false, out);
+        }
+        assert!(
+            x.len() == m * k && out.len() == m * n && bias.is_none_or(|b| b.len() == n),
+            "x (m, {k}), out (m, {n}) and a bias of {n}"
+        );
+        let panels = n / PANEL;
+        let per = panels.div_ceil((4 * threads).min(panels));
+        let dst = OutPtr(out.as_mut_ptr());
+        use rayon::prelude::*;
+        (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
+            let range = t * per..((t + 1) * per).min(panels);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2/FMA as in `apply`; shapes asserted above; each task writes only the
+            // columns of its own panels, and `out` outlives the parallel loop.
+            unsafe {
+                avx2::apply(x, &self.data, bias, (m, k, n), false, dst.get(), range)
+            };
+        });
     }
 }
 
@@ -63,10 +129,14 @@ impl Panels {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::PANEL;
+    use super::{PANEL, ROW_CHUNK};
 
+    /// Panels `ps` against every row: rows in chunks of [`ROW_CHUNK`], each chunk through the
+    /// panels in turn, six rows per tile.
+    ///
     /// # Safety
-    /// AVX2 and FMA; `x` `m × k`, `panels` `n × k`, `bias` `n`, `out` `m × n`, `n % 16 == 0`.
+    /// AVX2 and FMA; `x` `m × k`, `panels` `n × k`, `bias` `n`, `out` valid for `m × n` writes
+    /// with nothing else touching the columns of panels `ps`, `n % 16 == 0`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn apply(
         x: &[f32],
@@ -74,26 +144,32 @@ mod avx2 {
         bias: Option<&[f32]>,
         (m, k, n): (usize, usize, usize),
         relu: bool,
-        out: &mut [f32],
+        out: *mut f32,
+        ps: std::ops::Range<usize>,
     ) {
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(6);
-            for p in 0..n / PANEL {
-                let at = Tile { r, p, k, n, relu };
-                // SAFETY: AVX2/FMA enabled; rows `r..r+rows` and panel `p` are in bounds.
-                unsafe {
-                    match rows {
-                        6 => tile::<6>(x, panels, bias, at, out),
-                        5 => tile::<5>(x, panels, bias, at, out),
-                        4 => tile::<4>(x, panels, bias, at, out),
-                        3 => tile::<3>(x, panels, bias, at, out),
-                        2 => tile::<2>(x, panels, bias, at, out),
-                        _ => tile::<1>(x, panels, bias, at, out),
+        let mut chunk = 0;
+        while chunk < m {
+            let end = (chunk + ROW_CHUNK).min(m);
+            for p in ps.clone() {
+                let mut r = chunk;
+                while r < end {
+                    let rows = (end - r).min(6);
+                    let at = Tile { r, p, k, n, relu };
+                    // SAFETY: AVX2/FMA enabled; rows `r..r+rows` and panel `p` are in bounds.
+                    unsafe {
+                        match rows {
+                            6 => tile::<6>(x, panels, bias, at, out),
+                            5 => tile::<5>(x, panels, bias, at, out),
+                            4 => tile::<4>(x, panels, bias, at, out),
+                            3 => tile::<3>(x, panels, bias, at, out),
+                            2 => tile::<2>(x, panels, bias, at, out),
+                            _ => tile::<1>(x, panels, bias, at, out),
+                        }
                     }
+                    r += rows;
                 }
             }
-            r += rows;
+            chunk = end;
         }
     }
 
@@ -114,7 +190,7 @@ mod avx2 {
         panels: &[f32],
         bias: Option<&[f32]>,
         Tile { r, p, k, n, relu }: Tile,
-        out: &mut [f32],
+        out: *mut f32,
     ) {
         debug_assert!((r + R) * k <= x.len() && (p + 1) * PANEL * k <= panels.len());
         let xp = x.as_ptr();
@@ -146,7 +222,7 @@ mod avx2 {
                     v0 = _mm256_max_ps(v0, zero);
                     v1 = _mm256_max_ps(v1, zero);
                 }
-                let o = out.as_mut_ptr().add((r + i) * n + p * PANEL);
+                let o = out.add((r + i) * n + p * PANEL);
                 _mm256_storeu_ps(o, v0);
                 _mm256_storeu_ps(o.add(8), v1);
             }
@@ -237,6 +313,39 @@ mod speed {
                 theirs * 1e6,
                 gf(theirs)
             );
+        }
+    }
+    /// The decoder's shapes on the rayon pool: [`super::Panels::apply_par`] against candle's
+    /// matmul (the `gemm` crate, parallel), with `m` rows from a decode step to a long prefill.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn decoder_shapes_against_candle() {
+        use candle_core::{Device, Tensor};
+        for (k, n) in [(512usize, 2752usize), (1376, 512)] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1e3 - 0.5)
+                .collect();
+            let Some(p) = super::Panels::new(&w, n, k) else {
+                return;
+            };
+            let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+            for m in [16usize, 78, 1170, 2985] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
+                    .collect();
+                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+                let mut y = vec![0f32; m * n];
+                let ours = best_of(10, || p.apply_par(&x, None, &mut y));
+                let candle = best_of(10, || {
+                    xt.matmul(&wt.t().unwrap()).unwrap();
+                });
+                let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+                println!(
+                    "{m:>5}x{k}x{n}: panels {:.1} GFLOP/s | candle {:.1} GFLOP/s",
+                    gf(ours),
+                    gf(candle)
+                );
+            }
         }
     }
 }

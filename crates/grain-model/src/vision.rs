@@ -6,6 +6,8 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
+use crate::linear::Linear as PackedLinear;
+
 use crate::attention_blocks::{self, Mask};
 use crate::config::{FeatureSelect, VisionAct, VisionConfig};
 use crate::error::{ModelError, Result};
@@ -29,6 +31,19 @@ pub(crate) fn linear(
     Ok(Linear::new(weight, bias))
 }
 
+/// [`linear`], packed for the CPU kernel where it runs ([`PackedLinear::packed`]).
+fn packed_linear(
+    w: &Weights,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    bias: bool,
+) -> Result<PackedLinear> {
+    Ok(PackedLinear::packed(linear(
+        w, name, out_dim, in_dim, bias,
+    )?))
+}
+
 pub(crate) fn layer_norm(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
     Ok(LayerNorm::new(
         w.get(&format!("{name}.weight"), &[dim])?,
@@ -38,14 +53,14 @@ pub(crate) fn layer_norm(w: &Weights, name: &str, dim: usize, eps: f64) -> Resul
 }
 
 struct EncoderLayer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: PackedLinear,
+    k: PackedLinear,
+    v: PackedLinear,
+    out: PackedLinear,
     ln1: LayerNorm,
     ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: PackedLinear,
+    fc2: PackedLinear,
     heads: usize,
     act: VisionAct,
 }
@@ -54,14 +69,14 @@ impl EncoderLayer {
     fn load(w: &Weights, p: &str, c: &VisionConfig) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
-            q: linear(w, &format!("{p}.self_attn.q_proj"), h, h, true)?,
-            k: linear(w, &format!("{p}.self_attn.k_proj"), h, h, true)?,
-            v: linear(w, &format!("{p}.self_attn.v_proj"), h, h, true)?,
-            out: linear(w, &format!("{p}.self_attn.out_proj"), h, h, true)?,
+            q: packed_linear(w, &format!("{p}.self_attn.q_proj"), h, h, true)?,
+            k: packed_linear(w, &format!("{p}.self_attn.k_proj"), h, h, true)?,
+            v: packed_linear(w, &format!("{p}.self_attn.v_proj"), h, h, true)?,
+            out: packed_linear(w, &format!("{p}.self_attn.out_proj"), h, h, true)?,
             ln1: layer_norm(w, &format!("{p}.layer_norm1"), h, c.layer_norm_eps)?,
             ln2: layer_norm(w, &format!("{p}.layer_norm2"), h, c.layer_norm_eps)?,
-            fc1: linear(w, &format!("{p}.mlp.fc1"), c.intermediate_size, h, true)?,
-            fc2: linear(w, &format!("{p}.mlp.fc2"), h, c.intermediate_size, true)?,
+            fc1: packed_linear(w, &format!("{p}.mlp.fc1"), c.intermediate_size, h, true)?,
+            fc2: packed_linear(w, &format!("{p}.mlp.fc2"), h, c.intermediate_size, true)?,
             heads: c.num_attention_heads,
             act: c.hidden_act,
         })
@@ -221,21 +236,19 @@ impl VisionTower {
 
 /// `mlp2x_gelu`: Linear → GELU (erf) → Linear, from the vision width to the LM width.
 pub struct Projector {
-    l1: Linear,
-    l2: Linear,
+    l1: PackedLinear,
+    l2: PackedLinear,
 }
 
 impl Projector {
     pub fn load(w: &Weights, vision_hidden: usize, text_hidden: usize) -> Result<Self> {
         Ok(Self {
-            l1: linear(w, "proj.linear_1", text_hidden, vision_hidden, true)?,
-            l2: linear(w, "proj.linear_2", text_hidden, text_hidden, true)?,
+            l1: packed_linear(w, "proj.linear_1", text_hidden, vision_hidden, true)?,
+            l2: packed_linear(w, "proj.linear_2", text_hidden, text_hidden, true)?,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .l2
-            .forward(&host_ops::gelu_erf(&self.l1.forward(x)?)?)?)
+        self.l2.forward(&host_ops::gelu_erf(&self.l1.forward(x)?)?)
     }
 }
