@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // GRAIN_STEP_RUNS (batch 16) and GRAIN_PREFILL_RUNS raise the number of timed runs, e.g. to
     // profile one of them with perf.
     let runs: usize = std::env::var("GRAIN_STEP_RUNS").map_or(Ok(20), |s| s.parse())?;
-    for b in [1usize, 4, 16] {
+    for b in [1usize, 4, 8, 16] {
         let toks: Vec<u32> = (0..b).map(|s| 3 + s as u32).collect();
         let step = time(if b == 16 { runs } else { 20 }, || {
             let e = model.lm().embed(&toks)?;

@@ -153,7 +153,7 @@ mod avx2 {
             for p in ps.clone() {
                 let mut r = chunk;
                 while r < end {
-                    let rows = (end - r).min(6);
+                    let rows = tile_rows(end - r);
                     let at = Tile { r, p, k, n, relu };
                     // SAFETY: AVX2/FMA enabled; rows `r..r+rows` and panel `p` are in bounds.
                     unsafe {
@@ -171,6 +171,14 @@ mod avx2 {
             }
             chunk = end;
         }
+    }
+
+    /// Rows for the next tile when `left` rows remain: six, except that the last tiles share
+    /// what is left evenly (8 rows as 4 + 4, not 6 + 2), since a tile of one or two rows keeps
+    /// too few accumulators busy to hide the FMA latency.
+    fn tile_rows(left: usize) -> usize {
+        let tiles = left.div_ceil(6);
+        left.div_ceil(tiles)
     }
 
     #[derive(Clone, Copy)]
@@ -329,7 +337,7 @@ mod speed {
                 return;
             };
             let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-            for m in [16usize, 78, 1170, 2985] {
+            for m in [8usize, 16, 78, 1170, 2985] {
                 let x: Vec<f32> = (0..m * k)
                     .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
                     .collect();
