@@ -79,10 +79,8 @@ impl LlavaModel {
 
     /// Vision tower + projector: `(n, 3, S, S)` pixels → `(n, 576, hidden)`.
     pub fn encode_crops(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.on_pool(|| {
-            let f = self.vision.forward(&pixels.to_device(&self.device)?)?;
-            self.projector.forward(&f)
-        })
+        let f = self.vision.forward(&pixels.to_device(&self.device)?)?;
+        self.projector.forward(&f)
     }
 
     /// Run `f` on a worker of rayon's global pool where the model is on the CPU (the caller
@@ -91,8 +89,10 @@ impl LlavaModel {
     /// loop. Started on a worker, a loop hands work to the other workers through its deque and
     /// runs its own share. On the 2-core build machine a 1-row decode step of the small preset
     /// took 1.8–2.3 ms this way against 2.2–3.2 ms (`examples/decode_step.rs`, alternated runs).
-    /// `GRAIN_ON_POOL=off` turns it off, for side-by-side measurements. The router is left out:
-    /// its one parallel loop measured slower started from a worker.
+    /// `GRAIN_ON_POOL=off` turns it off, for side-by-side measurements. The router and the vision
+    /// tower are left out: in the server (`grain serve`, tiny model, 40 image requests per run,
+    /// three alternated runs) both took longer on a worker (router 3.8–8.6 ms against 4.0, vision
+    /// tower 40–59 ms against 37–43), while the decoder's steps gained.
     fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("GRAIN_ON_POOL").map_or(true, |v| v != "off"));
