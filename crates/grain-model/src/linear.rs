@@ -1,9 +1,9 @@
-//! The decoder's linear layers. On a CPU with AVX2/FMA an `f32` projection is packed once, at
-//! load time, into [`crate::panel_gemm`]'s panels (the row-major copy is dropped) and every call,
-//! a decode step's few rows or a prefill's thousands, runs that kernel on the rayon pool.
-//! Elsewhere it is candle's `Linear`, except that few-row `f32` inputs on the CPU go through
-//! [`crate::small_gemm`], which reads each weight once for all rows instead of re-packing it on
-//! every call.
+//! The model's linear layers (decoder, vision tower, projector). On a CPU with AVX2/FMA an `f32`
+//! projection is packed once, at load time, into [`crate::panel_gemm`]'s panels (the row-major
+//! copy is dropped) and every call, a decode step's few rows or a prefill's thousands, runs that
+//! kernel on the rayon pool. Elsewhere it is candle's `Linear`, except that few-row `f32` inputs on
+//! the CPU go through [`crate::small_gemm`], which reads each weight once for all rows instead of
+//! re-packing it on every call.
 
 use candle_core::{DType, Device, Module, Storage, Tensor};
 

@@ -323,6 +323,7 @@ mod speed {
             );
         }
     }
+
     /// The decoder's shapes on the rayon pool: [`super::Panels::apply_par`] against candle's
     /// matmul (the `gemm` crate, parallel), with `m` rows from a decode step to a long prefill.
     #[test]

@@ -6,13 +6,12 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
-use crate::linear::Linear as PackedLinear;
-
 use crate::attention_blocks::{self, Mask};
 use crate::config::{FeatureSelect, VisionAct, VisionConfig};
 use crate::error::{ModelError, Result};
 use crate::host_dense::with_values;
 use crate::host_ops;
+use crate::linear::Linear as PackedLinear;
 use crate::weights::Weights;
 
 pub(crate) fn linear(
