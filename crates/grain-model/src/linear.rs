@@ -8,6 +8,7 @@
 use candle_core::{DType, Device, Module, Storage, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::host_dense::{to_f32_vec, with_values};
 use crate::panel_gemm::Panels;
 use crate::small_gemm;
 
@@ -32,7 +33,7 @@ enum Kind {
 /// A host `f32` tensor's values, row-major (`None` on other devices or dtypes).
 fn host_f32(t: &Tensor) -> Option<Vec<f32>> {
     (t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu))
-        .then(|| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ok())
+        .then(|| to_f32_vec(t).ok())
         .flatten()
 }
 
@@ -94,17 +95,8 @@ fn forward_packed(panels: &Panels, bias: Option<&[f32]>, x: &Tensor) -> Result<T
         )));
     }
     let x = x.contiguous()?;
-    let m = x.elem_count() / k;
-    let mut y = vec![0f32; m * n];
-    {
-        let (xs, xl) = x.storage_and_layout();
-        let (Storage::Cpu(xc), Some((x0, x1))) = (&*xs, xl.contiguous_offsets()) else {
-            return Err(ModelError::Input(
-                "linear layer: input not on the host".into(),
-            ));
-        };
-        panels.apply_par(&xc.as_slice::<f32>()?[x0..x1], bias, &mut y);
-    }
+    let mut y = vec![0f32; x.elem_count() / k * n];
+    with_values(&x, |xv| panels.apply_par(xv, bias, &mut y))?;
     *dims.last_mut().expect("checked above") = n;
     Ok(Tensor::from_vec(y, dims, &Device::Cpu)?)
 }

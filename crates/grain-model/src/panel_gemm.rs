@@ -72,18 +72,25 @@ impl Panels {
     /// `out (m, n) = x (m, k) · Wᵀ (+ bias)`, then `max(0, ·)` when `relu`. Every element of
     /// `out` is written.
     pub(crate) fn apply(&self, x: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        let m = x.len() / k;
-        assert!(
-            x.len() == m * k && out.len() == m * n && bias.is_none_or(|b| b.len() == n),
-            "x (m, {k}), out (m, {n}) and a bias of {n}"
-        );
+        let (m, k, n) = self.shape_of(x, bias, out);
         let all = 0..n / PANEL;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `new` only builds panels where AVX2/FMA are available; shapes asserted above.
         unsafe {
             avx2::apply(x, &self.data, bias, (m, k, n), relu, out.as_mut_ptr(), all)
         };
+    }
+
+    /// `(m, k, n)` of a product, after asserting that `x` is `(m, k)`, `out` `(m, n)` and the
+    /// bias `n` long.
+    fn shape_of(&self, x: &[f32], bias: Option<&[f32]>, out: &[f32]) -> (usize, usize, usize) {
+        let (n, k) = (self.n, self.k);
+        let m = x.len() / k;
+        assert!(
+            x.len() == m * k && out.len() == m * n && bias.is_none_or(|b| b.len() == n),
+            "x (m, {k}), out (m, {n}) and a bias of {n}"
+        );
+        (m, k, n)
     }
 
     /// Output width `n`.
@@ -99,16 +106,11 @@ impl Panels {
     /// [`Self::apply`] (no ReLU) split over the rayon pool by contiguous panel ranges, for the
     /// decoder's projections; small products stay on the calling thread.
     pub(crate) fn apply_par(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        let m = x.len() / k;
+        let (m, k, n) = self.shape_of(x, bias, out);
         let threads = rayon::current_num_threads();
         if m * n * k < PARALLEL_MIN_MACS || threads < 2 {
             return self.apply(x, bias, false, out);
         }
-        assert!(
-            x.len() == m * k && out.len() == m * n && bias.is_none_or(|b| b.len() == n),
-            "x (m, {k}), out (m, {n}) and a bias of {n}"
-        );
         let panels = n / PANEL;
         let per = panels.div_ceil((4 * threads).min(panels));
         let dst = OutPtr(out.as_mut_ptr());
