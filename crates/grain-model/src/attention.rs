@@ -57,13 +57,17 @@ pub(crate) fn paged_rows(
     q: &[f32],
     rows: &[KernelRow<'_>],
     layer: &HostLayer<'_>,
-    block_size: usize,
     heads: Heads,
     out: &mut [f32],
 ) {
     let (hd, nkv, group) = (heads.dim, heads.kv, heads.group());
+    let geometry = layer.geometry;
+    assert!(
+        geometry.kv_heads == nkv && geometry.head_dim == hd,
+        "cache geometry"
+    );
+    let bs = geometry.block_size;
     let width = heads.q * hd;
-    let slot_row = nkv * hd;
     let scale = heads.scale() as f32;
     let (kc, vc) = (&layer.k[..], &layer.v[..]);
     // One work item per (row, KV head): its `group` query heads share every key/value read.
@@ -72,25 +76,41 @@ pub(crate) fn paged_rows(
         .for_each(|(item, o)| {
             let (r, kvh) = (item / nkv, item % nkv);
             let row = &rows[r];
-            // Where each visible position's key (and value) starts in the layer's arrays.
-            let mut at = Vec::with_capacity(row.ctx);
-            for (b, &block) in row.table[..row.ctx.div_ceil(block_size)].iter().enumerate() {
-                let n = block_size.min(row.ctx - b * block_size);
-                let base = block as usize * block_size;
-                at.extend((0..n).map(|i| (base + i) * slot_row + kvh * hd));
-            }
-            let qh = &q[r * width + kvh * group * hd..][..group * hd];
-            let task = ItemTask {
-                qh,
-                kc,
-                vc,
-                at: &at,
-                group,
-                hd,
-                scale,
-            };
-            task.run(o);
+            SCRATCH.with(|cell| {
+                let scratch = &mut *cell.borrow_mut();
+                // Where each visible position's key (and value) starts in the layer's arrays.
+                let at = &mut scratch.at;
+                at.clear();
+                for (b, &block) in row.table[..row.ctx.div_ceil(bs)].iter().enumerate() {
+                    let start = geometry.at(block as usize, kvh, 0);
+                    let n = bs.min(row.ctx - b * bs);
+                    at.extend((0..n).map(|i| start + i * hd));
+                }
+                let task = ItemTask {
+                    qh: &q[r * width + kvh * group * hd..][..group * hd],
+                    kc,
+                    vc,
+                    at,
+                    group,
+                    hd,
+                    scale,
+                };
+                task.run(&mut scratch.scores, &mut scratch.probs, o);
+            });
         });
+}
+
+/// A worker thread's buffers for [`paged_rows`], grown to the longest context it has seen, so
+/// that a decode step allocates nothing per item.
+#[derive(Default)]
+struct Scratch {
+    at: Vec<usize>,
+    scores: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// One (query row, KV head) of [`paged_rows`]: scores against every visible key, softmax, the
@@ -106,11 +126,13 @@ struct ItemTask<'a> {
 }
 
 impl ItemTask<'_> {
-    fn run(&self, o: &mut [f32]) {
+    /// `scores` and `probs` are scratch, resized here.
+    fn run(&self, scores: &mut Vec<f32>, probs: &mut Vec<f32>, o: &mut [f32]) {
         let (group, hd, ctx) = (self.group, self.hd, self.at.len());
-        let mut scores = vec![0f32; group * ctx];
-        simd::scores(self.qh, hd, self.kc, self.at, self.scale, &mut scores);
-        let mut probs = vec![0f32; group * ctx];
+        scores.resize(group * ctx, 0.0);
+        probs.resize(group * ctx, 0.0);
+        let (scores, probs) = (&mut scores[..group * ctx], &mut probs[..group * ctx]);
+        simd::scores(self.qh, hd, self.kc, self.at, self.scale, scores);
         for (s, p) in scores.chunks_exact(ctx).zip(probs.chunks_exact_mut(ctx)) {
             let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let inv = 1.0 / simd::exp_shifted(s, max, p);

@@ -1,9 +1,11 @@
-//! Paged KV storage: per layer one `(num_blocks · block_size, kv_heads, head_dim)` array for keys
-//! and one for values. Which blocks a sequence owns is decided by the engine's block allocator;
-//! this module only writes and reads through block tables.
+//! Paged KV storage: per layer one array for keys and one for values. Which blocks a sequence owns
+//! is decided by the engine's block allocator; this module only writes and reads through block
+//! tables.
 //!
-//! On the CPU in f32 the arrays are plain vectors that the attention kernels read in place
-//! (no gather copy per layer and step); on other devices and dtypes they are candle tensors
+//! On the CPU in f32 the arrays are plain vectors, `(num_blocks, kv_heads, block_size, head_dim)`,
+//! that the attention kernels read in place (no gather copy per layer and step): one KV head's
+//! keys of a block are one contiguous run, so a decode step streams them sequentially. On other
+//! devices and dtypes they are candle tensors `(num_blocks · block_size, kv_heads, head_dim)`,
 //! written with `slice_set` and gathered with `index_select`.
 
 use std::sync::{RwLock, RwLockReadGuard};
@@ -40,6 +42,24 @@ pub struct KvCache {
 pub(crate) struct HostLayer<'a> {
     pub k: RwLockReadGuard<'a, Vec<f32>>,
     pub v: RwLockReadGuard<'a, Vec<f32>>,
+    pub geometry: HostGeometry,
+}
+
+/// Where things are in a host layer's arrays: `(num_blocks, kv_heads, block_size, head_dim)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HostGeometry {
+    pub block_size: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl HostGeometry {
+    /// Index of position `i` of `block` for KV head `head`: its `head_dim` values follow, and
+    /// the block's next position of the same head starts `head_dim` later.
+    #[inline]
+    pub fn at(&self, block: usize, head: usize, i: usize) -> usize {
+        ((block * self.kv_heads + head) * self.block_size + i) * self.head_dim
+    }
 }
 
 fn poisoned() -> ModelError {
@@ -228,17 +248,16 @@ impl KvCache {
         self.check_table(table, start + len)?;
         let mut kc = kc[layer].write().map_err(|_| poisoned())?;
         let mut vc = vc[layer].write().map_err(|_| poisoned())?;
-        let mut i = 0;
-        while i < len {
+        let (g, hd) = (self.geometry(), self.head_dim);
+        for i in 0..len {
             let pos = start + i;
-            let run = (self.block_size - pos % self.block_size).min(len - i);
-            let at = (table[pos / self.block_size] as usize * self.block_size
-                + pos % self.block_size)
-                * self.row;
-            let src = i * self.row..(i + run) * self.row;
-            kc[at..at + run * self.row].copy_from_slice(&k[src.clone()]);
-            vc[at..at + run * self.row].copy_from_slice(&v[src]);
-            i += run;
+            let block = table[pos / self.block_size] as usize;
+            for h in 0..self.kv_heads {
+                let at = g.at(block, h, pos % self.block_size);
+                let src = i * self.row + h * hd..i * self.row + (h + 1) * hd;
+                kc[at..at + hd].copy_from_slice(&k[src.clone()]);
+                vc[at..at + hd].copy_from_slice(&v[src]);
+            }
         }
         Ok(())
     }
@@ -251,7 +270,16 @@ impl KvCache {
         Ok(HostLayer {
             k: k[layer].read().map_err(|_| poisoned())?,
             v: v[layer].read().map_err(|_| poisoned())?,
+            geometry: self.geometry(),
         })
+    }
+
+    fn geometry(&self) -> HostGeometry {
+        HostGeometry {
+            block_size: self.block_size,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
     /// Keys and values for positions `0..len`, gathered through the block table, each
@@ -266,17 +294,17 @@ impl KvCache {
             Store::Host { .. } => {
                 self.check_table(table, len)?;
                 let l = self.host_layer(layer)?;
-                let (nkv, hd) = (self.kv_heads, self.head_dim);
+                let (nkv, hd, bs) = (self.kv_heads, self.head_dim, self.block_size);
                 let mut k = vec![0f32; nkv * len * hd];
                 let mut v = vec![0f32; nkv * len * hd];
-                for pos in 0..len {
-                    let slot = table[pos / self.block_size] as usize * self.block_size
-                        + pos % self.block_size;
+                // A block's positions of one head are one run in the cache and in the output.
+                for (b, &block) in table[..len.div_ceil(bs)].iter().enumerate() {
+                    let n = bs.min(len - b * bs);
                     for h in 0..nkv {
-                        let src = slot * self.row + h * hd;
-                        let dst = (h * len + pos) * hd;
-                        k[dst..dst + hd].copy_from_slice(&l.k[src..src + hd]);
-                        v[dst..dst + hd].copy_from_slice(&l.v[src..src + hd]);
+                        let src = l.geometry.at(block as usize, h, 0);
+                        let dst = (h * len + b * bs) * hd;
+                        k[dst..dst + n * hd].copy_from_slice(&l.k[src..src + n * hd]);
+                        v[dst..dst + n * hd].copy_from_slice(&l.v[src..src + n * hd]);
                     }
                 }
                 let shape = (nkv, len, hd);

@@ -399,7 +399,7 @@ fn attention_host(
         };
         let mut o = vec![0f32; rows.len() * width];
         let layer = cache.host_layer(li)?;
-        paged_rows(&qk, &rows, &layer, cache.block_size(), heads, &mut o);
+        paged_rows(&qk, &rows, &layer, heads, &mut o);
         for (j, &r) in at.iter().enumerate() {
             out[r * width..(r + 1) * width].copy_from_slice(&o[j * width..(j + 1) * width]);
         }
