@@ -10,6 +10,7 @@ mod attention;
 mod attention_blocks;
 pub mod config;
 pub mod error;
+mod gelu_vote;
 pub mod granularity;
 mod host_dense;
 mod host_ops;

@@ -293,14 +293,16 @@ mod avx2 {
                 let mut ci = 0;
                 while ci < chunks {
                     let run = (chunks - ci).min(4);
+                    // Each chunk's head group, once per run: in the inner loop it compiled to an
+                    // integer division next to every FMA.
+                    let groups: [usize; 4] = std::array::from_fn(|t| group(ci + t));
                     let mut acc = [_mm256_setzero_ps(); 4];
                     for j in 0..n {
                         let v = p.add(j * 3 * d + 2 * d);
                         let w = sp.add((i * n + j) * heads);
                         for (t, a) in acc.iter_mut().enumerate().take(run) {
-                            let c = ci + t;
-                            let wv = _mm256_loadu_ps(w.add(group(c)));
-                            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(c * 8)), *a);
+                            let wv = _mm256_loadu_ps(w.add(groups[t]));
+                            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add((ci + t) * 8)), *a);
                         }
                     }
                     for (t, a) in acc.iter().enumerate().take(run) {

@@ -11,7 +11,7 @@
 //! 3. the cross-crop attention of each position ([`crate::router_attend`]);
 //! 4. `out_proj → +x → LayerNorm1 → linear1 → ReLU → linear2 → +x → LayerNorm2 → mlp1 →
 //!    GELU(erf)`, and the sum of the GELU rows weighted by the voter (divided by `n`: the crop
-//!    mean).
+//!    mean; [`crate::gelu_vote`]).
 //!
 //! The last layer, `mlp2`, is affine, so it is applied once to the total: `Σ_t v_t·(W·g_t + b) =
 //! W·Σ_t v_t·g_t + b·Σ_t v_t`. The text rows are the same in every crop (same q, k, v), so their
@@ -23,7 +23,7 @@
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host_dense::gelu_erf;
+use crate::gelu_vote::gelu_weighted_sum;
 pub(crate) use crate::host_dense::{DenseF32, NormF32};
 use crate::router_attend::{attend, AttendScratch};
 use crate::router_pool::PoolPlan;
@@ -165,11 +165,7 @@ impl CpuRouter {
         let r = span(&self.mlp1);
         self.mlp1.apply_biased(x, false, &mut h1[r.clone()]);
         let mut part = vec![0f32; d];
-        for (row, wr) in h1[r].chunks_exact(d).zip(w) {
-            for (p, v) in part.iter_mut().zip(row) {
-                *p += wr * gelu_erf(*v);
-            }
-        }
+        gelu_weighted_sum(&h1[r], w, &mut part);
         part.iter().map(|&p| p as f64).collect()
     }
 }
