@@ -195,6 +195,109 @@ impl NormF32 {
     }
 }
 
+impl NormF32 {
+    /// `x ← LayerNorm(x + h)` for every row of `x` (rows as wide as the norm): a post-LN layer's
+    /// residual add and norm. Where AVX2/FMA are available and the width is a multiple of 8,
+    /// four rows go through each pass together, so their reductions, square root and division
+    /// overlap instead of forming one serial chain per row; the operations per row are
+    /// [`Self::apply`]'s, in the same order, so the results are the same bits.
+    pub(crate) fn residual_rows(&self, x: &mut [f32], h: &[f32]) {
+        let d = self.weight.len();
+        assert!(
+            x.len() == h.len() && x.len() % d == 0,
+            "x and h are rows of {d}"
+        );
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if d % 8 == 0 && crate::small_gemm::available() {
+            // SAFETY: `available()` checked AVX2 and FMA; lengths checked above.
+            #[allow(unsafe_code)]
+            {
+                done = unsafe { avx2::residual_rows4(self, x, h) };
+            }
+        }
+        for (xr, hr) in x[done..].chunks_exact_mut(d).zip(h[done..].chunks_exact(d)) {
+            xr.iter_mut().zip(hr).for_each(|(x, h)| *x += h);
+            self.apply(xr);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::NormF32;
+
+    /// [`NormF32::residual_rows`] on whole groups of four rows; returns how many values it did.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; width a multiple of 8; `x` and `h` of equal length, whole rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn residual_rows4(n: &NormF32, x: &mut [f32], h: &[f32]) -> usize {
+        let d = n.weight.len();
+        let groups = x.len() / d / 4;
+        let inv_d = 1.0 / d as f32;
+        let (wp, bp) = (n.weight.as_ptr(), n.bias.as_ptr());
+        for g in 0..groups {
+            // SAFETY: rows `4g .. 4g + 4` and columns `c + 8 <= d` are inside `x` and `h`.
+            unsafe {
+                let xp = x.as_mut_ptr().add(4 * g * d);
+                let hp = h.as_ptr().add(4 * g * d);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for c in (0..d).step_by(8) {
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let at = i * d + c;
+                        let v =
+                            _mm256_add_ps(_mm256_loadu_ps(xp.add(at)), _mm256_loadu_ps(hp.add(at)));
+                        _mm256_storeu_ps(xp.add(at), v);
+                        *a = _mm256_add_ps(*a, v);
+                    }
+                }
+                let mean: [__m256; 4] =
+                    std::array::from_fn(|i| _mm256_set1_ps(tree8(acc[i]) * inv_d));
+                let mut dev = [_mm256_setzero_ps(); 4];
+                for c in (0..d).step_by(8) {
+                    for (i, a) in dev.iter_mut().enumerate() {
+                        let v = _mm256_sub_ps(_mm256_loadu_ps(xp.add(i * d + c)), mean[i]);
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(v, v));
+                    }
+                }
+                let var = _mm_set_ps(tree8(dev[3]), tree8(dev[2]), tree8(dev[1]), tree8(dev[0]));
+                let var = _mm_mul_ps(var, _mm_set1_ps(inv_d));
+                let inv = _mm_div_ps(
+                    _mm_set1_ps(1.0),
+                    _mm_sqrt_ps(_mm_add_ps(var, _mm_set1_ps(1e-5))),
+                );
+                let mut lanes = [0f32; 4];
+                _mm_storeu_ps(lanes.as_mut_ptr(), inv);
+                let inv: [__m256; 4] = std::array::from_fn(|i| _mm256_set1_ps(lanes[i]));
+                for c in (0..d).step_by(8) {
+                    let (w, b) = (_mm256_loadu_ps(wp.add(c)), _mm256_loadu_ps(bp.add(c)));
+                    for i in 0..4 {
+                        let at = xp.add(i * d + c);
+                        let v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(at), mean[i]), inv[i]);
+                        _mm256_storeu_ps(at, _mm256_add_ps(_mm256_mul_ps(v, w), b));
+                    }
+                }
+            }
+        }
+        groups * 4 * d
+    }
+
+    /// [`super::tree8`] of a register's lanes: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn tree8(v: __m256) -> f32 {
+        // [l0+l4, l1+l5, l2+l6, l3+l7]
+        let a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        // [(l0+l4)+(l2+l6), (l1+l5)+(l3+l7), ..]
+        let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+        _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)))
+    }
+}
+
 /// The exact (erf) GELU `x·(1 + erf(x/√2))/2`, with erf from Abramowitz–Stegun 7.1.26 (|error| ≤
 /// 1.5e-7). For negative inputs `1 + erf` is formed directly as the small tail term, so there is
 /// no cancellation.
@@ -213,6 +316,32 @@ pub(crate) fn gelu_erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn residual_rows_give_the_bits_of_add_then_apply() {
+        for (d, rows) in [(64usize, 11usize), (24, 9), (12, 5), (64, 0)] {
+            let t = |v: Vec<f32>, shape| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+            let norm = NormF32::new(
+                &t(crate::test_util::values(d, 1, 2.0), d),
+                &t(crate::test_util::values(d, 2, 1.0), d),
+            )
+            .unwrap();
+            let x = crate::test_util::values(rows * d, 3, 5.0);
+            let h = crate::test_util::values(rows * d, 4, 5.0);
+            let mut want = x.clone();
+            for (xr, hr) in want.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
+                xr.iter_mut().zip(hr).for_each(|(x, h)| *x += h);
+                norm.apply(xr);
+            }
+            let mut got = x;
+            norm.residual_rows(&mut got, &h);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "d={d} rows={rows}: {got:?} vs {want:?}");
+        }
+    }
     use candle_core::Device;
 
     #[test]

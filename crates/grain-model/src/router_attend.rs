@@ -155,16 +155,87 @@ mod avx2 {
             weighted_body(qkv, d, heads, &sc.s, out);
             return;
         }
+        // SAFETY (each arm): AVX2/FMA enabled; lengths as asserted by the caller.
+        match n {
+            1 => return unsafe { attend_n::<1>(qkv, d, heads, out) },
+            2 => return unsafe { attend_n::<2>(qkv, d, heads, out) },
+            3 => return unsafe { attend_n::<3>(qkv, d, heads, out) },
+            4 => return unsafe { attend_n::<4>(qkv, d, heads, out) },
+            5 => return unsafe { attend_n::<5>(qkv, d, heads, out) },
+            6 => return unsafe { attend_n::<6>(qkv, d, heads, out) },
+            7 => return unsafe { attend_n::<7>(qkv, d, heads, out) },
+            8 => return unsafe { attend_n::<8>(qkv, d, heads, out) },
+            _ => {}
+        }
         // SAFETY (all three): AVX2/FMA enabled; lengths as asserted by the caller.
         unsafe { scores(qkv, (n, d, heads), &mut sc.s) };
         unsafe { softmax(n, heads, d / heads, &mut sc.s) };
         unsafe { weighted(qkv, (n, d, heads), &sc.s, out) };
     }
 
+    /// The whole attention for `N` crops (at most 8) and `heads % 8 == 0`, with the scores and
+    /// weights of an 8-head group held in registers: the `N` keys of a row are `N` independent
+    /// FMA chains, and the rows' softmaxes and weighted sums do not wait on one another, where the
+    /// general path below runs each row's steps as a chain through memory. The same operations in
+    /// the same order as that path, so the same bits.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `qkv` `N` rows of `3d`, `out` `N` rows of `d`, `heads % 8 == 0` dividing `d`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_n<const N: usize>(qkv: &[f32], d: usize, heads: usize, out: &mut [f32]) {
+        let hd = d / heads;
+        let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
+        let one = _mm256_set1_ps(1.0);
+        let (p, op) = (qkv.as_ptr(), out.as_mut_ptr());
+        // SAFETY (all loads and stores): row `i < N` of q, k, v at `i·3d`, `+d`, `+2d`; channel
+        // `c < hd` of group `g` at `c·heads + g .. + 8 <= d`; output rows `i·d`, same columns.
+        unsafe {
+            for g in (0..heads).step_by(8) {
+                let mut w = [[_mm256_setzero_ps(); N]; N];
+                for (i, wi) in w.iter_mut().enumerate() {
+                    let q = p.add(i * 3 * d + g);
+                    for c in 0..hd {
+                        let qv = _mm256_loadu_ps(q.add(c * heads));
+                        for (j, a) in wi.iter_mut().enumerate() {
+                            let k = _mm256_loadu_ps(p.add(j * 3 * d + d + g + c * heads));
+                            *a = _mm256_fmadd_ps(qv, k, *a);
+                        }
+                    }
+                }
+                for wi in w.iter_mut() {
+                    let mut max = wi[0];
+                    for a in &wi[1..] {
+                        max = _mm256_max_ps(max, *a);
+                    }
+                    let mut sum = _mm256_setzero_ps();
+                    for a in wi.iter_mut() {
+                        *a = exp8(_mm256_mul_ps(_mm256_sub_ps(*a, max), scale));
+                        sum = _mm256_add_ps(sum, *a);
+                    }
+                    let inv = _mm256_div_ps(one, sum);
+                    for a in wi.iter_mut() {
+                        *a = _mm256_mul_ps(*a, inv);
+                    }
+                }
+                for (i, wi) in w.iter().enumerate() {
+                    for c in 0..hd {
+                        let col = c * heads + g;
+                        let mut acc = _mm256_setzero_ps();
+                        for (j, a) in wi.iter().enumerate() {
+                            let v = _mm256_loadu_ps(p.add(j * 3 * d + 2 * d + col));
+                            acc = _mm256_fmadd_ps(*a, v, acc);
+                        }
+                        _mm256_storeu_ps(op.add(i * d + col), acc);
+                    }
+                }
+            }
+        }
+    }
+
     /// [`super::scores_body`] for `heads % 8 == 0`: for each row `i` and 8-head group, keys four at
     /// a time, each channel's `q` register reused by the four.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores(qkv: &[f32], (n, d, heads): (usize, usize, usize), s: &mut [f32]) {
+    pub(super) unsafe fn scores(qkv: &[f32], (n, d, heads): (usize, usize, usize), s: &mut [f32]) {
         let hd = d / heads;
         let p = qkv.as_ptr();
         let sp = s.as_mut_ptr();
@@ -209,7 +280,7 @@ mod avx2 {
     /// [`super::softmax_body`] for `heads % 8 == 0`, eight heads per register. The exponential
     /// is [`exp8`], the same operations as [`crate::simd::exp`], so both paths give the same bits.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn softmax(n: usize, heads: usize, hd: usize, s: &mut [f32]) {
+    pub(super) unsafe fn softmax(n: usize, heads: usize, hd: usize, s: &mut [f32]) {
         let scale = _mm256_set1_ps(1.0 / (hd as f32).sqrt());
         let one = _mm256_set1_ps(1.0);
         let sp = s.as_mut_ptr();
@@ -275,7 +346,7 @@ mod avx2 {
     /// [`super::weighted_body`] for `heads % 8 == 0`: each output row in runs of four 8-wide
     /// column chunks (independent accumulators), summed over the `n` value rows.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted(
+    pub(super) unsafe fn weighted(
         qkv: &[f32],
         (n, d, heads): (usize, usize, usize),
         s: &[f32],
@@ -372,6 +443,37 @@ mod tests {
             for (g, x) in got.iter().zip(lanes) {
                 assert_eq!(g.to_bits(), crate::simd::exp(x).to_bits(), "exp({x})");
             }
+        }
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn small_crop_counts_give_the_general_paths_bits() {
+        if !crate::small_gemm::available() {
+            return;
+        }
+        for (n, d, heads) in [
+            (5usize, 64usize, 8usize),
+            (1, 64, 8),
+            (3, 128, 16),
+            (8, 32, 8),
+        ] {
+            let qkv = crate::test_util::values(n * 3 * d, n as u64, 3.0);
+            let mut sc = super::AttendScratch::new(n, heads);
+            let mut got = vec![0f32; n * d];
+            super::attend(&qkv, d, heads, &mut sc, &mut got);
+            let mut want = vec![0f32; n * d];
+            // SAFETY: AVX2/FMA checked above; shapes as `attend` asserts.
+            unsafe {
+                super::avx2::scores(&qkv, (n, d, heads), &mut sc.s);
+                super::avx2::softmax(n, heads, d / heads, &mut sc.s);
+                super::avx2::weighted(&qkv, (n, d, heads), &sc.s, &mut want);
+            }
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "n={n} d={d} heads={heads}");
         }
     }
 }

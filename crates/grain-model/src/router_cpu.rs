@@ -153,14 +153,14 @@ impl CpuRouter {
         // x ← LayerNorm1(x + out_proj(o))
         let r = span(&self.out_proj);
         self.out_proj.apply_biased(o, false, &mut h1[r.clone()]);
-        residual_norm(x, &h1[r], &self.norm1);
+        self.norm1.residual_rows(x, &h1[r]);
         // x ← LayerNorm2(x + linear2(ReLU(linear1(x))))
         let r1 = span(&self.linear1);
         self.linear1.apply_biased(x, true, &mut h1[r1.clone()]);
         let r2 = span(&self.linear2);
         self.linear2
             .apply_biased(&h1[r1], false, &mut h2[r2.clone()]);
-        residual_norm(x, &h2[r2], &self.norm2);
+        self.norm2.residual_rows(x, &h2[r2]);
         // Σ_r w_r · GELU(mlp1(x_r))
         let r = span(&self.mlp1);
         self.mlp1.apply_biased(x, false, &mut h1[r.clone()]);
@@ -344,17 +344,6 @@ mod avx2 {
         task: &mut Task,
     ) -> Vec<f64> {
         r.supercell_body(f, at, task)
-    }
-}
-
-/// `x ← norm(x + h)` row by row: a layer's residual add and post-LayerNorm, with `h` the layer's
-/// output (bias included), rows as wide as the norm.
-#[inline(always)]
-fn residual_norm(x: &mut [f32], h: &[f32], norm: &NormF32) {
-    let d = norm.weight.len();
-    for (xr, hr) in x.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
-        xr.iter_mut().zip(hr).for_each(|(x, h)| *x += h);
-        norm.apply(xr);
     }
 }
 
