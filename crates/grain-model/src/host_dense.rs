@@ -1,6 +1,7 @@
 //! Row-major `f32` building blocks on the host, shared by the CPU router, the host attention and
 //! the host ops: a matrix product and dense layers that run on the calling thread, LayerNorm of
-//! one row, the erf GELU, and views of a CPU tensor's values.
+//! one row and a post-LN layer's residual add and LayerNorm over many rows, the erf GELU, and
+//! views of a CPU tensor's values.
 //!
 //! [`matmul_serial`] calls the `gemm` crate (the kernel behind candle's CPU matmul) with
 //! `Parallelism::None`. Callers parallelise over row blocks themselves: for the router's
@@ -193,9 +194,7 @@ impl NormF32 {
             *v = (*v - mean) * inv * w + b;
         }
     }
-}
 
-impl NormF32 {
     /// `x ← LayerNorm(x + h)` for every row of `x` (rows as wide as the norm): a post-LN layer's
     /// residual add and norm. Where AVX2/FMA are available and the width is a multiple of 8,
     /// four rows go through each pass together, so their reductions, square root and division
