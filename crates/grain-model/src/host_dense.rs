@@ -228,6 +228,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::NormF32;
+    use crate::simd::avx2::hsum;
 
     /// [`NormF32::residual_rows`] on whole groups of four rows; returns how many values it did.
     ///
@@ -255,7 +256,7 @@ mod avx2 {
                     }
                 }
                 let mean: [__m256; 4] =
-                    std::array::from_fn(|i| _mm256_set1_ps(tree8(acc[i]) * inv_d));
+                    std::array::from_fn(|i| _mm256_set1_ps(hsum(acc[i]) * inv_d));
                 let mut dev = [_mm256_setzero_ps(); 4];
                 for c in (0..d).step_by(8) {
                     for (i, a) in dev.iter_mut().enumerate() {
@@ -263,7 +264,7 @@ mod avx2 {
                         *a = _mm256_add_ps(*a, _mm256_mul_ps(v, v));
                     }
                 }
-                let var = _mm_set_ps(tree8(dev[3]), tree8(dev[2]), tree8(dev[1]), tree8(dev[0]));
+                let var = _mm_set_ps(hsum(dev[3]), hsum(dev[2]), hsum(dev[1]), hsum(dev[0]));
                 let var = _mm_mul_ps(var, _mm_set1_ps(inv_d));
                 let inv = _mm_div_ps(
                     _mm_set1_ps(1.0),
@@ -283,17 +284,6 @@ mod avx2 {
             }
         }
         groups * 4 * d
-    }
-
-    /// [`super::tree8`] of a register's lanes: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn tree8(v: __m256) -> f32 {
-        // [l0+l4, l1+l5, l2+l6, l3+l7]
-        let a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        // [(l0+l4)+(l2+l6), (l1+l5)+(l3+l7), ..]
-        let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
-        _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)))
     }
 }
 

@@ -212,7 +212,9 @@ pub(crate) mod avx2 {
         super::quick_gelu_body(x, out)
     }
 
-    /// The sum of a vector's eight lanes (also used by [`crate::small_gemm`]).
+    /// The sum of a vector's eight lanes, added in [`super::tree8`]'s order (also used by
+    /// [`crate::small_gemm`] and by the four-row LayerNorm of [`crate::host_dense`], whose bits
+    /// match the one-row path because of that order).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub(crate) fn hsum(v: __m256) -> f32 {
