@@ -5,7 +5,8 @@
 #
 #   (a) correctness: `grain check-device parity` on the tiny checkpoints (both layouts, two images
 #       each): CUDA vs CPU, f32 (same router decision, same greedy ids, logits within 1e-3 of
-#       their range) and bf16 (logits within bf16 tolerance);
+#       their range) and bf16 (logits within bf16 tolerance); `grain check-device kernels`: the
+#       paged KV kernels against their CPU form at 7B head shapes;
 #   (b) Grain's decoder with random 7B-shaped bf16 weights (LLaVA-NeXT-7B: hidden 4096, 32 layers,
 #       32 heads, MLP 11008, vocab 32064): decode step at batch 1/8/16 with 3000 cached tokens,
 #       prefill of 2988, 804 and 252 tokens (a 672x672 image at granularity 576/144/36 plus 60
@@ -101,6 +102,16 @@ for model in avg-tiny hf-tiny; do
     fi
   done
 done
+
+# (a) the paged KV kernels against their CPU form, 7B head shapes
+if timeout 180 "$BIN" check-device kernels --device "$DEVICE" --json "$OUT/kernels.json" \
+  >"$OUT/kernels.log" 2>&1; then
+  log "(a) kernels: pass"
+else
+  parity_fail=1
+  log "(a) kernels: FAIL (see $OUT/kernels.log)"
+  tail -5 "$OUT/kernels.log"
+fi
 
 # (b) Grain, 7B shapes
 log "(b) grain bench ($SHAPES on $DEVICE)"
@@ -216,6 +227,15 @@ for k, v in parity.items():
           f"  {'tie' if r['router_tie'] else 'same'}")
 if len(parity) < 4:
     parity_fail = True
+kernels = load(f"{out}/kernels.json")
+print("\n== (a) paged KV kernels: device vs CPU (contexts 1..3001, blocks of 16)")
+print(f"{'heads/kv':<12}{'dtype':<7}{'write':<8}{'max|d|':>10}{'tol':>10}  pass")
+for c in (kernels or {}).get("cases", []):
+    print(f"{str(c['heads']) + '/' + str(c['kv_heads']):<12}{c['dtype']:<7}"
+          f"{'exact' if c['write_exact'] else 'DIFF':<8}{c['max_abs_diff']:>10.2e}{c['tolerance']:>10.2e}  {c['pass']}")
+if not kernels or not kernels.get("pass"):
+    print("(no passing kernel report)")
+    parity_fail = True
 hf_dec = {d["batch"]: d["tokens_per_s"] for d in (hf or {}).get("decode", [])}
 hf_pre = {p["tokens"]: p["ms_median"] for p in (hf or {}).get("prefill", [])}
 src = "measured" if hf else ("issue (H100)" if grain and grain["shapes"] == "7b" else "none")
@@ -241,7 +261,8 @@ if grain:
               f"{h or float('nan'):>10.1f}{(h / p['ms_median']) if h else float('nan'):>7.2f}")
 else:
     print("\n== (b) Grain bench: no result")
-summary = {"dry_run": dry, "parity_pass": not parity_fail, "parity": parity, "grain": grain,
+summary = {"dry_run": dry, "parity_pass": not parity_fail, "parity": parity, "kernels": kernels,
+           "grain": grain,
            "hf": hf, "hf_source": src, "targets": verdict}
 json.dump(summary, open(f"{out}/gpu-check.json", "w"), indent=1)
 print(f"\nparity: {'PASS' if not parity_fail else 'FAIL'}; targets: {verdict or 'n/a'}")

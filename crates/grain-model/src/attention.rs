@@ -19,7 +19,9 @@ use crate::host_dense::with_values;
 use crate::kv_cache::HostLayer;
 use crate::simd;
 
-/// Query rows per block in [`causal_blocked`].
+/// Query rows per block in [`causal_blocked`]. On an H200 at 7B shapes, 1024-row blocks made a
+/// 2988-token prefill slower than 128-row ones (390 against 348 ms): bigger blocks compute more
+/// of the masked upper triangle, and the f32 softmax passes over it dominate.
 const QUERY_BLOCK: usize = 128;
 
 /// Head geometry of one attention layer.
@@ -31,11 +33,11 @@ pub(crate) struct Heads {
 }
 
 impl Heads {
-    fn group(&self) -> usize {
+    pub(crate) fn group(&self) -> usize {
         self.q / self.kv
     }
 
-    fn scale(&self) -> f64 {
+    pub(crate) fn scale(&self) -> f64 {
         1.0 / (self.dim as f64).sqrt()
     }
 }

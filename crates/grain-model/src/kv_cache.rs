@@ -6,7 +6,8 @@
 //! that the attention kernels read in place (no gather copy per layer and step): one KV head's
 //! keys of a block are one contiguous run, so a decode step streams them sequentially. On other
 //! devices and dtypes they are candle tensors `(num_blocks · block_size, kv_heads, head_dim)`,
-//! written with `slice_set` and gathered with `index_select`.
+//! written by [`KvCache::write_slots`] (one kernel per layer and step on CUDA) and read in place by
+//! the paged attention of `paged_device`, or gathered with `index_select` for prefill chunks.
 
 use std::sync::{RwLock, RwLockReadGuard};
 
@@ -14,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
+use crate::paged_device;
 
 enum Store {
     Host {
@@ -200,34 +202,25 @@ impl KvCache {
         Ok(())
     }
 
-    /// Store keys/values `(len, kv_heads, head_dim)` for positions `start..start + len`.
-    pub(crate) fn write(
+    /// Tensor cache only: store keys and values `(t, kv_heads, head_dim)` of a whole flat batch at
+    /// `slots` (`(t)` u32, from [`KvCache::slot`]), one write per array.
+    pub(crate) fn write_slots(
         &self,
         layer: usize,
-        table: &[u32],
-        start: usize,
         k: &Tensor,
         v: &Tensor,
+        slots: &Tensor,
     ) -> Result<()> {
+        let (kc, vc) = self.layer_tensors(layer)?;
+        paged_device::write_slots(kc, k, slots)?;
+        paged_device::write_slots(vc, v, slots)
+    }
+
+    /// Tensor cache only: one layer's key and value arrays, `(slots, kv_heads, head_dim)`.
+    pub(crate) fn layer_tensors(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         match &self.store {
-            Store::Host { .. } => {
-                let k = k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let v = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                self.write_host(layer, table, start, &k, &v)
-            }
-            Store::Tensors { k: kc, v: vc } => {
-                let len = k.dim(0)?;
-                let mut i = 0;
-                while i < len {
-                    let pos = start + i;
-                    let run = (self.block_size - pos % self.block_size).min(len - i);
-                    let slot = self.slot(table, pos)?;
-                    kc[layer].slice_set(&k.narrow(0, i, run)?.contiguous()?, 0, slot)?;
-                    vc[layer].slice_set(&v.narrow(0, i, run)?.contiguous()?, 0, slot)?;
-                    i += run;
-                }
-                Ok(())
-            }
+            Store::Tensors { k, v } => Ok((&k[layer], &v[layer])),
+            Store::Host { .. } => Err(ModelError::Input("not a tensor KV cache".into())),
         }
     }
 

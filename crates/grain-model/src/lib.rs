@@ -8,6 +8,7 @@
 
 mod attention;
 mod attention_blocks;
+mod attention_device;
 pub mod config;
 pub mod error;
 mod gelu_vote;
@@ -19,6 +20,7 @@ pub mod kv_cache;
 mod linear;
 pub mod llama;
 pub mod llava;
+mod paged_device;
 mod panel_gemm;
 pub mod policy;
 pub mod router;
@@ -39,4 +41,5 @@ pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use llama::SeqChunk;
 pub use llava::LlavaModel;
+pub use paged_device::check::{check_paged_kernels, KernelCase};
 pub use router::{RouterInput, RouterOutput};

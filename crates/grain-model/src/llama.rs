@@ -5,7 +5,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::attention::{causal_blocked, causal_host, paged_rows, CausalPlan, Heads, KernelRow};
+use crate::attention::{causal_host, paged_rows, Heads, KernelRow};
+use crate::attention_device::{attention_device, DeviceStep};
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::host_ops;
@@ -215,23 +216,16 @@ impl Llama {
         let pos = Tensor::from_vec(positions, t, embeds.device())?;
         let cos = self.cos.index_select(&pos, 0)?;
         let sin = self.sin.index_select(&pos, 0)?;
-        // Off the host cache every chunk takes the blocked matmul path; its causal masks are built
-        // once and shared by all layers. The host cache needs none ([`attention_host`]).
-        let host = cache.is_host();
-        let plans = chunks
-            .iter()
-            .map(|s| {
-                if s.len > 0 && !host {
-                    CausalPlan::new(s.start, s.len, embeds.device()).map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Off the host cache, what every layer's attention needs is worked out once per step.
+        let step = if cache.is_host() {
+            None
+        } else {
+            Some(DeviceStep::new(chunks, cache, embeds.device())?)
+        };
         let mut x = embeds.to_dtype(self.dtype())?;
         for (li, layer) in self.layers.iter().enumerate() {
             let y = layer.ln1.forward(&x)?;
-            let attn = self.attention(li, layer, &y, &cos, &sin, chunks, &plans, cache)?;
+            let attn = self.attention(li, layer, &y, &cos, &sin, chunks, step.as_ref(), cache)?;
             x = (x + layer.o.forward(&attn)?)?;
             let y = layer.ln2.forward(&x)?;
             let gate_up = layer.gate_up.forward(&y)?;
@@ -295,7 +289,7 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         chunks: &[SeqChunk<'_>],
-        plans: &[Option<CausalPlan>],
+        step: Option<&DeviceStep>,
         cache: &KvCache,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -317,31 +311,10 @@ impl Llama {
             candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?.reshape((t, nh, hd))?;
         let k =
             candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?.reshape((t, nkv, hd))?;
-        if cache.is_host() {
-            return attention_host(li, heads, (&q, &k, &v), chunks, cache);
+        match step {
+            Some(step) => attention_device(li, heads, (&q, &k, &v), chunks, step, cache),
+            None => attention_host(li, heads, (&q, &k, &v), chunks, cache),
         }
-        let mut outs = Vec::with_capacity(chunks.len());
-        let mut offset = 0;
-        for (s, plan) in chunks.iter().zip(plans) {
-            let Some(plan) = plan else {
-                continue; // Empty chunk.
-            };
-            let ks = k.narrow(0, offset, s.len)?;
-            let vs = v.narrow(0, offset, s.len)?;
-            cache.write(li, s.block_table, s.start, &ks, &vs)?;
-            let (kc, vc) = if s.start == 0 {
-                (
-                    ks.transpose(0, 1)?.contiguous()?,
-                    vs.transpose(0, 1)?.contiguous()?,
-                )
-            } else {
-                cache.gather_heads(li, s.block_table, s.start + s.len)?
-            };
-            let qs = q.narrow(0, offset, s.len)?;
-            outs.push(causal_blocked(&qs, &kc, &vc, plan, heads)?);
-            offset += s.len;
-        }
-        Ok(Tensor::cat(&outs, 0)?)
     }
 }
 
