@@ -35,7 +35,7 @@ if ((DRY)); then
   [[ -z ${GRAIN_PYTHON:-} && -x .venv-parity/bin/python ]] && PY=.venv-parity/bin/python
   BIN=${GRAIN_BIN:-$(ls -t target/release/grain target/debug/grain 2>/dev/null | head -1)}
   DEVICE=cpu SHAPES=small BW=${GRAIN_HBM_GBPS:-20}
-  BENCH_ARGS=(--steps 3 --warmup 1 --prefill-runs 1)
+  BENCH_ARGS=(--steps 3 --warmup 1 --prefill-runs 1 --ab-fused --ab-row-gemv --ab-fixed-partition)
   HF_ENV=(HF_SHAPES=small HF_DEVICE=cpu HF_STEPS=3)
 else
   BIN=${GRAIN_BIN:-target-cuda/release/grain}
@@ -70,7 +70,7 @@ PYEOF
     *) bw=3350 ;;
   esac
   BW=${GRAIN_HBM_GBPS:-$bw}
-  BENCH_ARGS=()
+  BENCH_ARGS=(--ab-fused --ab-row-gemv --ab-fixed-partition)
   HF_ENV=(HF_SHAPES=7b HF_DEVICE=cuda HF_STEPS=20)
   log "GPU: ${name:-unknown} (HBM ${BW} GB/s for the floor); driver: $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
   log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
@@ -229,10 +229,16 @@ if len(parity) < 4:
     parity_fail = True
 kernels = load(f"{out}/kernels.json")
 print("\n== (a) paged KV kernels: device vs CPU (contexts 1..3001, blocks of 16)")
-print(f"{'heads/kv':<12}{'dtype':<7}{'write':<8}{'max|d|':>10}{'tol':>10}  pass")
+print(f"{'heads/kv':<12}{'part':<6}{'dtype':<7}{'write':<8}{'max|d|':>10}{'tol':>10}  pass")
 for c in (kernels or {}).get("cases", []):
-    print(f"{str(c['heads']) + '/' + str(c['kv_heads']):<12}{c['dtype']:<7}"
+    print(f"{str(c['heads']) + '/' + str(c['kv_heads']):<12}{c.get('partition') or 'auto'!s:<6}{c['dtype']:<7}"
           f"{'exact' if c['write_exact'] else 'DIFF':<8}{c['max_abs_diff']:>10.2e}{c['tolerance']:>10.2e}  {c['pass']}")
+fused = (kernels or {}).get("fused", [])
+if fused:
+    worst = max(fused, key=lambda c: c["max_abs_diff"] / c["tolerance"])
+    print(f"fused decoder kernels vs candle ops: {sum(c['pass'] for c in fused)}/{len(fused)} pass; "
+          f"worst {worst['kernel']} {worst['dtype']} rows {worst['rows']}: "
+          f"{worst['max_abs_diff']:.2e} (tol {worst['tolerance']:.2e})")
 if not kernels or not kernels.get("pass"):
     print("(no passing kernel report)")
     parity_fail = True
@@ -254,6 +260,14 @@ if grain:
             verdict["batch1_floor_fraction>=0.60"] = d["floor_fraction"] >= 0.60
         if d["batch"] == 16 and x:
             verdict["batch16_vs_hf>=4x"] = x >= 4.0
+    print("host time to enqueue a step (before the logits are fetched): " + ", ".join(
+        f"batch {d['batch']} {d.get('enqueue_ms_median', float('nan')):.2f} ms" for d in grain["decode"]))
+    for key, what in (("decode_unfused", "fused kernels off"),
+                      ("decode_row_gemv", "one-row projections as weight x column"),
+                      ("decode_partition256", "attention partition fixed at 256")):
+        if grain.get(key):
+            print(f"decode, {what} (same process): " + ", ".join(
+                f"batch {d['batch']} {d['step_ms_median']:.2f} ms" for d in grain[key]))
     print(f"{'prefill':<16}{'ms':>9}{'tok/s':>9}{'HF ms':>10}{'x HF':>7}")
     for p in grain["prefill"]:
         h = hf_pre.get(p["tokens"]) or (HF_ISSUE["prefill"].get(p["tokens"]) if src.startswith("issue") else None)

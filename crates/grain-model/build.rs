@@ -1,6 +1,8 @@
-//! With the `cuda` feature, compiles `cuda/paged_attention.cu` (the paged KV cache's kernels) to
-//! PTX with nvcc; `src/paged_device/cuda.rs` embeds it and loads it once per device. Without the
-//! feature this does nothing, so default builds need no CUDA toolkit.
+//! With the `cuda` feature, compiles Grain's own CUDA kernels to PTX with nvcc:
+//! `cuda/paged_attention.cu` (the paged KV cache, embedded by `src/paged_device/cuda.rs`) and
+//! `cuda/decoder_fused.cu` (fused decoder-layer steps, embedded by `src/fused_cuda.rs`). Each is
+//! loaded once per device. Without the feature this does nothing, so default builds need no CUDA
+//! toolkit.
 //!
 //! nvcc: `$NVCC`, else `$CUDA_HOME/bin/nvcc` or `$CUDA_PATH/bin/nvcc`, else `nvcc` on `PATH`.
 //! Target: `compute_$CUDA_COMPUTE_CAP` (default 80: the PTX is JIT-compiled by the driver for
@@ -10,9 +12,13 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+const KERNELS: [&str; 2] = ["paged_attention", "decoder_fused"];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=cuda/paged_attention.cu");
+    for src in KERNELS {
+        println!("cargo:rerun-if-changed=cuda/{src}.cu");
+    }
     for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "CUDA_COMPUTE_CAP"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -31,17 +37,19 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("paged_attention.ptx");
-    let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17"])
-        .arg(format!("-arch=compute_{cap}"))
-        .arg("cuda/paged_attention.cu")
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| panic!("grain-model: running {} failed: {e}", nvcc.display()));
-    assert!(
-        status.success(),
-        "grain-model: nvcc could not compile cuda/paged_attention.cu ({status})"
-    );
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    for src in KERNELS {
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17"])
+            .arg(format!("-arch=compute_{cap}"))
+            .arg(format!("cuda/{src}.cu"))
+            .arg("-o")
+            .arg(out_dir.join(format!("{src}.ptx")))
+            .status()
+            .unwrap_or_else(|e| panic!("grain-model: running {} failed: {e}", nvcc.display()));
+        assert!(
+            status.success(),
+            "grain-model: nvcc could not compile cuda/{src}.cu ({status})"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 // - write_slots_*: store the new keys (or values) of a flat batch, `(t, kv_heads · head_dim)`,
 //   at their slots, one launch per layer for every sequence of the step.
 // - paged_attn_part_*: decode attention read through the block tables, split over the context
-//   ("flash decoding"): one thread block per (partition of PART positions, query head, row).
+//   ("flash decoding"): one thread block per (partition of `part` positions, query head, row);
+//   the host picks `part` (at most MAX_PART) so that small batches still fill the GPU.
 //   It writes the partition's un-normalised output, its max score and its sum of exponentials.
 // - paged_attn_reduce_*: merges a row's partitions into the softmax-weighted output.
 //
@@ -16,7 +17,7 @@
 #include <stdint.h>
 
 #define MAX_HD 256  // largest head_dim supported (checked on the host)
-#define PART 256    // context positions per partition
+#define MAX_PART 256  // most context positions per partition
 #define WARPS 4     // warps per thread block of paged_attn_part
 #define UNROLL 4    // positions a warp reads at once (independent loads in flight)
 
@@ -64,15 +65,15 @@ __device__ void attn_part(const T *__restrict__ q, const T *__restrict__ kc,
                           const T *__restrict__ vc, const uint32_t *__restrict__ tables,
                           const uint32_t *__restrict__ ctx, float *__restrict__ part_out,
                           float *__restrict__ part_max, float *__restrict__ part_sum, int nh,
-                          int nkv, int hd, int block_size, int max_blocks, int nparts,
+                          int nkv, int hd, int block_size, int max_blocks, int nparts, int part_len,
                           float scale) {
   __shared__ float qs[MAX_HD];
-  __shared__ float sc[PART];
+  __shared__ float sc[MAX_PART];
   __shared__ float acc_s[WARPS][MAX_HD];
   __shared__ float red[WARPS];
   const int part = blockIdx.x, head = blockIdx.y, row = blockIdx.z;
   const int n = (int)ctx[row];
-  const int p0 = part * PART;
+  const int p0 = part * part_len;
   const uint64_t idx = ((uint64_t)row * nh + head) * nparts + part;
   if (p0 >= n) {  // past this row's context: an empty partition
     if (threadIdx.x == 0) {
@@ -81,7 +82,7 @@ __device__ void attn_part(const T *__restrict__ q, const T *__restrict__ kc,
     }
     return;
   }
-  const int p1 = min(n, p0 + PART);
+  const int p1 = min(n, p0 + part_len);
   const int len = p1 - p0;
   const int kvh = head / (nh / nkv);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -181,9 +182,9 @@ __device__ void attn_part(const T *__restrict__ q, const T *__restrict__ kc,
 template <typename T>
 __device__ void attn_reduce(const float *__restrict__ part_out, const float *__restrict__ part_max,
                             const float *__restrict__ part_sum, const uint32_t *__restrict__ ctx,
-                            T *__restrict__ out, int nh, int hd, int nparts) {
+                            T *__restrict__ out, int nh, int hd, int nparts, int part_len) {
   const int head = blockIdx.x, row = blockIdx.y;
-  const int used = min(nparts, ((int)ctx[row] + PART - 1) / PART);
+  const int used = min(nparts, ((int)ctx[row] + part_len - 1) / part_len);
   const uint64_t base = ((uint64_t)row * nh + head) * nparts;
   float gm = -INFINITY;
   for (int i = 0; i < used; ++i) gm = fmaxf(gm, part_max[base + i]);
@@ -207,15 +208,16 @@ __device__ void attn_reduce(const float *__restrict__ part_out, const float *__r
   extern "C" __global__ void __launch_bounds__(WARPS * 32) paged_attn_part_##NAME(               \
       const T *q, const T *kc, const T *vc, const uint32_t *tables, const uint32_t *ctx,          \
       float *part_out, float *part_max, float *part_sum, int nh, int nkv, int hd, int block_size, \
-      int max_blocks, int nparts, float scale) {                                                 \
+      int max_blocks, int nparts, int part_len, float scale) {                                   \
     attn_part<T>(q, kc, vc, tables, ctx, part_out, part_max, part_sum, nh, nkv, hd, block_size,  \
-                 max_blocks, nparts, scale);                                                     \
+                 max_blocks, nparts, part_len, scale);                                           \
   }                                                                                              \
   extern "C" __global__ void paged_attn_reduce_##NAME(const float *part_out,                     \
                                                       const float *part_max,                     \
                                                       const float *part_sum, const uint32_t *ctx, \
-                                                      T *out, int nh, int hd, int nparts) {      \
-    attn_reduce<T>(part_out, part_max, part_sum, ctx, out, nh, hd, nparts);                      \
+                                                      T *out, int nh, int hd, int nparts,        \
+                                                      int part_len) {                            \
+    attn_reduce<T>(part_out, part_max, part_sum, ctx, out, nh, hd, nparts, part_len);            \
   }
 
 GRAIN_PAGED_KERNELS(float, f32)

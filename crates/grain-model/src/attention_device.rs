@@ -40,6 +40,11 @@ pub(crate) struct DeviceStep {
 }
 
 impl DeviceStep {
+    /// `(t)` u32: the cache slot of each row of the flat batch.
+    pub(crate) fn slots(&self) -> &Tensor {
+        &self.slots
+    }
+
     pub(crate) fn new(chunks: &[SeqChunk<'_>], cache: &KvCache, device: &Device) -> Result<Self> {
         let total: usize = chunks.iter().map(|s| s.len).sum();
         let mut slots = Vec::with_capacity(total);
@@ -102,17 +107,20 @@ impl DeviceStep {
 }
 
 /// One layer's attention: `q` `(t, heads.q, dim)`, `k` and `v` `(t, heads.kv, dim)` (q and k
-/// roped). Writes the new keys and values into the cache, then attends. Returns
-/// `(t, heads.q · dim)`.
+/// roped). Writes the new keys and values into the cache unless `written` says that is done,
+/// then attends. Returns `(t, heads.q · dim)`.
 pub(crate) fn attention_device(
     li: usize,
     heads: Heads,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
+    written: bool,
     chunks: &[SeqChunk<'_>],
     step: &DeviceStep,
     cache: &KvCache,
 ) -> Result<Tensor> {
-    cache.write_slots(li, k, v, &step.slots)?;
+    if !written {
+        cache.write_slots(li, k, v, &step.slots)?;
+    }
     let mut outs = Vec::with_capacity(chunks.len() + 1);
     if let Some(rows) = &step.paged {
         let (kc, vc) = cache.layer_tensors(li)?;

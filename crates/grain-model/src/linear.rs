@@ -5,6 +5,8 @@
 //! the CPU go through [`crate::small_gemm`], which reads each weight once for all rows instead of
 //! re-packing it on every call.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{DType, Device, Module, Storage, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -77,10 +79,42 @@ impl Linear {
                 if let Some(y) = forward_small(inner, bias_f32.as_deref(), x)? {
                     return Ok(y);
                 }
+                if let Some(y) = forward_row_gemv(inner, x)? {
+                    return Ok(y);
+                }
                 Ok(inner.forward(x)?)
             }
         }
     }
+}
+
+static ROW_GEMV: AtomicBool = AtomicBool::new(false);
+
+/// Off a CPU, computes a one-row projection as `weight · xᵀ` (a matrix-vector product with the
+/// weight as the non-transposed operand) instead of `x · weightᵀ`: the two ask cuBLAS for
+/// different kernels. Off by default; `grain check-device bench --ab-row-gemv` compares them.
+pub fn set_row_gemv(on: bool) {
+    ROW_GEMV.store(on, Ordering::Relaxed);
+}
+
+fn forward_row_gemv(inner: &candle_nn::Linear, x: &Tensor) -> Result<Option<Tensor>> {
+    if !ROW_GEMV.load(Ordering::Relaxed) || x.device().is_cpu() {
+        return Ok(None);
+    }
+    let (Ok((1, k)), Ok((n, k2))) = (x.dims2(), inner.weight().dims2()) else {
+        return Ok(None);
+    };
+    if k != k2 {
+        return Ok(None);
+    }
+    let y = inner
+        .weight()
+        .matmul(&x.contiguous()?.reshape((k, 1))?)?
+        .reshape((1, n))?;
+    Ok(Some(match inner.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    }))
 }
 
 /// `x (…, k) → (…, n)` through the packed kernel.

@@ -9,8 +9,8 @@ use crate::attention::{causal_host, paged_rows, Heads, KernelRow};
 use crate::attention_device::{attention_device, DeviceStep};
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
-use crate::host_ops;
 use crate::kv_cache::KvCache;
+use crate::layer_ops::{self, add_rms_norm};
 use crate::linear::Linear;
 use crate::vision;
 use crate::weights::Weights;
@@ -223,15 +223,28 @@ impl Llama {
             Some(DeviceStep::new(chunks, cache, embeds.device())?)
         };
         let mut x = embeds.to_dtype(self.dtype())?;
+        // Each layer's input norm comes with the residual add before it (fused on CUDA).
+        let mut y = match self.layers.first() {
+            Some(l) => Some(l.ln1.forward(&x)?),
+            None => None,
+        };
         for (li, layer) in self.layers.iter().enumerate() {
-            let y = layer.ln1.forward(&x)?;
-            let attn = self.attention(li, layer, &y, &cos, &sin, chunks, step.as_ref(), cache)?;
-            x = (x + layer.o.forward(&attn)?)?;
-            let y = layer.ln2.forward(&x)?;
-            let gate_up = layer.gate_up.forward(&y)?;
-            let act = host_ops::swiglu(&gate_up, c.intermediate_size)?;
+            let y_in = y.take().expect("the layer's normed input");
+            let attn =
+                self.attention(li, layer, &y_in, &cos, &sin, chunks, step.as_ref(), cache)?;
+            let o = layer.o.forward(&attn)?;
+            let (x1, y2) = add_rms_norm(&x, &o, &layer.ln2.weight, layer.ln2.eps)?;
+            let gate_up = layer.gate_up.forward(&y2)?;
+            let act = layer_ops::swiglu(&gate_up, c.intermediate_size)?;
             let mlp = layer.down.forward(&act)?;
-            x = (x + mlp)?;
+            x = match self.layers.get(li + 1) {
+                Some(next) => {
+                    let (x2, y_next) = add_rms_norm(&x1, &mlp, &next.ln1.weight, next.ln1.eps)?;
+                    y = Some(y_next);
+                    x2
+                }
+                None => (x1 + mlp)?,
+            };
         }
         Ok(x)
     }
@@ -293,7 +306,6 @@ impl Llama {
         cache: &KvCache,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (t, _) = y.dims2()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let heads = Heads {
             q: nh,
@@ -301,18 +313,17 @@ impl Llama {
             dim: hd,
         };
         let qkv = layer.qkv.forward(y)?;
-        let q = qkv.narrow(1, 0, nh * hd)?.reshape((1, t, nh, hd))?;
-        let k = qkv.narrow(1, nh * hd, nkv * hd)?.reshape((1, t, nkv, hd))?;
-        let v = qkv
-            .narrow(1, (nh + nkv) * hd, nkv * hd)?
-            .contiguous()?
-            .reshape((t, nkv, hd))?;
-        let q =
-            candle_nn::rotary_emb::rope_thd(&q.contiguous()?, cos, sin)?.reshape((t, nh, hd))?;
-        let k =
-            candle_nn::rotary_emb::rope_thd(&k.contiguous()?, cos, sin)?.reshape((t, nkv, hd))?;
+        // On CUDA the split and RoPE also store k and v in the cache, in the same launch.
+        let device_cache = match step {
+            Some(step) => {
+                let (kc, vc) = cache.layer_tensors(li)?;
+                Some((step.slots(), kc, vc))
+            }
+            None => None,
+        };
+        let (q, k, v, written) = layer_ops::qkv_rope(&qkv, cos, sin, heads, device_cache)?;
         match step {
-            Some(step) => attention_device(li, heads, (&q, &k, &v), chunks, step, cache),
+            Some(step) => attention_device(li, heads, (&q, &k, &v), written, chunks, step, cache),
             None => attention_host(li, heads, (&q, &k, &v), chunks, cache),
         }
     }

@@ -1,6 +1,9 @@
-//! `grain check-device kernels`: the paged KV kernels on a device against their CPU form, at
-//! LLaVA-NeXT-7B head shapes (128-wide heads, 32 query heads, 32 or 8 KV heads, blocks of 16),
-//! on scattered block tables and contexts around the kernels' partition edges (1 … 3001).
+//! `grain check-device kernels`: Grain's own CUDA kernels against independent forms, at
+//! LLaVA-NeXT-7B shapes:
+//! - the paged KV kernels against their CPU form (128-wide heads, 32 query heads, 32 or 8 KV
+//!   heads, blocks of 16), on scattered block tables and contexts around the kernels' partition
+//!   edges (1 … 3001);
+//! - the fused decoder kernels against the candle ops they replace, on the same device.
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -9,9 +12,11 @@ use super::{paged_attention, write_slots, PagedRows};
 use crate::attention::Heads;
 use crate::error::Result;
 
-/// One (head shape, dtype) case.
+/// One (head shape, dtype, partition) case.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelCase {
+    /// The CUDA kernel's positions per partition: 0 chosen per launch, else forced.
+    pub partition: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
@@ -81,7 +86,8 @@ pub fn check_paged_kernels(device: &Device) -> Result<Vec<KernelCase>> {
             (CONTEXTS.len(), nq, hd),
             &Device::Cpu,
         )?;
-        for dtype in [DType::F32, DType::BF16] {
+        for (dtype, partition) in [(DType::F32, 0), (DType::BF16, 0), (DType::BF16, 64)] {
+            super::set_paged_partition(partition);
             let run = |dev: &Device| -> Result<(Tensor, Tensor, Tensor)> {
                 let shape = (blocks * bs, nkv, hd);
                 let (kc, vc) = (
@@ -98,13 +104,16 @@ pub fn check_paged_kernels(device: &Device) -> Result<Vec<KernelCase>> {
                 Ok((back(&kc)?, back(&vc)?, back(&out)?))
             };
             let (kr, vr, want) = run(&Device::Cpu)?;
-            let (kd, vd, got) = run(device)?;
+            let got = run(device);
+            super::set_paged_partition(0);
+            let (kd, vd, got) = got?;
             let write_exact = max_abs(&(kd - kr)?)? == 0.0 && max_abs(&(vd - vr)?)? == 0.0;
             let diff = max_abs(&(got - &want)?)?;
             let reference = max_abs(&want)?;
             let rel = if dtype == DType::F32 { 1e-4 } else { 1e-2 };
             let tolerance = rel * reference.max(1.0);
             cases.push(KernelCase {
+                partition,
                 heads: nq,
                 kv_heads: nkv,
                 head_dim: hd,
@@ -119,4 +128,119 @@ pub fn check_paged_kernels(device: &Device) -> Result<Vec<KernelCase>> {
         }
     }
     Ok(cases)
+}
+
+/// One fused decoder kernel (`cuda/decoder_fused.cu`) against the chain of candle ops it
+/// replaces, on the same device, at 7B shapes.
+#[derive(Debug, Clone, Serialize)]
+pub struct FusedCase {
+    pub kernel: String,
+    pub dtype: String,
+    pub rows: usize,
+    pub max_abs_diff: f32,
+    pub max_abs_reference: f32,
+    /// `1e-5` (f32) or `1e-2` (bf16: one rounding step) times `max(1, max |reference|)`.
+    pub tolerance: f32,
+    pub pass: bool,
+}
+
+/// Runs each fused kernel and its candle-op form on `device` ([`crate::set_fused_kernels`]
+/// switches between them; it is left on). On a device without fused kernels both sides are the
+/// candle ops, so every difference is 0.
+pub fn check_fused_kernels(device: &Device) -> Result<Vec<FusedCase>> {
+    use crate::layer_ops::{add_rms_norm, qkv_rope, set_fused_kernels, swiglu};
+    let (hidden, inter, heads) = (
+        4096usize,
+        11008usize,
+        Heads {
+            q: 32,
+            kv: 32,
+            dim: 128,
+        },
+    );
+    let mut cases = Vec::new();
+    let result = (|| -> Result<()> {
+        for dtype in [DType::F32, DType::BF16] {
+            for rows in [1usize, 16, 300] {
+                let rand = |shape: (usize, usize), seed: u64| -> Result<Tensor> {
+                    Ok(
+                        Tensor::from_vec(noise(shape.0 * shape.1, seed), shape, &Device::Cpu)?
+                            .to_dtype(dtype)?
+                            .to_device(device)?,
+                    )
+                };
+                let (x, d) = (rand((rows, hidden), 11)?, rand((rows, hidden), 12)?);
+                let w = rand((1, hidden), 13)?.squeeze(0)?;
+                let gu = rand((rows, 2 * inter), 14)?;
+                let width = (heads.q + 2 * heads.kv) * heads.dim;
+                let qkv = rand((rows, width), 15)?;
+                // RoPE angles of positions 2990.. (the end of a 3000-token context).
+                let half = heads.dim / 2;
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                for p in 0..rows {
+                    for i in 0..half {
+                        let a =
+                            (2990 + p) as f32 / 10000f32.powf((2 * i) as f32 / heads.dim as f32);
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+                let table = |v: Vec<f32>| -> Result<Tensor> {
+                    Ok(Tensor::from_vec(v, (rows, half), &Device::Cpu)?
+                        .to_dtype(dtype)?
+                        .to_device(device)?)
+                };
+                let (cos, sin) = (table(cos)?, table(sin)?);
+                let slots: Vec<u32> = (0..rows as u32).map(|r| (r * 37 + 5) % 512).collect();
+                let slots = Tensor::from_vec(slots, rows, device)?;
+                let cache = || Tensor::zeros((512, heads.kv, heads.dim), dtype, device);
+                let run = |fused: bool| -> Result<Vec<Tensor>> {
+                    set_fused_kernels(fused);
+                    let (s, y) = add_rms_norm(&x, &d, &w, 1e-5)?;
+                    let act = swiglu(&gu, inter)?;
+                    let (kc, vc) = (cache()?, cache()?);
+                    let (q, k, v, written) =
+                        qkv_rope(&qkv, &cos, &sin, heads, Some((&slots, &kc, &vc)))?;
+                    if !written {
+                        write_slots(&kc, &k, &slots)?;
+                        write_slots(&vc, &v, &slots)?;
+                    }
+                    [s, y, act, q, k, v, kc, vc]
+                        .iter()
+                        .map(|t| Ok(t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?))
+                        .collect()
+                };
+                let fused = run(true)?;
+                let plain = run(false)?;
+                let names = [
+                    "add_rms:sum",
+                    "add_rms:norm",
+                    "silu_mul",
+                    "qkv_rope:q",
+                    "qkv_rope:k",
+                    "qkv_rope:v",
+                    "qkv_rope:k_cache",
+                    "qkv_rope:v_cache",
+                ];
+                for ((name, a), b) in names.iter().zip(&fused).zip(&plain) {
+                    let diff = max_abs(&(a - b)?)?;
+                    let reference = max_abs(b)?;
+                    let rel = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+                    let tolerance = rel * reference.max(1.0);
+                    cases.push(FusedCase {
+                        kernel: name.to_string(),
+                        dtype: format!("{dtype:?}").to_lowercase(),
+                        rows,
+                        max_abs_diff: diff,
+                        max_abs_reference: reference,
+                        tolerance,
+                        pass: diff <= tolerance,
+                    });
+                }
+            }
+        }
+        Ok(())
+    })();
+    set_fused_kernels(true);
+    result.map(|()| cases)
 }

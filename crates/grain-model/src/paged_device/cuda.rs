@@ -17,8 +17,28 @@ use super::PagedAttention;
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 const MODULE: &str = "grain_paged";
 /// Must match the `.cu` file.
-const PART: usize = 256;
+const MAX_PART: usize = 256;
 const MAX_HD: usize = 256;
+/// Thread blocks a decode launch should have (an H100 or H200 has 132 SMs, each holding up to 16
+/// of these 128-thread blocks): below that, memory requests in flight, hence bandwidth, fall.
+const TARGET_BLOCKS: usize = 2048;
+/// The shortest partition chosen by itself.
+const MIN_PART: usize = 64;
+
+/// Positions per thread block: the longest (fewest partial results to merge) that still gives
+/// [`TARGET_BLOCKS`] blocks. At 7B shapes with 3000 cached tokens that is 64 at batch 1 (1504
+/// blocks, against 384 with 256) and 256 from batch 8 on.
+fn partition(rows: usize, heads: usize, max_ctx: usize) -> usize {
+    let forced = super::PARTITION.load(std::sync::atomic::Ordering::Relaxed);
+    if forced != 0 {
+        return forced.clamp(32, MAX_PART);
+    }
+    let mut part = MAX_PART;
+    while part > MIN_PART && rows * heads * max_ctx.div_ceil(part) < TARGET_BLOCKS {
+        part /= 2;
+    }
+    part
+}
 const THREADS: u32 = 128;
 
 fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> candle_core::Result<CudaView<'a, T>> {
@@ -71,7 +91,8 @@ fn attend_typed<T: CudaDType + DeviceRepr>(
         );
     }
     let rows = op.rows.len();
-    let nparts = op.rows.max_ctx().div_ceil(PART).max(1);
+    let part_len = partition(rows, h.q, op.rows.max_ctx());
+    let nparts = op.rows.max_ctx().div_ceil(part_len).max(1);
     let q = view(q, l)?;
     with_cuda(op.k, |ks, kl| {
         with_cuda(op.v, |vs, vl| {
@@ -110,6 +131,7 @@ fn attend_typed<T: CudaDType + DeviceRepr>(
                         op.rows.block_size as i32,
                         op.rows.max_blocks as i32,
                         nparts as i32,
+                        part_len as i32,
                         h.scale() as f32
                     );
                     let cfg = LaunchConfig {
@@ -132,7 +154,13 @@ fn attend_typed<T: CudaDType + DeviceRepr>(
                     b.arg(&part_sum);
                     b.arg(&ctx);
                     b.arg(&out);
-                    candle_core::builder_arg!(b, h.q as i32, h.dim as i32, nparts as i32);
+                    candle_core::builder_arg!(
+                        b,
+                        h.q as i32,
+                        h.dim as i32,
+                        nparts as i32,
+                        part_len as i32
+                    );
                     let cfg = LaunchConfig {
                         grid_dim: (h.q as u32, rows as u32, 1),
                         block_dim: (THREADS, 1, 1),

@@ -12,6 +12,8 @@
 //! by `build.rs`; see [`cuda`]). On the CPU they run plain loops in f32: the reference the CUDA
 //! kernels are checked against (`grain check-device kernels`) and the path the unit tests cover.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use candle_core::{
     bail, CpuStorage, CustomOp1, DType, Device, InplaceOp3, Layout, Shape, Storage, Tensor,
     WithDType,
@@ -289,6 +291,16 @@ impl InplaceOp3 for WriteSlots {
         Self::check(cl, nl, sl)?;
         cuda::write_slots(cache, cl, new, nl, slots, sl)
     }
+}
+
+/// A fixed partition length for the CUDA decode kernel (0: chosen per launch), for A/B runs and
+/// checks. See `cuda::partition`.
+static PARTITION: AtomicUsize = AtomicUsize::new(0);
+
+/// Forces the CUDA decode attention's partition length (positions per thread block; a power of two
+/// from 32 to 256), or with 0 lets each launch choose it from the batch (the default).
+pub fn set_paged_partition(positions: usize) {
+    PARTITION.store(positions, Ordering::Relaxed);
 }
 
 #[cfg(test)]

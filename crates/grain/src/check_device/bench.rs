@@ -64,6 +64,17 @@ pub struct BenchArgs {
     /// Scratch directory for the random weights [default: a temporary directory].
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Also time the decode steps with the fused CUDA kernels off (`decode_unfused`).
+    #[arg(long)]
+    pub ab_fused: bool,
+    /// Also time them with single-row projections computed as weight × column
+    /// (`decode_row_gemv`).
+    #[arg(long)]
+    pub ab_row_gemv: bool,
+    /// Also time them with the decode attention's partition fixed at 256 positions
+    /// (`decode_partition256`), against the per-launch choice.
+    #[arg(long)]
+    pub ab_fixed_partition: bool,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -186,6 +197,9 @@ pub struct DecodeResult {
     pub floor_fraction: f64,
     pub hf_tokens_per_s: Option<f64>,
     pub speedup_vs_hf: Option<f64>,
+    /// Median time until `forward` returned, before the logits were fetched: the host's share of
+    /// a step (launching its kernels). Close to `step_ms_median` means the host is the bound.
+    pub enqueue_ms_median: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,6 +240,44 @@ fn fetch(logits: &Tensor) -> anyhow::Result<()> {
         bail!("non-finite logits");
     }
     Ok(())
+}
+
+/// Times `a.warmup + a.steps` decode steps of one new token for each sequence of `tables` (each
+/// with `a.cached` tokens in the cache), each an engine-like step: one flat-batch forward, then
+/// the logits to the host. Returns the timed steps and the time until `forward` returned, in ms.
+fn time_decode(
+    model: &Llama,
+    cache: &KvCache,
+    tables: &[Vec<u32>],
+    c: &TextConfig,
+    a: &BenchArgs,
+    dtype: DType,
+    dev: &Device,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let x = embeds(c, tables.len(), dtype, dev)?;
+    let chunks: Vec<SeqChunk<'_>> = tables
+        .iter()
+        .map(|t| SeqChunk {
+            start: a.cached,
+            len: 1,
+            block_table: t,
+            want_logits: true,
+        })
+        .collect();
+    let mut times = Vec::with_capacity(a.steps);
+    let mut enqueue = Vec::with_capacity(a.steps);
+    for i in 0..a.warmup + a.steps {
+        dev.synchronize()?;
+        let t0 = Instant::now();
+        let logits = model.forward(&x, &chunks, cache)?;
+        let queued = t0.elapsed().as_secs_f64() * 1e3;
+        fetch(&logits)?;
+        if i >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            enqueue.push(queued);
+        }
+    }
+    Ok((times, enqueue))
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -274,25 +326,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
 
     let mut decode = Vec::new();
     for &b in &a.batches {
-        let x = embeds(&c, b, dtype, dev)?;
-        let chunks: Vec<SeqChunk<'_>> = tables[..b]
-            .iter()
-            .map(|t| SeqChunk {
-                start: a.cached,
-                len: 1,
-                block_table: t,
-                want_logits: true,
-            })
-            .collect();
-        let mut times = Vec::with_capacity(a.steps);
-        for i in 0..a.warmup + a.steps {
-            dev.synchronize()?;
-            let t0 = Instant::now();
-            fetch(&model.forward(&x, &chunks, &cache)?)?;
-            if i >= a.warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
+        let (times, enqueue) = time_decode(&model, &cache, &tables[..b], &c, a, dtype, dev)?;
         let step = median(times.clone());
         let floor_ms = decode_floor_bytes(&c, dtype, b, ctx) / (a.hbm_gbps * 1e9) * 1e3;
         let tps = b as f64 / step * 1e3;
@@ -314,8 +348,39 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             floor_fraction: floor_ms / step,
             hf_tokens_per_s: hf,
             speedup_vs_hf: hf.map(|h| tps / h),
+            enqueue_ms_median: median(enqueue),
         });
     }
+
+    // The same steps with one switch flipped, in the same process and sitting: the fused CUDA
+    // kernels off (`--ab-fused`), single-row projections as weight × column (`--ab-row-gemv`),
+    // the decode attention's partition fixed at 256 (`--ab-fixed-partition`).
+    let variant = |on: bool, flip: fn(bool)| -> anyhow::Result<Vec<serde_json::Value>> {
+        if !on {
+            return Ok(Vec::new());
+        }
+        flip(true);
+        let runs = a
+            .batches
+            .iter()
+            .map(|&b| time_decode(&model, &cache, &tables[..b], &c, a, dtype, dev))
+            .collect::<anyhow::Result<Vec<_>>>();
+        flip(false);
+        Ok(a.batches
+            .iter()
+            .zip(runs?)
+            .map(|(&b, (times, enqueue))| {
+                let step = median(times);
+                json!({ "batch": b, "step_ms_median": step, "tokens_per_s": b as f64 / step * 1e3,
+                        "enqueue_ms_median": median(enqueue) })
+            })
+            .collect())
+    };
+    let decode_unfused = variant(a.ab_fused, |on| grain_model::set_fused_kernels(!on))?;
+    let decode_row_gemv = variant(a.ab_row_gemv, grain_model::set_row_gemv)?;
+    let decode_part256 = variant(a.ab_fixed_partition, |on| {
+        grain_model::set_paged_partition(if on { 256 } else { 0 })
+    })?;
 
     let mut prefill = Vec::new();
     for &n in &a.prefill {
@@ -361,6 +426,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "hbm_gbps": a.hbm_gbps,
         "load_seconds": load_s,
         "decode": decode,
+        "decode_unfused": decode_unfused,
+        "decode_row_gemv": decode_row_gemv,
+        "decode_partition256": decode_part256,
         "prefill": prefill,
     }))
 }

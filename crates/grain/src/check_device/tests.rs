@@ -58,6 +58,9 @@ fn the_dry_run_reports_every_batch_and_prefill_and_cleans_up() {
         prefill_runs: 1,
         hbm_gbps: 20.0,
         scratch: Some(scratch.path().to_path_buf()),
+        ab_fused: true,
+        ab_row_gemv: true,
+        ab_fixed_partition: true,
         json: None,
     };
     let r = bench::bench(&args).unwrap();
@@ -76,6 +79,14 @@ fn the_dry_run_reports_every_batch_and_prefill_and_cleans_up() {
             d["hf_tokens_per_s"].is_null(),
             "no HF figures for the small shapes"
         );
+        assert!(d["enqueue_ms_median"].as_f64().unwrap() <= step);
+    }
+    // Each A/B variant times every batch size again.
+    for key in ["decode_unfused", "decode_row_gemv", "decode_partition256"] {
+        let v = r[key].as_array().unwrap();
+        let batches: Vec<u64> = v.iter().map(|d| d["batch"].as_u64().unwrap()).collect();
+        assert_eq!(batches, [1, 3], "{key}");
+        assert!(v.iter().all(|d| d["step_ms_median"].as_f64().unwrap() > 0.0));
     }
     let prefill = r["prefill"].as_array().unwrap();
     let lens: Vec<u64> = prefill
@@ -103,6 +114,9 @@ fn the_bench_refuses_more_than_the_context() {
         prefill_runs: 1,
         hbm_gbps: 20.0,
         scratch: None,
+        ab_fused: false,
+        ab_row_gemv: false,
+        ab_fixed_partition: false,
         json: None,
     };
     assert!(bench::bench(&args).is_err());
@@ -192,4 +206,19 @@ fn compare_applies_each_criterion() {
     assert!(r.pass && (r.bf16_tolerance - 2.0).abs() < 1e-5, "{r:?}");
     let db_too_far = output(vec![12.1, -2.0, 0.5], vec![0, 0], Some(1));
     assert!(!parity::compare(&rf, &df, &rb_far, &db_too_far).pass);
+}
+
+/// On the CPU both sides of each kernel check are the same code: every case passes with a zero
+/// difference, which checks the cases' plumbing (shapes, tables, writes, the switches) end to end.
+#[test]
+fn the_kernel_checks_run_on_the_cpu_with_zero_difference() {
+    let paged = grain_model::check_paged_kernels(&Device::Cpu).unwrap();
+    assert_eq!(paged.len(), 6);
+    assert!(paged.iter().all(|c| c.pass && c.write_exact && c.max_abs_diff == 0.0));
+    assert!(paged.iter().any(|c| c.partition == 64));
+    let fused = grain_model::check_fused_kernels(&Device::Cpu).unwrap();
+    assert_eq!(fused.len(), 2 * 3 * 8);
+    assert!(fused.iter().all(|c| c.pass && c.max_abs_diff == 0.0));
+    // The references are not all zero: the comparisons compare something.
+    assert!(fused.iter().all(|c| c.max_abs_reference > 0.0));
 }

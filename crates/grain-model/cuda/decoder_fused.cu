@@ -1,0 +1,129 @@
+// Fused elementwise kernels of the decoder layer on CUDA (grain-model/src/fused_device.rs launches
+// them). Each replaces a chain of candle ops, so a decode step issues fewer launches:
+//
+// - qkv_rope_*: splits the stacked q|k|v projection, applies RoPE (rotate-half form, as
+//   candle's rope_thd) to q and k, writes k and v into the layer's paged cache at each row's slot,
+//   and returns [q (t, nh, hd) | k (t, nkv, hd) | v (t, nkv, hd)] as one flat buffer. Replaces
+//   three copies, two RoPE launches and two slot writes.
+// - silu_mul_*: SwiGLU of a stacked gate|up projection, silu(gate) * up. Replaces two launches
+//   (and their strided reads).
+// - add_rms_*: the residual add and the next RMSNorm: s = x + d (rounded to T, as an add would),
+//   y = s * rsqrt(mean(s^2) + eps) * w. Replaces two launches.
+//
+// Arithmetic is in f32; results are rounded to T once.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+
+// One thread block per (head of q|k|v, row); threads over the first half of head_dim.
+template <typename T>
+__device__ void qkv_rope(const T *__restrict__ qkv, const T *__restrict__ cos,
+                         const T *__restrict__ sin, const uint32_t *__restrict__ slots,
+                         T *__restrict__ out, T *__restrict__ kc, T *__restrict__ vc, int t, int nh,
+                         int nkv, int hd) {
+  const int h = blockIdx.x, r = blockIdx.y, half = hd / 2;
+  const uint64_t width = (uint64_t)(nh + 2 * nkv) * hd;
+  const T *src = qkv + r * width + (uint64_t)h * hd;
+  T *q_out = out;
+  T *k_out = out + (uint64_t)t * nh * hd;
+  T *v_out = k_out + (uint64_t)t * nkv * hd;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    if (h < nh + nkv) {
+      const float c = to_float(cos[(uint64_t)r * half + i]);
+      const float s = to_float(sin[(uint64_t)r * half + i]);
+      const float x1 = to_float(src[i]), x2 = to_float(src[i + half]);
+      const T o1 = from_float<T>(x1 * c - x2 * s), o2 = from_float<T>(x1 * s + x2 * c);
+      if (h < nh) {
+        T *d = q_out + ((uint64_t)r * nh + h) * hd;
+        d[i] = o1;
+        d[i + half] = o2;
+      } else {
+        const int kh = h - nh;
+        T *d = k_out + ((uint64_t)r * nkv + kh) * hd;
+        T *c2 = kc + ((uint64_t)slots[r] * nkv + kh) * hd;
+        d[i] = o1;
+        d[i + half] = o2;
+        c2[i] = o1;
+        c2[i + half] = o2;
+      }
+    } else {
+      const int vh = h - nh - nkv;
+      const T a = src[i], b = src[i + half];
+      T *d = v_out + ((uint64_t)r * nkv + vh) * hd;
+      T *c2 = vc + ((uint64_t)slots[r] * nkv + vh) * hd;
+      d[i] = a;
+      d[i + half] = b;
+      c2[i] = a;
+      c2[i + half] = b;
+    }
+  }
+}
+
+template <typename T>
+__device__ void silu_mul(const T *__restrict__ gu, T *__restrict__ out, uint32_t inter,
+                         uint64_t total) {
+  for (uint64_t e = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (uint64_t)gridDim.x * blockDim.x) {
+    const uint64_t r = e / inter, j = e % inter;
+    const float g = to_float(gu[r * 2 * inter + j]);
+    const float u = to_float(gu[r * 2 * inter + inter + j]);
+    out[e] = from_float<T>(g / (1.f + expf(-g)) * u);
+  }
+}
+
+// One thread block (256 threads) per row.
+template <typename T>
+__device__ void add_rms(const T *__restrict__ x, const T *__restrict__ d, const T *__restrict__ w,
+                        T *__restrict__ sum_out, T *__restrict__ norm_out, int cols, float eps) {
+  __shared__ float partial[32];
+  const uint64_t base = (uint64_t)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const T s = from_float<T>(to_float(x[base + c]) + to_float(d[base + c]));
+    sum_out[base + c] = s;
+    const float f = to_float(s);
+    acc += f * f;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  if (lane == 0) partial[warp] = acc;
+  __syncthreads();
+  acc = lane < warps ? partial[lane] : 0.f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  const float scale = rsqrtf(acc / cols + eps);
+  // Each thread reads back only the sums it wrote itself: no barrier needed.
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    norm_out[base + c] = from_float<T>(scale * to_float(sum_out[base + c]) * to_float(w[c]));
+}
+
+#define GRAIN_FUSED_KERNELS(T, NAME)                                                             \
+  extern "C" __global__ void qkv_rope_##NAME(const T *qkv, const T *cos, const T *sin,          \
+                                             const uint32_t *slots, T *out, T *kc, T *vc, int t,  \
+                                             int nh, int nkv, int hd) {                          \
+    qkv_rope<T>(qkv, cos, sin, slots, out, kc, vc, t, nh, nkv, hd);                              \
+  }                                                                                              \
+  extern "C" __global__ void silu_mul_##NAME(const T *gu, T *out, uint32_t inter,                \
+                                             uint64_t total) {                                   \
+    silu_mul<T>(gu, out, inter, total);                                                          \
+  }                                                                                              \
+  extern "C" __global__ void add_rms_##NAME(const T *x, const T *d, const T *w, T *sum_out,      \
+                                            T *norm_out, int cols, float eps) {                  \
+    add_rms<T>(x, d, w, sum_out, norm_out, cols, eps);                                           \
+  }
+
+GRAIN_FUSED_KERNELS(float, f32)
+GRAIN_FUSED_KERNELS(__half, f16)
+GRAIN_FUSED_KERNELS(__nv_bfloat16, bf16)
