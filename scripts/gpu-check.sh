@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script run on the GPU test machine (H100/H200, CUDA 13, PyTorch + transformers, no Rust
 # toolchain, no network), from the repository root, with the binary that scripts/build-cuda.sh
-# built carried along (target-cuda/release/grain). About 3-5 minutes. See docs/gpu.md.
+# built carried along (target-cuda/release/grain). About 2 minutes on an H200 (88-109 s). See docs/gpu.md.
 #
 #   (a) correctness: `grain check-device parity` on the tiny checkpoints (both layouts, two images
 #       each): CUDA vs CPU, f32 (same router decision, same greedy ids, logits within 1e-3 of
