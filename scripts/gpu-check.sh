@@ -11,7 +11,9 @@
 #       32 heads, MLP 11008, vocab 32064): decode step at batch 1/8/16 with 3000 cached tokens,
 #       prefill of 2988, 804 and 252 tokens (a 672x672 image at granularity 576/144/36 plus 60
 #       text tokens), against the HBM floor;
-#   (c) HF transformers (eager attention, the issue's baseline) on the same shapes, same run.
+#   (c) HF transformers (eager attention, the issue's baseline) on the same shapes, same run;
+#   (d) end to end: `grain serve` on a 7B-shaped AVG-LLaVA (make-tiny --size 7b) driven by
+#       `grain bench` at concurrency 16, router `auto` against fixed 576 and 36.
 # It prints a table last and writes every JSON to $OUT (gpu-check.json is the summary).
 #
 # Usage: scripts/gpu-check.sh            on the GPU machine
@@ -203,6 +205,35 @@ else
   log "(c) skipped: $PY has no torch/transformers"
 fi
 
+# (d) end to end: `grain serve` on an AVG-LLaVA checkpoint of 7B shapes (random bf16 weights,
+# written by `make-tiny --size 7b`: 13.8 GB in a scratch directory), driven by `grain bench` at
+# concurrency 16 with 672x672 images: the router at `auto` against fixed 576 and 36, one run.
+if ((DRY)); then
+  E2E=(small 8 4)
+  E2E_ARGS=()
+else
+  E2E=(7b 32 16)
+  E2E_ARGS=(--spawn-arg=--kv-cache-memory-mib=32768)
+fi
+E2E_DIR=$(mktemp -d "${GRAIN_SCRATCH:-${TMPDIR:-/tmp}}/grain-e2e.XXXXXX")
+log "(d) end to end: make-tiny --size ${E2E[0]}"
+if timeout 300 "$BIN" make-tiny --layout avg --size "${E2E[0]}" --out "$E2E_DIR/avg" \
+  >"$OUT/e2e-make.log" 2>&1; then
+  log "(d) grain bench --spawn (auto, 576, 36; concurrency ${E2E[2]}, ${E2E[1]} requests each)"
+  if ! timeout 420 "$BIN" bench --spawn "$BIN" --spawn-model "$E2E_DIR/avg" \
+    --spawn-arg=--device="$DEVICE" --spawn-log "$OUT/e2e-server.log" "${E2E_ARGS[@]}" \
+    --image-sizes 672x672 --granularity auto,576,36 --concurrency "${E2E[2]}" \
+    --num-requests "${E2E[1]}" --max-tokens 32 --warmup 2 --seed 1 --quiet \
+    --json "$OUT/e2e.json" >"$OUT/e2e.log" 2>&1; then
+    log "(d) end to end failed:"
+    tail -20 "$OUT/e2e.log"
+  fi
+else
+  log "(d) make-tiny failed:"
+  tail -5 "$OUT/e2e-make.log"
+fi
+rm -rf "$E2E_DIR"
+
 # Summary table and gpu-check.json
 python3 - "$OUT" "$parity_fail" "$DRY" <<'PYEOF'
 import glob, json, os, sys
@@ -275,7 +306,28 @@ if grain:
               f"{h or float('nan'):>10.1f}{(h / p['ms_median']) if h else float('nan'):>7.2f}")
 else:
     print("\n== (b) Grain bench: no result")
-summary = {"dry_run": dry, "parity_pass": not parity_fail, "parity": parity, "kernels": kernels,
+e2e = load(f"{out}/e2e.json")
+if e2e:
+    print(f"\n== (d) end to end, grain serve + grain bench, {e2e['points'][0]['load']['value']} in flight, 672x672 images")
+    print(f"{'granularity':<14}{'out tok/s':>10}{'req/s':>8}{'visual tok':>12}{'prefill s/req':>15}{'e2e p50 s':>11}{'failed':>8}")
+    by_mode = {}
+    for p in e2e["points"]:
+        sm = p["summary"]
+        by_mode[str(p["mode"])] = sm
+        pre = p.get("server_prefill_s_per_request")
+        p50 = (sm.get("e2e_s") or {}).get("p50")
+        print(f"{str(p['mode']):<14}{sm['output_tokens_per_s']:>10.1f}{sm['requests_per_s']:>8.2f}"
+              f"{sm['mean_visual_tokens']:>12.0f}{pre if pre is not None else float('nan'):>15.3f}"
+              f"{p50 if p50 is not None else float('nan'):>11.2f}{sm['failed']:>8}")
+    a, f = by_mode.get("auto"), by_mode.get("576")
+    if a and f and a["output_tokens_per_s"] and f["mean_visual_tokens"]:
+        verdict["e2e_auto_over_576"] = round(a["requests_per_s"] / f["requests_per_s"], 3)
+        print(f"auto / 576: requests/s x{a['requests_per_s'] / f['requests_per_s']:.2f} "
+              f"for {a['mean_visual_tokens'] / f['mean_visual_tokens']:.0%} of the visual tokens "
+              f"(the router's choices: {a.get('granularity_counts')})")
+else:
+    print("\n== (d) end to end: no result")
+summary = {"dry_run": dry, "parity_pass": not parity_fail, "e2e": e2e, "parity": parity, "kernels": kernels,
            "grain": grain,
            "hf": hf, "hf_source": src, "targets": verdict}
 json.dump(summary, open(f"{out}/gpu-check.json", "w"), indent=1)

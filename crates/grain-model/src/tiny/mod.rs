@@ -32,6 +32,11 @@ pub struct TinySize {
     pub vision_intermediate: usize,
     pub vision_layers: usize,
     pub vision_heads: usize,
+    /// Written in bf16, from one random stream per tensor drawn in parallel (uniform values with
+    /// the same mean and standard deviation), instead of f32 from one normal stream: what a
+    /// 7-billion-parameter checkpoint needs to be written in seconds. The tiny and small sizes keep
+    /// the sequential f32 stream, so their bytes do not change.
+    pub bf16_parallel: bool,
 }
 
 impl TinySize {
@@ -45,6 +50,7 @@ impl TinySize {
         vision_intermediate: 64,
         vision_layers: 3,
         vision_heads: 4,
+        bf16_parallel: false,
     };
     pub const SMALL: Self = Self {
         hidden: 512,
@@ -56,12 +62,28 @@ impl TinySize {
         vision_intermediate: 1024,
         vision_layers: 4,
         vision_heads: 4,
+        bf16_parallel: false,
+    };
+    /// AVG-LLaVA-7B's shapes (Vicuna-7B, CLIP-L/336, the router at the LM's width) for GPU
+    /// benchmarks, with the tiny vocabulary: 6.9 billion parameters, 13.8 GB in bf16.
+    pub const SEVEN_B: Self = Self {
+        hidden: 4096,
+        intermediate: 11008,
+        layers: 32,
+        heads: 32,
+        kv_heads: 32,
+        vision_hidden: 1024,
+        vision_intermediate: 4096,
+        vision_layers: 24,
+        vision_heads: 16,
+        bf16_parallel: true,
     };
 
     pub fn by_name(name: &str) -> Option<Self> {
         match name {
             "tiny" => Some(Self::TINY),
             "small" => Some(Self::SMALL),
+            "7b" => Some(Self::SEVEN_B),
             _ => None,
         }
     }
@@ -93,10 +115,49 @@ impl Rng {
 struct Writer {
     rng: Rng,
     tensors: HashMap<String, Tensor>,
+    /// With [`TinySize::bf16_parallel`]: the tensors to draw in [`Writer::finish`].
+    pending: Option<Vec<Pending>>,
 }
 
+/// A tensor to draw: name, shape, standard deviation, mean.
+struct Pending(String, Vec<usize>, f32, f32);
+
 impl Writer {
+    /// Draws the pending tensors in parallel, each from its own stream (seeded from the writer's
+    /// seed and the tensor's name), as bf16.
+    fn finish(&mut self, seed: u64) -> Result<()> {
+        use rayon::prelude::*;
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let drawn = pending
+            .into_par_iter()
+            .map(|Pending(name, shape, std, mean)| {
+                let tag = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+                });
+                let mut rng = Rng(seed ^ tag);
+                // Uniform on [mean - √3·std, mean + √3·std]: the same mean and deviation.
+                let half_width = 3f64.sqrt() * std as f64;
+                let n: usize = shape.iter().product();
+                let data: Vec<half::bf16> = (0..n)
+                    .map(|_| {
+                        let u = rng.uniform() * 2.0 - 1.0;
+                        half::bf16::from_f64(mean as f64 + half_width * u)
+                    })
+                    .collect();
+                Ok((name, Tensor::from_vec(data, shape, &Device::Cpu)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.tensors.extend(drawn);
+        Ok(())
+    }
+
     fn normal(&mut self, name: &str, shape: &[usize], std: f32, mean: f32) -> Result<()> {
+        if let Some(pending) = &mut self.pending {
+            pending.push(Pending(name.to_string(), shape.to_vec(), std, mean));
+            return Ok(());
+        }
         let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n).map(|_| mean + std * self.rng.normal()).collect();
         self.tensors.insert(
@@ -140,6 +201,7 @@ pub fn write_tiny(out: &Path, layout: TinyLayout, size: TinySize, seed: u64) -> 
     let mut w = Writer {
         rng: Rng(seed),
         tensors: HashMap::new(),
+        pending: size.bf16_parallel.then(Vec::new),
     };
     let (lm, lm_head, vis, proj1, proj2, newline) = match layout {
         TinyLayout::Avg => (
@@ -249,6 +311,7 @@ pub fn write_tiny(out: &Path, layout: TinyLayout, size: TinySize, seed: u64) -> 
     if layout == TinyLayout::Avg {
         write_router(&mut w, s.hidden)?;
     }
+    w.finish(seed)?;
     let st = out.join("model.safetensors");
     candle_core::safetensors::save(&w.tensors, &st)?;
     write_json(
@@ -288,20 +351,20 @@ fn write_router(w: &mut Writer, d: usize) -> Result<()> {
         .map(|&g| g as usize)
         .sum::<usize>()
         + 32;
-    w.linear("model.router.merger.self_attn.in_proj", 3 * d, d, true)?;
-    // PyTorch names the fused projection `in_proj_weight`/`in_proj_bias`, not `in_proj.weight`.
-    let wt = w
-        .tensors
-        .remove("model.router.merger.self_attn.in_proj.weight")
-        .expect("just written");
-    let bs = w
-        .tensors
-        .remove("model.router.merger.self_attn.in_proj.bias")
-        .expect("just written");
-    w.tensors
-        .insert("model.router.merger.self_attn.in_proj_weight".into(), wt);
-    w.tensors
-        .insert("model.router.merger.self_attn.in_proj_bias".into(), bs);
+    // PyTorch names the fused projection `in_proj_weight`/`in_proj_bias`, not `in_proj.weight`;
+    // drawn as [`Writer::linear`] draws a layer (same order, same deviations).
+    w.normal(
+        "model.router.merger.self_attn.in_proj_weight",
+        &[3 * d, d],
+        1.0 / (d as f32).sqrt(),
+        0.0,
+    )?;
+    w.normal(
+        "model.router.merger.self_attn.in_proj_bias",
+        &[3 * d],
+        0.02,
+        0.0,
+    )?;
     w.linear("model.router.merger.self_attn.out_proj", d, d, true)?;
     w.linear("model.router.merger.linear1", d, d, true)?;
     w.linear("model.router.merger.linear2", d, d, true)?;
@@ -317,6 +380,14 @@ fn write_router(w: &mut Writer, d: usize) -> Result<()> {
     )?;
     w.norm("model.router.norm", 5, true)?;
     Ok(())
+}
+
+fn torch_dtype(s: TinySize) -> &'static str {
+    if s.bf16_parallel {
+        "bfloat16"
+    } else {
+        "float32"
+    }
 }
 
 fn config_json(
@@ -344,7 +415,7 @@ fn config_json(
             for (k, x) in [
                 ("architectures", json!(["LlavaLlamaForCausalLM"])),
                 ("model_type", json!("llava_llama")),
-                ("torch_dtype", json!("float32")),
+                ("torch_dtype", json!(torch_dtype(s))),
                 ("mm_vision_tower", json!("grain/tiny-clip-336")),
                 ("mm_hidden_size", json!(s.vision_hidden)),
                 ("mm_vision_select_layer", json!(-2)),
@@ -372,7 +443,7 @@ fn config_json(
                 .insert("model_type".into(), json!("llama"));
             json!({
                 "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
-                "torch_dtype": "float32", "text_config": text, "vision_config": vision,
+                "torch_dtype": torch_dtype(s), "text_config": text, "vision_config": vision,
                 "image_token_index": image_id, "vision_feature_layer": -2,
                 "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
                 "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
