@@ -217,10 +217,10 @@ else
 fi
 E2E_DIR=$(mktemp -d "${GRAIN_SCRATCH:-${TMPDIR:-/tmp}}/grain-e2e.XXXXXX")
 log "(d) end to end: make-tiny --size ${E2E[0]}"
-if timeout 300 "$BIN" make-tiny --layout avg --size "${E2E[0]}" --out "$E2E_DIR/avg" \
+if timeout 150 "$BIN" make-tiny --layout avg --size "${E2E[0]}" --out "$E2E_DIR/avg" \
   >"$OUT/e2e-make.log" 2>&1; then
   log "(d) grain bench --spawn (auto, 576, 36; concurrency ${E2E[2]}, ${E2E[1]} requests each)"
-  if ! timeout 420 "$BIN" bench --spawn "$BIN" --spawn-model "$E2E_DIR/avg" \
+  if ! timeout 330 "$BIN" bench --spawn "$BIN" --spawn-model "$E2E_DIR/avg" \
     --spawn-arg=--device="$DEVICE" --spawn-log "$OUT/e2e-server.log" "${E2E_ARGS[@]}" \
     --image-sizes 672x672 --granularity auto,576,36 --concurrency "${E2E[2]}" \
     --num-requests "${E2E[1]}" --max-tokens 32 --warmup 2 --seed 1 --quiet \

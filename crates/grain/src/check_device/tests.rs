@@ -86,7 +86,9 @@ fn the_dry_run_reports_every_batch_and_prefill_and_cleans_up() {
         let v = r[key].as_array().unwrap();
         let batches: Vec<u64> = v.iter().map(|d| d["batch"].as_u64().unwrap()).collect();
         assert_eq!(batches, [1, 3], "{key}");
-        assert!(v.iter().all(|d| d["step_ms_median"].as_f64().unwrap() > 0.0));
+        assert!(v
+            .iter()
+            .all(|d| d["step_ms_median"].as_f64().unwrap() > 0.0));
     }
     let prefill = r["prefill"].as_array().unwrap();
     let lens: Vec<u64> = prefill
@@ -214,7 +216,9 @@ fn compare_applies_each_criterion() {
 fn the_kernel_checks_run_on_the_cpu_with_zero_difference() {
     let paged = grain_model::check_paged_kernels(&Device::Cpu).unwrap();
     assert_eq!(paged.len(), 6);
-    assert!(paged.iter().all(|c| c.pass && c.write_exact && c.max_abs_diff == 0.0));
+    assert!(paged
+        .iter()
+        .all(|c| c.pass && c.write_exact && c.max_abs_diff == 0.0));
     assert!(paged.iter().any(|c| c.partition == 64));
     let fused = grain_model::check_fused_kernels(&Device::Cpu).unwrap();
     assert_eq!(fused.len(), 2 * 3 * 8);
