@@ -16,6 +16,7 @@ const KERNELS: [&str; 2] = ["paged_attention", "decoder_fused"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=cuda/common.cuh");
     for src in KERNELS {
         println!("cargo:rerun-if-changed=cuda/{src}.cu");
     }

@@ -11,20 +11,7 @@
 //   y = s * rsqrt(mean(s^2) + eps) * w. Replaces two launches.
 //
 // Arithmetic is in f32; results are rounded to T once.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
+#include "common.cuh"
 
 // One thread block per (head of q|k|v, row); threads over the first half of head_dim.
 template <typename T>
@@ -95,14 +82,11 @@ __device__ void add_rms(const T *__restrict__ x, const T *__restrict__ d, const 
     const float f = to_float(s);
     acc += f * f;
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  acc = warp_sum(acc);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   if (lane == 0) partial[warp] = acc;
   __syncthreads();
-  acc = lane < warps ? partial[lane] : 0.f;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  acc = warp_sum(lane < warps ? partial[lane] : 0.f);
   const float scale = rsqrtf(acc / cols + eps);
   // Each thread reads back only the sums it wrote itself: no barrier needed.
   for (int c = threadIdx.x; c < cols; c += blockDim.x)

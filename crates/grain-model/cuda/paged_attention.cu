@@ -12,37 +12,12 @@
 // - paged_attn_reduce_*: merges a row's partitions into the softmax-weighted output.
 //
 // Scores, softmax and sums are in f32 whatever the storage type (f32, f16, bf16).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <stdint.h>
+#include "common.cuh"
 
 #define MAX_HD 256  // largest head_dim supported (checked on the host)
 #define MAX_PART 256  // most context positions per partition
 #define WARPS 4     // warps per thread block of paged_attn_part
 #define UNROLL 4    // positions a warp reads at once (independent loads in flight)
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
 template <typename T>
 __device__ void write_slots(const T *__restrict__ src, T *__restrict__ cache,
