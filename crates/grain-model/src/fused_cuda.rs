@@ -6,44 +6,16 @@
 #![allow(unsafe_code)]
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
-use candle_core::{
-    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor,
-};
+use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use crate::attention::Heads;
+use crate::cuda_ops::{dtype_name, view, with_cuda};
 use crate::error::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decoder_fused.ptx"));
 const MODULE: &str = "grain_fused";
-
-fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> candle_core::Result<CudaView<'a, T>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.slice(a..b)),
-        None => bail!("fused kernel: an operand is not contiguous"),
-    }
-}
-
-fn with_cuda<R>(
-    t: &Tensor,
-    f: impl FnOnce(&CudaStorage, &Layout) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cuda(s) => f(s, l),
-        _ => bail!("fused kernel: an operand is not on the GPU"),
-    }
-}
-
-fn dtype_name(s: &CudaStorage) -> candle_core::Result<&'static str> {
-    Ok(match &s.slice {
-        CudaStorageSlice::F32(_) => "f32",
-        CudaStorageSlice::BF16(_) => "bf16",
-        CudaStorageSlice::F16(_) => "f16",
-        _ => bail!("fused kernel: unsupported dtype {:?}", s.dtype()),
-    })
-}
 
 /// Runs `$body` with `$T` bound to the element type of storage `$s` (f32, bf16 or f16).
 macro_rules! typed {

@@ -10,6 +10,8 @@ mod attention;
 mod attention_blocks;
 mod attention_device;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod cuda_ops;
 pub mod error;
 #[cfg(feature = "cuda")]
 mod fused_cuda;

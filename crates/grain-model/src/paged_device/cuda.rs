@@ -10,9 +10,10 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
-use candle_core::{bail, CudaDevice, CudaStorage, Layout, Shape, Storage, Tensor};
+use candle_core::{bail, CudaDevice, CudaStorage, Layout, Shape};
 
 use super::PagedAttention;
+use crate::cuda_ops::{view, with_cuda};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 const MODULE: &str = "grain_paged";
@@ -40,25 +41,6 @@ fn partition(rows: usize, heads: usize, max_ctx: usize) -> usize {
     part
 }
 const THREADS: u32 = 128;
-
-fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> candle_core::Result<CudaView<'a, T>> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.slice(a..b)),
-        None => bail!("paged attention (cuda): the operand is not contiguous"),
-    }
-}
-
-/// Runs `f` with the CUDA storage and layout of `t`.
-fn with_cuda<R>(
-    t: &Tensor,
-    f: impl FnOnce(&CudaStorage, &Layout) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cuda(s) => f(s, l),
-        _ => bail!("paged attention (cuda): an operand is not on the GPU"),
-    }
-}
 
 pub(super) fn attend(
     op: &PagedAttention<'_>,
