@@ -17,14 +17,6 @@ use crate::kv_cache::KvCache;
 use crate::llama::SeqChunk;
 use crate::paged_device::{paged_attention, PagedRows};
 
-/// Chunks of at most this many new positions go through [`paged_attention`]; longer ones through
-/// [`causal_blocked`].
-pub(crate) const PAGED_MAX_LEN: usize = 32;
-
-fn paged(s: &SeqChunk<'_>) -> bool {
-    s.len > 0 && s.len <= PAGED_MAX_LEN
-}
-
 pub(crate) struct DeviceStep {
     /// `(t)` u32: the cache slot of each row of the flat batch.
     slots: Tensor,
@@ -59,7 +51,7 @@ impl DeviceStep {
                 slots.push(cache.slot(s.block_table, p)? as u32);
             }
             let at = offset..offset + s.len as u32;
-            if paged(s) {
+            if s.is_paged() {
                 rows.extend((0..s.len).map(|i| (s.block_table, s.start + i + 1)));
                 paged_at.extend(at);
                 plans.push(None);

@@ -34,7 +34,6 @@ mod router_cpu;
 mod router_pool;
 mod simd;
 mod small_gemm;
-#[cfg(test)]
 mod test_util;
 pub mod tiny;
 pub mod vision;

@@ -15,9 +15,10 @@ use crate::linear::Linear;
 use crate::vision;
 use crate::weights::Weights;
 
-/// Chunks up to this many new positions run through the paged kernel on the host cache; longer
-/// ones through [`causal_host`]'s blocked products.
-const KERNEL_MAX_LEN: usize = 32;
+/// Chunks of up to this many new positions (decode steps, short prompts) go through the paged
+/// attention kernels, on the host cache ([`paged_rows`]) and on devices (`paged_device`) alike;
+/// longer ones through blocked products ([`causal_host`], `causal_blocked`).
+const PAGED_MAX_LEN: usize = 32;
 
 /// One sequence's share of a flat batch.
 #[derive(Debug, Clone)]
@@ -30,6 +31,14 @@ pub struct SeqChunk<'a> {
     pub block_table: &'a [u32],
     /// Return logits for the chunk's last position.
     pub want_logits: bool,
+}
+
+impl SeqChunk<'_> {
+    /// Whether the chunk's attention takes the paged kernels rather than the blocked products
+    /// (see [`PAGED_MAX_LEN`]).
+    pub(crate) fn is_paged(&self) -> bool {
+        self.len <= PAGED_MAX_LEN
+    }
 }
 
 struct RmsNorm {
@@ -329,12 +338,6 @@ impl Llama {
     }
 }
 
-/// Whether a chunk on the host cache goes through the paged kernel (decode steps, short chunks)
-/// rather than [`causal_host`] (prefill).
-fn paged(s: &SeqChunk<'_>) -> bool {
-    s.len <= KERNEL_MAX_LEN
-}
-
 /// Attention over the host KV cache: writes every chunk's keys and values in place, runs the
 /// short chunks (decode steps) through the paged kernel in one parallel pass and the long ones
 /// (prefill) through [`causal_host`].
@@ -361,7 +364,7 @@ fn attention_host(
     let mut at = Vec::new();
     offset = 0;
     for s in chunks {
-        if paged(s) {
+        if s.is_paged() {
             for i in 0..s.len {
                 rows.push(KernelRow {
                     table: s.block_table,
@@ -390,7 +393,7 @@ fn attention_host(
     }
     offset = 0;
     for s in chunks {
-        if !paged(s) {
+        if !s.is_paged() {
             let (kc, vc) = if s.start == 0 {
                 (
                     k.narrow(0, offset, s.len)?.transpose(0, 1)?.contiguous()?,

@@ -1,6 +1,5 @@
-//! Helpers shared by the crate's unit tests and by-hand measurements.
-
-use std::time::Instant;
+//! Helpers shared by the crate's unit tests, by-hand measurements and `grain check-device kernels`
+//! (its random inputs).
 
 /// Deterministic values in `[-scale, scale)` from a seed (xorshift64, top 24 bits).
 pub(crate) fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -16,10 +15,11 @@ pub(crate) fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// The fastest of `runs` timed calls of `f`, in seconds.
+#[cfg(test)]
 pub(crate) fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
     (0..runs)
         .map(|_| {
-            let t = Instant::now();
+            let t = std::time::Instant::now();
             f();
             t.elapsed().as_secs_f64()
         })

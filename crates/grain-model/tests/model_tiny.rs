@@ -347,14 +347,17 @@ fn the_parallel_bf16_writer_writes_a_loadable_checkpoint() {
     let all = candle_core::safetensors::load(a.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(all.values().all(|t| t.dtype() == DType::BF16));
     // A norm weight: mean 1, std 0.1; a linear weight: mean 0, std 1/sqrt(fan_in).
-    let stats = |name: &str| {
-        let v: Vec<f32> = all[name]
+    let values = |name: &str| -> Vec<f32> {
+        all[name]
             .to_dtype(DType::F32)
             .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1()
-            .unwrap();
+            .unwrap()
+    };
+    let stats = |name: &str| {
+        let v = values(name);
         let n = v.len() as f32;
         let mean = v.iter().sum::<f32>() / n;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n;
@@ -369,20 +372,8 @@ fn the_parallel_bf16_writer_writes_a_loadable_checkpoint() {
     let (m, _) = stats("model.layers.0.input_layernorm.weight");
     assert!((m - 1.0).abs() < 0.05, "{m}");
     assert_ne!(
-        all["model.layers.0.self_attn.q_proj.weight"]
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
-        all["model.layers.0.self_attn.k_proj.weight"]
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
+        values("model.layers.0.self_attn.q_proj.weight"),
+        values("model.layers.0.self_attn.k_proj.weight"),
     );
     let model = LlavaModel::load(&a, DType::F32, &Device::Cpu).unwrap();
     assert!(model.has_router());

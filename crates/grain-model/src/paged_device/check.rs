@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{paged_attention, write_slots, PagedRows};
 use crate::attention::Heads;
 use crate::error::Result;
+use crate::test_util::values;
 
 /// One (head shape, dtype, partition) case.
 #[derive(Debug, Clone, Serialize)]
@@ -30,19 +31,6 @@ pub struct KernelCase {
     /// `1e-4` (f32) or `1e-2` (bf16, the output's own rounding) times `max(1, max |reference|)`.
     pub tolerance: f32,
     pub pass: bool,
-}
-
-/// Deterministic values in [-1, 1) (xorshift).
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
 }
 
 fn max_abs(t: &Tensor) -> Result<f32> {
@@ -79,10 +67,10 @@ pub fn check_paged_kernels(device: &Device) -> Result<Vec<KernelCase>> {
             .collect();
         let t = slots.len();
         let kv_rows =
-            |seed| Tensor::from_vec(noise(t * nkv * hd, seed), (t, nkv, hd), &Device::Cpu);
+            |seed| Tensor::from_vec(values(t * nkv * hd, seed, 1.0), (t, nkv, hd), &Device::Cpu);
         let (k_new, v_new) = (kv_rows(1)?, kv_rows(2)?);
         let q = Tensor::from_vec(
-            noise(CONTEXTS.len() * nq * hd, 3),
+            values(CONTEXTS.len() * nq * hd, 3, 1.0),
             (CONTEXTS.len(), nq, hd),
             &Device::Cpu,
         )?;
@@ -162,13 +150,16 @@ pub fn check_fused_kernels(device: &Device) -> Result<Vec<FusedCase>> {
     let result = (|| -> Result<()> {
         for dtype in [DType::F32, DType::BF16] {
             for rows in [1usize, 16, 300] {
-                let rand = |shape: (usize, usize), seed: u64| -> Result<Tensor> {
-                    Ok(
-                        Tensor::from_vec(noise(shape.0 * shape.1, seed), shape, &Device::Cpu)?
-                            .to_dtype(dtype)?
-                            .to_device(device)?,
-                    )
-                };
+                let rand =
+                    |shape: (usize, usize), seed: u64| -> Result<Tensor> {
+                        Ok(Tensor::from_vec(
+                            values(shape.0 * shape.1, seed, 1.0),
+                            shape,
+                            &Device::Cpu,
+                        )?
+                        .to_dtype(dtype)?
+                        .to_device(device)?)
+                    };
                 let (x, d) = (rand((rows, hidden), 11)?, rand((rows, hidden), 12)?);
                 let w = rand((1, hidden), 13)?.squeeze(0)?;
                 let gu = rand((rows, 2 * inter), 14)?;

@@ -27,23 +27,17 @@ fn write_slots_stores_rows_at_their_slots_and_rejects_a_slot_outside() {
     let slots = Tensor::from_vec(vec![7u32, 2, 11], 3, &dev).unwrap();
     write_slots(&cache, &new, &slots).unwrap();
     let back = cache.index_select(&slots, 0).unwrap();
-    let d = (back - &new).unwrap().abs().unwrap().sum_all().unwrap();
-    assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+    let abs_sum = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(abs_sum(&(back - &new).unwrap()), 0.0);
     // Every other slot is untouched.
-    let total = cache
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let written = new
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let (total, written) = (abs_sum(&cache), abs_sum(&new));
     assert!((total - written).abs() < 1e-6);
     let bad = Tensor::from_vec(vec![12u32], 1, &dev).unwrap();
     assert!(write_slots(&cache, &new.narrow(0, 0, 1).unwrap(), &bad).is_err());
