@@ -57,6 +57,21 @@ def msg(**fields) -> Callable[[], dict]:
     return build
 
 
+def text(**fields) -> Callable[[], dict]:
+    """A valid `/v1/completions` request with `fields` replacing or adding fields (None removes one)."""
+
+    def build() -> dict:
+        body = {"model": MODEL, "prompt": "Hello there.", "max_tokens": 4}
+        for k, v in fields.items():
+            if v is None:
+                body.pop(k, None)
+            else:
+                body[k] = v
+        return body
+
+    return build
+
+
 def messages(*ms) -> Callable[[], dict]:
     return lambda: {"model": MODEL, "messages": list(ms), "max_tokens": 4}
 
@@ -219,7 +234,23 @@ CASES = [
     Case("put-on-chat-completions", msg(), status=405, code="method_not_allowed", method="PUT"),
     Case("delete-models", None, status=405, code="method_not_allowed", method="DELETE", path="/v1/models"),
     Case("post-health", None, status=405, code="method_not_allowed", path="/health"),
-    Case("unknown-route-completions", msg(), status=404, code="not_found", path="/v1/completions"),
+    # --- /v1/completions (text) -----------------------------------------------------------------
+    Case("completions-with-a-chat-body", msg(), code="unknown_parameter", path="/v1/completions"),
+    Case("completions-no-prompt", text(prompt=None), code="missing_required_parameter", path="/v1/completions"),
+    Case("completions-token-ids", text(prompt=[1, 2, 3]), code="invalid_value", path="/v1/completions"),
+    Case("completions-two-prompts", text(prompt=["a", "b"]), code="invalid_value", path="/v1/completions"),
+    Case("completions-empty-prompt", text(prompt=""), code="invalid_value", path="/v1/completions"),
+    Case("completions-image-placeholder", text(prompt="see <image>"), code="invalid_value",
+         path="/v1/completions"),
+    Case("completions-suffix", text(suffix="!"), code="unsupported_parameter", path="/v1/completions"),
+    Case("completions-logprobs-a-bool", text(logprobs=True), code="invalid_type", path="/v1/completions"),
+    Case("completions-echo-with-logprobs", text(echo=True, logprobs=1), code="invalid_value",
+         path="/v1/completions"),
+    Case("completions-best-of", text(best_of=3), code="invalid_value", path="/v1/completions"),
+    Case("completions-unknown-model", text(model="gpt-17"), status=404, code="model_not_found",
+         path="/v1/completions"),
+    Case("completions-prompt-too-long", text(prompt="word " * 4 * CONTEXT), code="context_length_exceeded",
+         path="/v1/completions"),
     Case("unknown-route-embeddings", msg(), status=404, code="not_found", path="/v1/embeddings"),
     Case("unknown-route-root", None, status=404, code="not_found", method="GET", path="/"),
     Case("path-traversal", None, status=404, code="not_found", method="GET", path="/v1/../../etc/passwd"),

@@ -49,6 +49,16 @@ impl LlavaPreprocessor {
     }
 
     fn render(&self, req: &ChatRequest) -> Result<(String, Vec<RawImage>), EngineError> {
+        if let Some(text) = &req.raw_prompt {
+            // A text completion: the prompt as sent, without the chat template or images.
+            if text.contains(IMAGE_PLACEHOLDER) {
+                return Err(EngineError::invalid(
+                    format!("a text prompt may not contain the image placeholder `{IMAGE_PLACEHOLDER}`: images need /v1/chat/completions"),
+                    Some("prompt"),
+                ));
+            }
+            return Ok((text.clone(), Vec::new()));
+        }
         let mut messages = Vec::with_capacity(req.messages.len());
         let mut images = Vec::new();
         for (mi, m) in req.messages.iter().enumerate() {

@@ -37,6 +37,7 @@ fn request(
     parts.push(Part::Text(text.into()));
     ChatRequest {
         request_id: id.into(),
+        raw_prompt: None,
         messages: vec![Message {
             role: Role::User,
             parts,

@@ -12,6 +12,9 @@ pub struct ChatRequest {
     /// Unique id, used in logs and echoed in responses.
     pub request_id: String,
     pub messages: Vec<Message>,
+    /// `/v1/completions`: the whole prompt as text, tokenized as it is (no chat template, no
+    /// images). `messages` is then empty.
+    pub raw_prompt: Option<String>,
     pub params: GenerationParams,
     /// Request-level granularity (the `granularity` extension field). Per-image `detail` is applied
     /// only when this is [`GranularityChoice::Auto`].

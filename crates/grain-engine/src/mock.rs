@@ -51,6 +51,9 @@ impl Preprocessor for ToyPreprocessor {
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
         let mut prompt_ids = vec![BOS];
         let mut images = Vec::new();
+        if let Some(text) = &req.raw_prompt {
+            prompt_ids.extend(text.bytes().map(u32::from));
+        }
         for m in &req.messages {
             let role = match m.role {
                 Role::System => b'S',

@@ -67,6 +67,7 @@ fn start(controller: ControllerConfig) -> (EngineHandle, Arc<ToyProbe>, Seen) {
 fn request(id: &str) -> ChatRequest {
     ChatRequest {
         request_id: id.to_owned(),
+        raw_prompt: None,
         messages: vec![Message {
             role: Role::User,
             parts: vec![Part::Text("hello".to_owned())],

@@ -233,7 +233,7 @@ impl Metrics {
             request_failure: counter_vec(
                 r,
                 "request_failure_total",
-                "Failed chat-completion requests, by error kind.",
+                "Failed completion requests (chat and text), by error kind.",
                 &["error"],
             )?,
             num_requests_running: int_gauge(

@@ -1,5 +1,6 @@
 //! OpenAI chat-completions wire types for Grain, and the validation that turns a request body into a
-//! typed, range-checked [`ChatCompletionRequest`].
+//! typed, range-checked [`ChatCompletionRequest`]; the same for the legacy text completions
+//! ([`CompletionRequest`], `completion.rs`).
 //!
 //! This crate is deliberately transport-free (serde only): the server parses bodies with
 //! [`parse_chat_request`], clients (the bench tool, tests) build and read the same types.
@@ -20,11 +21,16 @@
 
 #![forbid(unsafe_code)]
 
+mod completion;
 mod error;
 mod request;
 mod response;
 mod validate;
 
+pub use completion::{
+    parse_completion_request, CompletionChoice, CompletionLogprobs, CompletionRequest,
+    CompletionResponse, DEFAULT_COMPLETION_MAX_TOKENS,
+};
 pub use error::{ErrorBody, ErrorDetail, RequestError};
 pub use request::{
     ChatCompletionRequest, ChatMessage, ContentPart, Detail, GranularityRequest, ImageUrl,

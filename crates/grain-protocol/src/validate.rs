@@ -39,7 +39,7 @@ impl Default for RequestLimits {
 
 /// The JSON type a top-level field must have.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     String,
     Array,
     Object,
@@ -48,6 +48,8 @@ enum Kind {
     Integer,
     StringOrArray,
     StringOrInteger,
+    /// `/v1/completions`' `prompt`: a string or an array (whose items `completion.rs` checks).
+    StringOrAnyArray,
 }
 
 impl Kind {
@@ -61,6 +63,7 @@ impl Kind {
             Kind::Integer => "an integer",
             Kind::StringOrArray => "a string or an array of strings",
             Kind::StringOrInteger => "\"auto\" or an integer",
+            Kind::StringOrAnyArray => "a string or an array of strings",
         }
     }
 
@@ -76,13 +79,17 @@ impl Kind {
             (Kind::StringOrArray, Value::Array(items)) => items.iter().all(Value::is_string),
             (Kind::StringOrInteger, Value::String(_)) => true,
             (Kind::StringOrInteger, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            (Kind::StringOrAnyArray, Value::String(_) | Value::Array(_)) => true,
             _ => false,
         }
     }
 }
 
+/// A top-level field: its name, JSON type and whether it is required.
+pub(crate) type Field = (&'static str, Kind, bool);
+
 /// Every supported top-level field with its JSON type and whether it is required.
-const SUPPORTED: &[(&str, Kind, bool)] = &[
+const SUPPORTED: &[Field] = &[
     ("model", Kind::String, true),
     ("messages", Kind::Array, true),
     ("max_tokens", Kind::Integer, false),
@@ -136,6 +143,18 @@ pub fn parse_chat_request(
     body: &[u8],
     limits: &RequestLimits,
 ) -> Result<ChatCompletionRequest, RequestError> {
+    let request: ChatCompletionRequest = parse_fields(body, SUPPORTED, UNSUPPORTED)?;
+    validate(&request, limits)?;
+    Ok(request)
+}
+
+/// Passes 1 and 2 for any request type: the body as a JSON object whose top-level keys are
+/// checked against `supported` and `unsupported`, then deserialized into `T`.
+pub(crate) fn parse_fields<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    supported: &[Field],
+    unsupported: &[(&str, &'static str)],
+) -> Result<T, RequestError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| RequestError::MalformedJson(e.to_string()))?;
     let Value::Object(mut map) = value else {
@@ -143,26 +162,27 @@ pub fn parse_chat_request(
             got: json_kind(&value),
         });
     };
-    check_top_level(&mut map)?;
-    let request: ChatCompletionRequest = serde_path_to_error::deserialize(Value::Object(map))
-        .map_err(|e| {
-            let param = e.path().to_string();
-            let message = e.into_inner().to_string();
-            // serde names the unknown key in the path; report it like a top-level unknown field.
-            if message.starts_with("unknown field") {
-                RequestError::UnknownField { param }
-            } else {
-                RequestError::invalid_value(param, message)
-            }
-        })?;
-    validate(&request, limits)?;
-    Ok(request)
+    check_top_level(&mut map, supported, unsupported)?;
+    serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+        let param = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde names the unknown key in the path; report it like a top-level unknown field.
+        if message.starts_with("unknown field") {
+            RequestError::UnknownField { param }
+        } else {
+            RequestError::invalid_value(param, message)
+        }
+    })
 }
 
-fn check_top_level(map: &mut Map<String, Value>) -> Result<(), RequestError> {
+fn check_top_level(
+    map: &mut Map<String, Value>,
+    supported: &[Field],
+    unsupported: &[(&str, &'static str)],
+) -> Result<(), RequestError> {
     let mut null_unsupported = Vec::new();
     for (key, value) in map.iter() {
-        if let Some((_, kind, required)) = SUPPORTED.iter().find(|(name, ..)| name == key) {
+        if let Some((_, kind, required)) = supported.iter().find(|(name, ..)| name == key) {
             if value.is_null() && !required {
                 continue;
             }
@@ -181,7 +201,7 @@ fn check_top_level(map: &mut Map<String, Value>) -> Result<(), RequestError> {
                     ));
                 }
             }
-        } else if let Some((_, hint)) = UNSUPPORTED.iter().find(|(name, _)| name == key) {
+        } else if let Some((_, hint)) = unsupported.iter().find(|(name, _)| name == key) {
             if !value.is_null() {
                 return Err(RequestError::UnsupportedField {
                     param: key.clone(),
@@ -196,7 +216,7 @@ fn check_top_level(map: &mut Map<String, Value>) -> Result<(), RequestError> {
     for key in null_unsupported {
         map.remove(&key);
     }
-    for (name, _, required) in SUPPORTED {
+    for (name, _, required) in supported {
         if *required && !map.contains_key(*name) {
             return Err(RequestError::MissingField {
                 param: (*name).to_owned(),
@@ -223,25 +243,11 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
         return Err(RequestError::invalid_value("model", "must not be empty"));
     }
     validate_messages(req, limits)?;
-
     for (param, value) in [
         ("max_tokens", req.max_tokens),
         ("max_completion_tokens", req.max_completion_tokens),
     ] {
-        if let Some(v) = value {
-            if v < 1 {
-                return Err(RequestError::invalid_value(
-                    param,
-                    format!("must be at least 1, got {v}"),
-                ));
-            }
-            if v > i64::from(u32::MAX) {
-                return Err(RequestError::invalid_value(
-                    param,
-                    format!("must be at most {}, got {v}", u32::MAX),
-                ));
-            }
-        }
+        check_max_tokens(param, value)?;
     }
     if let (Some(a), Some(b)) = (req.max_tokens, req.max_completion_tokens) {
         if a != b {
@@ -251,34 +257,20 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
             ));
         }
     }
-    check_range("temperature", req.temperature, 0.0, 2.0)?;
-    if let Some(p) = req.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(RequestError::invalid_value(
-                "top_p",
-                format!("must be greater than 0 and at most 1, got {p}"),
-            ));
-        }
-    }
-    if let Some(k) = req.top_k {
-        if k < 1 || k > i64::from(u32::MAX) {
-            return Err(RequestError::invalid_value(
-                "top_k",
-                format!("must be at least 1 (omit it to disable top-k), got {k}"),
-            ));
-        }
-    }
-    check_range("presence_penalty", req.presence_penalty, -2.0, 2.0)?;
-    check_range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)?;
-    if let Some(n) = req.n {
-        if n < 1 || n > i64::from(limits.max_n) {
-            return Err(RequestError::invalid_value(
-                "n",
-                format!("must be between 1 and {}, got {n}", limits.max_n),
-            ));
-        }
-    }
-    validate_stop(req.stop.as_ref(), limits)?;
+    validate_sampling(
+        &Sampling {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            n: req.n,
+            stop: req.stop.as_ref(),
+            stream: req.is_stream(),
+            has_stream_options: req.stream_options.is_some(),
+        },
+        limits,
+    )?;
     if let Some(t) = req.top_logprobs {
         if t < 0 || t > i64::from(limits.max_top_logprobs) {
             return Err(RequestError::invalid_value(
@@ -293,7 +285,74 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
             ));
         }
     }
-    if req.stream_options.is_some() && !req.is_stream() {
+    Ok(())
+}
+
+/// `max_tokens` (or its newer name) in `1 ..= u32::MAX` when present.
+pub(crate) fn check_max_tokens(param: &str, value: Option<i64>) -> Result<(), RequestError> {
+    if let Some(v) = value {
+        if v < 1 {
+            return Err(RequestError::invalid_value(
+                param,
+                format!("must be at least 1, got {v}"),
+            ));
+        }
+        if v > i64::from(u32::MAX) {
+            return Err(RequestError::invalid_value(
+                param,
+                format!("must be at most {}, got {v}", u32::MAX),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The sampling and streaming fields chat and text completions share.
+pub(crate) struct Sampling<'a> {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub n: Option<i64>,
+    pub stop: Option<&'a StopSequences>,
+    pub stream: bool,
+    pub has_stream_options: bool,
+}
+
+pub(crate) fn validate_sampling(
+    s: &Sampling<'_>,
+    limits: &RequestLimits,
+) -> Result<(), RequestError> {
+    check_range("temperature", s.temperature, 0.0, 2.0)?;
+    if let Some(p) = s.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(RequestError::invalid_value(
+                "top_p",
+                format!("must be greater than 0 and at most 1, got {p}"),
+            ));
+        }
+    }
+    if let Some(k) = s.top_k {
+        if k < 1 || k > i64::from(u32::MAX) {
+            return Err(RequestError::invalid_value(
+                "top_k",
+                format!("must be at least 1 (omit it to disable top-k), got {k}"),
+            ));
+        }
+    }
+    check_range("presence_penalty", s.presence_penalty, -2.0, 2.0)?;
+    check_range("frequency_penalty", s.frequency_penalty, -2.0, 2.0)?;
+    if let Some(n) = s.n {
+        if n < 1 || n > i64::from(limits.max_n) {
+            return Err(RequestError::invalid_value(
+                "n",
+                format!("must be between 1 and {}, got {n}", limits.max_n),
+            ));
+        }
+    }
+    validate_stop(s.stop, limits)?;
+    if s.has_stream_options && !s.stream {
         return Err(RequestError::invalid_value(
             "stream_options",
             "is only allowed when 'stream' is true",
@@ -302,7 +361,12 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
     Ok(())
 }
 
-fn check_range(param: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), RequestError> {
+pub(crate) fn check_range(
+    param: &str,
+    value: Option<f64>,
+    lo: f64,
+    hi: f64,
+) -> Result<(), RequestError> {
     match value {
         Some(v) if !(lo..=hi).contains(&v) => Err(RequestError::invalid_value(
             param,
@@ -312,7 +376,10 @@ fn check_range(param: &str, value: Option<f64>, lo: f64, hi: f64) -> Result<(), 
     }
 }
 
-fn validate_stop(stop: Option<&StopSequences>, limits: &RequestLimits) -> Result<(), RequestError> {
+pub(crate) fn validate_stop(
+    stop: Option<&StopSequences>,
+    limits: &RequestLimits,
+) -> Result<(), RequestError> {
     let sequences: &[String] = match stop {
         None => return Ok(()),
         Some(StopSequences::One(s)) => std::slice::from_ref(s),

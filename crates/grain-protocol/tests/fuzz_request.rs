@@ -1,6 +1,6 @@
 //! Property-based fuzzing of request parsing and validation.
 //!
-//! Whatever bytes arrive, `parse_chat_request` returns a value or a `RequestError` (never a
+//! Whatever bytes arrive, `parse_chat_request` (and `parse_completion_request`) returns a value or a `RequestError` (never a
 //! panic), and every error names a code and, where there is one, a parameter. Requests built
 //! within OpenAI's ranges are accepted and survive a serialize/parse round trip; the same requests
 //! with one field pushed out of its range are refused naming that field.
@@ -8,7 +8,10 @@
 //! CI runs the default budget (`PROPTEST_CASES`, 256 cases per property). A longer run:
 //! `PROPTEST_CASES=20000 cargo test --release -p grain-protocol --test fuzz_request`.
 
-use grain_protocol::{parse_chat_request, ChatCompletionRequest, RequestError, RequestLimits};
+use grain_protocol::{
+    parse_chat_request, parse_completion_request, ChatCompletionRequest, RequestError,
+    RequestLimits,
+};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -156,6 +159,22 @@ proptest! {
         body[field] = replacement;
         if let Err(e) = parse_chat_request(&serde_json::to_vec(&body).expect("json"), &limits()) {
             check_error(&e);
+        }
+    }
+
+    #[test]
+    fn a_text_completion_with_one_field_replaced_never_panics(
+        field in prop_oneof![
+            Just("model"), Just("prompt"), Just("max_tokens"), Just("logprobs"), Just("echo"),
+            Just("best_of"), Just("n"), Just("stop"), Just("suffix"), Just("stream_options"),
+        ],
+        replacement in any_json(),
+    ) {
+        let mut body = json!({"model": "m", "prompt": "Once", "max_tokens": 4, "n": 1});
+        body[field] = replacement;
+        match parse_completion_request(&serde_json::to_vec(&body).expect("json"), &limits()) {
+            Ok(req) => prop_assert!(!req.prompt_text().is_empty()),
+            Err(e) => check_error(&e),
         }
     }
 

@@ -61,6 +61,7 @@ pub async fn to_engine_request(
     Ok(engine::ChatRequest {
         request_id,
         messages,
+        raw_prompt: None,
         params: engine::GenerationParams {
             max_tokens: req.max_new_tokens(),
             temperature: req.temperature_or_default(),
@@ -189,4 +190,25 @@ pub fn record_success(
         metrics.record_granularity(image.granularity, source_label(image.source));
     }
     metrics.record_visual_tokens(u64::from(u.visual_tokens), u64::from(u.visual_tokens_full));
+}
+
+/// Text completions' legacy log-probabilities: parallel lists, each token's alternatives as a
+/// map that always holds the sampled token, and character offsets counted on from `offset`
+/// (which advances past these tokens).
+pub fn text_logprobs(lps: &[engine::TokenLogprob], offset: &mut u32) -> wire::CompletionLogprobs {
+    let mut out = wire::CompletionLogprobs::default();
+    for l in lps {
+        let mut top: std::collections::BTreeMap<String, f32> = l
+            .top
+            .iter()
+            .map(|(token, _, logprob)| (token.clone(), *logprob))
+            .collect();
+        top.insert(l.token.clone(), l.logprob);
+        out.tokens.push(l.token.clone());
+        out.token_logprobs.push(l.logprob);
+        out.top_logprobs.push(top);
+        out.text_offset.push(*offset);
+        *offset = offset.saturating_add(l.token.chars().count() as u32);
+    }
+    out
 }

@@ -4,7 +4,8 @@
 //! [`serve`] runs it on a listener until a shutdown future resolves, then drains. This crate
 //! talks to the model only through [`grain_engine::EngineHandle`] and never imports candle.
 //!
-//! Routes: `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models`, `GET /v1/models/{id}`,
+//! Routes: `POST /v1/chat/completions` and `POST /v1/completions` (text only; JSON or SSE),
+//! `GET /v1/models`, `GET /v1/models/{id}`,
 //! `GET /health`, `GET /ready`, `GET /metrics`. `/v1/*` require an API key when keys are
 //! configured; the probes and `/metrics` never do (they carry no user data).
 
@@ -54,6 +55,7 @@ pub enum ServerError {
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(routes::chat::completions))
+        .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/models/{id}", get(routes::models::retrieve))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,8 +1,9 @@
-//! Server-sent events for `stream: true`, in OpenAI's chunk format.
+//! Server-sent events for `stream: true`, in OpenAI's chunk format: `chat.completion.chunk`, or
+//! `text_completion` for `/v1/completions` ([`Format`]).
 //!
-//! Order on the wire: one role chunk per choice, content chunks, one chunk per choice with its
-//! `finish_reason`, the usage chunk (`choices: []`, only with `stream_options.include_usage`),
-//! then `data: [DONE]`. Every chunk carries the same `id`. An error after the response has
+//! Order on the wire: one role chunk per choice (chat) or the echoed prompt per choice (text with
+//! `echo`), content chunks, one chunk per choice with its `finish_reason`, the usage chunk
+//! (`choices: []`, only with `stream_options.include_usage`), then `data: [DONE]`. Every chunk carries the same `id`. An error after the response has
 //! started becomes an `event: error` whose data is the usual `{"error": {...}}` body, followed
 //! by `[DONE]`.
 //!
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::convert;
 use crate::errors::ApiError;
-use crate::routes::chat::{checked_index, CompletionMeta, Timing};
+use crate::routes::chat::{checked_index, CompletionMeta, Format, Timing};
 use crate::shutdown::InFlight;
 use crate::state::AppState;
 
@@ -36,8 +37,13 @@ pub(crate) async fn respond(
     guard: InFlight,
 ) -> Result<Response, ApiError> {
     let timeout_s = state.config().request_timeout.as_secs();
+    let echo_chars = match &meta.format {
+        Format::Text { echo: Some(prompt) } => prompt.chars().count() as u32,
+        _ => 0,
+    };
     let mut sse = SseState {
         reasons: vec![None; meta.n as usize],
+        text_offsets: vec![echo_chars; meta.n as usize],
         state,
         stream,
         meta,
@@ -51,11 +57,20 @@ pub(crate) async fn respond(
         _guard: guard,
     };
     for index in 0..sse.meta.n {
-        let role = wire::Delta {
-            role: Some(wire::Role::Assistant),
-            content: Some(String::new()),
-        };
-        sse.push_choice(index, role, None, None);
+        match &sse.meta.format {
+            Format::Chat => {
+                let role = wire::Delta {
+                    role: Some(wire::Role::Assistant),
+                    content: Some(String::new()),
+                };
+                sse.push_choice(index, role, None, None);
+            }
+            Format::Text { echo: Some(prompt) } => {
+                let prompt = prompt.clone();
+                sse.push_text(index, prompt, None, None);
+            }
+            Format::Text { echo: None } => {}
+        }
     }
     let body = futures_util::stream::unfold(sse, SseState::next_event);
     Ok(Sse::new(body)
@@ -72,6 +87,8 @@ struct SseState {
     timeout_s: u64,
     pending: VecDeque<SseEvent>,
     reasons: Vec<Option<FinishReason>>,
+    /// Per choice, the characters sent so far (text completions' `text_offset`).
+    text_offsets: Vec<u32>,
     /// `[DONE]` is queued; nothing follows.
     finished: bool,
     /// Success or failure was counted; a stream dropped before that was cancelled.
@@ -121,8 +138,17 @@ impl SseState {
             }) => {
                 let metrics = self.state.metrics().clone();
                 self.timing.on_tokens(&metrics, index, token_ids.len());
-                if let Err(e) = checked_index(index, n) {
-                    return self.fail(e);
+                let i = match checked_index(index, n) {
+                    Ok(i) => i,
+                    Err(e) => return self.fail(e),
+                };
+                if let Format::Text { .. } = self.meta.format {
+                    let logprobs = (self.meta.logprobs && !logprobs.is_empty())
+                        .then(|| convert::text_logprobs(&logprobs, &mut self.text_offsets[i]));
+                    if !text.is_empty() || logprobs.is_some() {
+                        self.push_text(index, text, logprobs, None);
+                    }
+                    return;
                 }
                 let logprobs =
                     (self.meta.logprobs && !logprobs.is_empty()).then(|| wire::ChoiceLogprobs {
@@ -142,7 +168,14 @@ impl SseState {
                 Ok(i) => {
                     self.reasons[i] = Some(reason);
                     let reason = convert::finish_reason(reason);
-                    self.push_choice(index, wire::Delta::default(), None, Some(reason));
+                    match self.meta.format {
+                        Format::Chat => {
+                            self.push_choice(index, wire::Delta::default(), None, Some(reason))
+                        }
+                        Format::Text { .. } => {
+                            self.push_text(index, String::new(), None, Some(reason))
+                        }
+                    }
                 }
                 Err(e) => self.fail(e),
             },
@@ -157,8 +190,17 @@ impl SseState {
                 convert::record_success(metrics, &usage, &labels);
                 self.outcome_recorded = true;
                 if self.meta.include_usage {
-                    let chunk = self.chunk(Vec::new(), Some(convert::usage(&usage)));
-                    self.push_json(&chunk);
+                    let usage = Some(convert::usage(&usage));
+                    match self.meta.format {
+                        Format::Chat => {
+                            let chunk = self.chunk(Vec::new(), usage);
+                            self.push_json(&chunk);
+                        }
+                        Format::Text { .. } => {
+                            let chunk = self.text_chunk(Vec::new(), usage);
+                            self.push_json(&chunk);
+                        }
+                    }
                 }
                 self.span.in_scope(|| {
                     tracing::info!(
@@ -238,7 +280,40 @@ impl SseState {
         self.push_json(&chunk);
     }
 
-    fn push_json(&mut self, chunk: &wire::ChatCompletionChunk) {
+    fn text_chunk(
+        &self,
+        choices: Vec<wire::CompletionChoice>,
+        usage: Option<wire::Usage>,
+    ) -> wire::CompletionResponse {
+        wire::CompletionResponse {
+            id: self.meta.id.clone(),
+            object: wire::CompletionResponse::OBJECT.into(),
+            created: self.meta.created,
+            model: self.meta.model.clone(),
+            choices,
+            usage,
+            system_fingerprint: None,
+        }
+    }
+
+    fn push_text(
+        &mut self,
+        index: u32,
+        text: String,
+        logprobs: Option<wire::CompletionLogprobs>,
+        finish_reason: Option<wire::FinishReason>,
+    ) {
+        let choice = wire::CompletionChoice {
+            index,
+            text,
+            logprobs,
+            finish_reason,
+        };
+        let chunk = self.text_chunk(vec![choice], None);
+        self.push_json(&chunk);
+    }
+
+    fn push_json<T: serde::Serialize>(&mut self, chunk: &T) {
         match serde_json::to_string(chunk) {
             Ok(json) => self
                 .pending

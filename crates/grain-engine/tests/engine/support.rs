@@ -53,6 +53,7 @@ pub fn request(
     parts.push(Part::Text(text.to_owned()));
     ChatRequest {
         request_id: id.to_owned(),
+        raw_prompt: None,
         messages: vec![Message {
             role: Role::User,
             parts,

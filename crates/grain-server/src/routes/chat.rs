@@ -76,6 +76,19 @@ pub(crate) struct CompletionMeta {
     pub n: u32,
     pub logprobs: bool,
     pub include_usage: bool,
+    pub format: Format,
+}
+
+/// Which API's shapes the response takes.
+#[derive(Debug, Clone)]
+pub(crate) enum Format {
+    /// `chat.completion` / `chat.completion.chunk`: messages and deltas.
+    Chat,
+    /// `text_completion` (`/v1/completions`): plain `text`, legacy log-probabilities.
+    Text {
+        /// The prompt, sent in front of each choice's text (`echo: true`).
+        echo: Option<String>,
+    },
 }
 
 pub async fn completions(
@@ -93,7 +106,7 @@ pub async fn completions(
     }
 }
 
-fn fail(state: &AppState, e: ApiError) -> Response {
+pub(crate) fn fail(state: &AppState, e: ApiError) -> Response {
     state.metrics().record_failure(e.describe().metric);
     e.into_response()
 }
@@ -130,7 +143,22 @@ async fn handle(
         n: req.n_or_default(),
         logprobs: req.wants_logprobs(),
         include_usage: req.include_usage(),
+        format: Format::Chat,
     };
+    run(state, engine_req, meta, req.is_stream(), started, guard).await
+}
+
+/// Hands a converted request to the engine and answers it, streamed or whole, in `meta`'s format.
+pub(crate) async fn run(
+    state: &AppState,
+    engine_req: grain_engine::ChatRequest,
+    meta: CompletionMeta,
+    stream_response: bool,
+    started: Instant,
+    guard: InFlight,
+) -> Result<Response, ApiError> {
+    let timeout = state.config().request_timeout;
+    let deadline = tokio::time::Instant::from_std(started + timeout);
     let stream = tokio::time::timeout_at(deadline, state.engine().generate(engine_req))
         .await
         .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
@@ -138,26 +166,23 @@ async fn handle(
     state
         .metrics()
         .observe_request_queue_time(started.elapsed().as_secs_f64());
-    if req.is_stream() {
-        sse::respond(
-            state.clone(),
-            stream,
-            meta,
-            Timing::new(started, req.n_or_default()),
-            deadline,
-            guard,
-        )
-        .await
-    } else {
-        let collected = tokio::time::timeout_at(
-            deadline,
-            collect(stream, &meta, state.metrics(), Timing::new(started, meta.n)),
-        )
-        .await
-        .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
-        drop(guard);
-        Ok(collected)
+    let timing = Timing::new(started, meta.n);
+    if stream_response {
+        return sse::respond(state.clone(), stream, meta, timing, deadline, guard).await;
     }
+    let metrics = state.metrics();
+    let collected = match meta.format {
+        Format::Chat => {
+            tokio::time::timeout_at(deadline, collect(stream, &meta, metrics, timing)).await
+        }
+        Format::Text { .. } => {
+            let collect = super::completions::collect(stream, &meta, metrics, timing);
+            tokio::time::timeout_at(deadline, collect).await
+        }
+    }
+    .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
+    drop(guard);
+    Ok(collected)
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -1,6 +1,7 @@
 //! HTTP handlers, one file per concern.
 
 pub mod chat;
+pub mod completions;
 pub mod health;
 pub mod models;
 

@@ -53,6 +53,9 @@ impl Preprocessor for MockPreprocessor {
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
         let mut prompt_ids = vec![BOS];
         let mut images = Vec::new();
+        if let Some(text) = &req.raw_prompt {
+            prompt_ids.extend(text.bytes().map(u32::from));
+        }
         for message in &req.messages {
             let role = match message.role {
                 Role::System => b'S',

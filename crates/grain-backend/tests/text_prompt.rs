@@ -1,0 +1,91 @@
+//! `/v1/completions`' raw prompts through the real tiny model: tokenized as sent, without the chat
+//! template, and refused where they would smuggle in an image placeholder.
+
+use grain_backend::BackendConfig;
+use grain_engine::{
+    ChatRequest, EngineConfig, EngineError, EngineHandle, Event, GenerationParams,
+    GranularityChoice, Message, Part, Role, Usage,
+};
+use grain_model::tiny::{write_tiny, TinyLayout, TinySize, SYSTEM_PROMPT};
+
+fn params() -> GenerationParams {
+    GenerationParams {
+        max_tokens: Some(12),
+        temperature: 0.0,
+        ..GenerationParams::default()
+    }
+}
+
+fn chat(text: &str) -> ChatRequest {
+    ChatRequest {
+        request_id: "chat".into(),
+        raw_prompt: None,
+        messages: vec![Message {
+            role: Role::User,
+            parts: vec![Part::Text(text.into())],
+        }],
+        params: params(),
+        granularity: GranularityChoice::Auto,
+    }
+}
+
+fn raw(prompt: &str) -> ChatRequest {
+    ChatRequest {
+        request_id: "raw".into(),
+        raw_prompt: Some(prompt.into()),
+        messages: Vec::new(),
+        params: params(),
+        granularity: GranularityChoice::Auto,
+    }
+}
+
+async fn run(engine: &EngineHandle, req: ChatRequest) -> Result<(Vec<u32>, Usage), EngineError> {
+    let mut stream = engine.generate(req).await?;
+    let mut tokens = Vec::new();
+    loop {
+        match stream.next().await.expect("stream ends with Done") {
+            Event::Delta { token_ids, .. } => tokens.extend(token_ids),
+            Event::Finished { .. } => {}
+            Event::Done { usage } => return Ok((tokens, usage)),
+            Event::Error(e) => return Err(e),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_prompt_skips_the_template_and_equals_the_rendered_chat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("avg");
+    write_tiny(&dir, TinyLayout::Avg, TinySize::TINY, 3).unwrap();
+    let engine = grain_backend::start(
+        BackendConfig::new(dir.clone()),
+        EngineConfig::default(),
+        None,
+    )
+    .unwrap();
+    engine.wait_ready().await.unwrap();
+
+    // The tiny checkpoint's template: the system prompt, " USER: " and the text, " ASSISTANT:".
+    let question = "what is in the picture";
+    let (chat_tokens, chat_usage) = run(&engine, chat(question)).await.unwrap();
+    let rendered = format!("{SYSTEM_PROMPT} USER: {question} ASSISTANT:");
+    let (raw_tokens, raw_usage) = run(&engine, raw(&rendered)).await.unwrap();
+    assert_eq!(raw_usage.prompt_tokens, chat_usage.prompt_tokens);
+    assert_eq!(
+        raw_tokens, chat_tokens,
+        "same prompt ids, same greedy tokens"
+    );
+
+    // The bare question is a different (shorter) prompt: no template was applied to it.
+    let (_, bare) = run(&engine, raw(question)).await.unwrap();
+    assert!(bare.prompt_tokens < chat_usage.prompt_tokens);
+    assert_eq!(bare.visual_tokens, 0);
+
+    let err = run(&engine, raw("look: <image> what?")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("placeholder"),
+        "an image placeholder in a text prompt is refused: {err}"
+    );
+    // The engine keeps serving after the refusal.
+    assert!(run(&engine, raw(question)).await.is_ok());
+}

@@ -1,0 +1,411 @@
+//! `POST /v1/completions` (OpenAI's legacy text completions): a raw prompt, no chat template, no
+//! images. The request is checked in the same three passes as chat (`validate.rs`) and shares its
+//! sampling rules; the response has `text` choices and the legacy `logprobs` object.
+//!
+//! Supported: `model`, `prompt` (a string, or an array holding one string), `max_tokens`
+//! (default 16, as OpenAI's), `temperature`, `top_p`, `top_k`, `seed`, `stop`, `n`,
+//! `presence_penalty`, `frequency_penalty`, `logprobs` (0 ..= `max_top_logprobs`), `echo`,
+//! `best_of` (only equal to `n`), `stream`, `stream_options`, `user`. `suffix` and `logit_bias` are
+//! refused by name; token-id prompts and several prompts in one request get a 400 that says so.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::RequestError;
+use crate::request::{StopSequences, StreamOptions};
+use crate::response::{FinishReason, Usage};
+use crate::validate::{
+    check_max_tokens, parse_fields, validate_sampling, Field, Kind, RequestLimits, Sampling,
+};
+
+/// OpenAI's default `max_tokens` for text completions.
+pub const DEFAULT_COMPLETION_MAX_TOKENS: u32 = 16;
+
+/// The body of a text-completions request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    pub model: String,
+    /// A string or a list; [`parse_completion_request`] checks that it holds one string.
+    pub prompt: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Extension: sample among the `k` most likely tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopSequences>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// How many alternatives to list per token; the sampled token's log-probability is always
+    /// given once this is set (0 included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<i64>,
+    /// Return the prompt in front of each choice's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl CompletionRequest {
+    /// The prompt text (validation guarantees there is exactly one).
+    pub fn prompt_text(&self) -> &str {
+        match &self.prompt {
+            Value::String(s) => s,
+            Value::Array(items) => items.first().and_then(Value::as_str).unwrap_or(""),
+            _ => "",
+        }
+    }
+
+    /// `max_tokens`, or OpenAI's default of 16.
+    pub fn max_new_tokens(&self) -> u32 {
+        self.max_tokens.map_or(DEFAULT_COMPLETION_MAX_TOKENS, |v| {
+            u32::try_from(v).unwrap_or(u32::MAX)
+        })
+    }
+
+    pub fn temperature_or_default(&self) -> f32 {
+        self.temperature.unwrap_or(1.0) as f32
+    }
+
+    pub fn top_p_or_default(&self) -> f32 {
+        self.top_p.unwrap_or(1.0) as f32
+    }
+
+    pub fn top_k_value(&self) -> Option<u32> {
+        self.top_k.and_then(|k| u32::try_from(k).ok())
+    }
+
+    /// As for chat: negative seeds keep their bits.
+    pub fn seed_value(&self) -> Option<u64> {
+        self.seed.map(|s| s as u64)
+    }
+
+    pub fn n_or_default(&self) -> u32 {
+        self.n.and_then(|n| u32::try_from(n).ok()).unwrap_or(1)
+    }
+
+    pub fn stop_sequences(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(StopSequences::One(s)) => vec![s.clone()],
+            Some(StopSequences::Many(v)) => v.clone(),
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// Alternatives per token when log-probabilities were asked for.
+    pub fn logprobs_count(&self) -> Option<u32> {
+        self.logprobs.and_then(|n| u32::try_from(n).ok())
+    }
+
+    pub fn echo(&self) -> bool {
+        self.echo.unwrap_or(false)
+    }
+}
+
+const SUPPORTED: &[Field] = &[
+    ("model", Kind::String, true),
+    ("prompt", Kind::StringOrAnyArray, true),
+    ("max_tokens", Kind::Integer, false),
+    ("temperature", Kind::Number, false),
+    ("top_p", Kind::Number, false),
+    ("top_k", Kind::Integer, false),
+    ("seed", Kind::Integer, false),
+    ("stop", Kind::StringOrArray, false),
+    ("n", Kind::Integer, false),
+    ("best_of", Kind::Integer, false),
+    ("presence_penalty", Kind::Number, false),
+    ("frequency_penalty", Kind::Number, false),
+    ("logprobs", Kind::Integer, false),
+    ("echo", Kind::Bool, false),
+    ("stream", Kind::Bool, false),
+    ("stream_options", Kind::Object, false),
+    ("user", Kind::String, false),
+];
+
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("suffix", " (insertion is not implemented)"),
+    ("logit_bias", ""),
+];
+
+/// Parses and validates a text-completions body.
+pub fn parse_completion_request(
+    body: &[u8],
+    limits: &RequestLimits,
+) -> Result<CompletionRequest, RequestError> {
+    let req: CompletionRequest = parse_fields(body, SUPPORTED, UNSUPPORTED)?;
+    if req.model.trim().is_empty() {
+        return Err(RequestError::invalid_value("model", "must not be empty"));
+    }
+    check_prompt(&req.prompt)?;
+    check_max_tokens("max_tokens", req.max_tokens)?;
+    validate_sampling(
+        &Sampling {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            n: req.n,
+            stop: req.stop.as_ref(),
+            stream: req.is_stream(),
+            has_stream_options: req.stream_options.is_some(),
+        },
+        limits,
+    )?;
+    if let Some(b) = req.best_of {
+        if b != i64::from(req.n_or_default()) {
+            return Err(RequestError::invalid_value(
+                "best_of",
+                format!(
+                    "only best_of equal to n ({}) is supported, got {b}",
+                    req.n_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(k) = req.logprobs {
+        if k < 0 || k > i64::from(limits.max_top_logprobs) {
+            return Err(RequestError::invalid_value(
+                "logprobs",
+                format!("must be between 0 and {}, got {k}", limits.max_top_logprobs),
+            ));
+        }
+        if req.echo() {
+            return Err(RequestError::invalid_value(
+                "logprobs",
+                "log-probabilities of an echoed prompt are not implemented; drop 'echo' or 'logprobs'",
+            ));
+        }
+    }
+    Ok(req)
+}
+
+fn check_prompt(prompt: &Value) -> Result<(), RequestError> {
+    let text = match prompt {
+        Value::String(s) => s,
+        Value::Array(items) => match items.as_slice() {
+            [Value::String(s)] => s,
+            [] => return Err(RequestError::invalid_value("prompt", "must not be empty")),
+            [Value::String(_), ..] => {
+                return Err(RequestError::invalid_value(
+                    "prompt",
+                    format!(
+                        "{} prompts in one request are not supported; send one request per prompt",
+                        items.len()
+                    ),
+                ))
+            }
+            _ => {
+                return Err(RequestError::invalid_value(
+                    "prompt",
+                    "token-id prompts are not supported; send the prompt as text",
+                ))
+            }
+        },
+        // The top-level pass admits only strings and arrays; an error rather than a panic anyway.
+        _ => {
+            return Err(RequestError::invalid_value(
+                "prompt",
+                "must be a string or an array of strings",
+            ))
+        }
+    };
+    if text.is_empty() {
+        return Err(RequestError::invalid_value("prompt", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// `object: "text_completion"`, for the whole response and for each streamed chunk (a chunk's
+/// `usage` is absent except on the final `choices: []` chunk of `stream_options.include_usage`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+}
+
+impl CompletionResponse {
+    pub const OBJECT: &'static str = "text_completion";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    /// `null` unless the request set `logprobs`.
+    pub logprobs: Option<CompletionLogprobs>,
+    /// `null` on streamed chunks until the choice ends.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// The legacy log-probability object: parallel lists, one entry per generated token.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    /// Per token: the `logprobs` most likely tokens and the sampled one, token → log-probability.
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    /// Per token: its character offset in the choice's text (`echo` included).
+    pub text_offset: Vec<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<CompletionRequest, RequestError> {
+        parse_completion_request(v.to_string().as_bytes(), &RequestLimits::default())
+    }
+
+    #[test]
+    fn a_string_or_one_string_in_a_list_is_the_prompt() {
+        let a = parse(json!({"model": "m", "prompt": "Once upon"})).unwrap();
+        assert_eq!(a.prompt_text(), "Once upon");
+        assert_eq!(a.max_new_tokens(), DEFAULT_COMPLETION_MAX_TOKENS);
+        let b = parse(json!({"model": "m", "prompt": ["Once upon"], "max_tokens": 5})).unwrap();
+        assert_eq!(b.prompt_text(), "Once upon");
+        assert_eq!(b.max_new_tokens(), 5);
+    }
+
+    #[test]
+    fn prompts_grain_cannot_serve_are_named_in_the_error() {
+        for (body, needle) in [
+            (json!({"model": "m", "prompt": ""}), "must not be empty"),
+            (json!({"model": "m", "prompt": []}), "must not be empty"),
+            (json!({"model": "m", "prompt": ["a", "b"]}), "2 prompts"),
+            (json!({"model": "m", "prompt": [1, 2, 3]}), "token-id"),
+            (json!({"model": "m", "prompt": [[1, 2]]}), "token-id"),
+            (json!({"model": "m", "prompt": 7}), "a string or an array"),
+        ] {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(e.param(), Some("prompt"), "{body}");
+            assert!(e.to_string().contains(needle), "{body}: {e}");
+        }
+        let e = parse(json!({"model": "m"})).unwrap_err();
+        assert!(matches!(e, RequestError::MissingField { .. }), "{e}");
+    }
+
+    #[test]
+    fn fields_are_checked_like_chat_and_legacy_ones_by_their_own_rules() {
+        for (body, param) in [
+            (
+                json!({"model": "m", "prompt": "a", "temperature": 3}),
+                "temperature",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "logprobs": 21}),
+                "logprobs",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "logprobs": true}),
+                "logprobs",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "n": 2, "best_of": 3}),
+                "best_of",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "echo": true, "logprobs": 1}),
+                "logprobs",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "suffix": "z"}),
+                "suffix",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "messages": []}),
+                "messages",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+        ] {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(e.param(), Some(param), "{body}: {e}");
+        }
+        let ok = parse(
+            json!({"model": "m", "prompt": "a", "n": 2, "best_of": 2, "logprobs": 0,
+                              "echo": false, "suffix": null, "stop": ["\n"], "seed": -1}),
+        )
+        .unwrap();
+        assert_eq!(ok.logprobs_count(), Some(0));
+        assert_eq!(ok.n_or_default(), 2);
+        assert_eq!(ok.stop_sequences(), vec!["\n".to_owned()]);
+    }
+
+    #[test]
+    fn response_serializes_in_openai_shape() {
+        let mut top = BTreeMap::new();
+        top.insert("a".to_owned(), -0.5f32);
+        let r = CompletionResponse {
+            id: "cmpl-1".into(),
+            object: CompletionResponse::OBJECT.into(),
+            created: 3,
+            model: "m".into(),
+            choices: vec![CompletionChoice {
+                index: 0,
+                text: "a".into(),
+                logprobs: Some(CompletionLogprobs {
+                    tokens: vec!["a".into()],
+                    token_logprobs: vec![-0.5],
+                    top_logprobs: vec![top],
+                    text_offset: vec![0],
+                }),
+                finish_reason: Some(FinishReason::Length),
+            }],
+            usage: None,
+            system_fingerprint: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id": "cmpl-1", "object": "text_completion", "created": 3, "model": "m",
+                   "choices": [{"index": 0, "text": "a", "finish_reason": "length",
+                                "logprobs": {"tokens": ["a"], "token_logprobs": [-0.5],
+                                             "top_logprobs": [{"a": -0.5}], "text_offset": [0]}}]})
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! `POST /v1/completions`: OpenAI's legacy text completions. The prompt is tokenized as sent, with
+//! no chat template and no images; generation, streaming, limits and errors are chat's.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use grain_engine::{self as engine, Event, GenerationStream};
+use grain_metrics::Metrics;
+use grain_protocol as wire;
+
+use super::chat::{checked_index, fail, run, unix_now, CompletionMeta, Format, Timing};
+use crate::body::read_body;
+use crate::convert;
+use crate::errors::ApiError;
+use crate::middleware::RequestId;
+use crate::shutdown::InFlight;
+use crate::state::AppState;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let Some(guard) = state.enter() else {
+        return fail(&state, ApiError::Draining);
+    };
+    match handle(&state, request_id, request, started, guard).await {
+        Ok(response) => response,
+        Err(e) => fail(&state, e),
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    request_id: String,
+    request: Request,
+    started: Instant,
+    guard: InFlight,
+) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::from_std(started + state.config().request_timeout);
+    let (parts, body) = request.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.config().max_body_bytes,
+        state.config().client_timeout,
+        deadline,
+    )
+    .await?;
+    let req = wire::parse_completion_request(&body, &state.config().limits)?;
+    drop(body);
+    let model = state
+        .resolve_model(&req.model)
+        .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?
+        .to_owned();
+    let prompt = req.prompt_text().to_owned();
+    let meta = CompletionMeta {
+        id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: unix_now(),
+        model,
+        n: req.n_or_default(),
+        logprobs: req.logprobs_count().is_some(),
+        include_usage: req.include_usage(),
+        format: Format::Text {
+            echo: req.echo().then(|| prompt.clone()),
+        },
+    };
+    let engine_req = engine::ChatRequest {
+        request_id,
+        messages: Vec::new(),
+        raw_prompt: Some(prompt),
+        params: engine::GenerationParams {
+            max_tokens: Some(req.max_new_tokens()),
+            temperature: req.temperature_or_default(),
+            top_p: req.top_p_or_default(),
+            top_k: req.top_k_value(),
+            seed: req.seed_value(),
+            stop: req.stop_sequences(),
+            n: req.n_or_default(),
+            presence_penalty: req.presence_penalty.unwrap_or(0.0) as f32,
+            frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
+            logprobs: req.logprobs_count().is_some(),
+            top_logprobs: req.logprobs_count().unwrap_or(0),
+        },
+        granularity: engine::GranularityChoice::Auto,
+    };
+    run(state, engine_req, meta, req.is_stream(), started, guard).await
+}
+
+/// Runs a non-streaming text completion to the end and builds its JSON response.
+pub(crate) async fn collect(
+    mut stream: GenerationStream,
+    meta: &CompletionMeta,
+    metrics: &Metrics,
+    mut timing: Timing,
+) -> Result<Response, ApiError> {
+    let n = meta.n as usize;
+    let echo = match &meta.format {
+        Format::Text { echo } => echo.clone().unwrap_or_default(),
+        Format::Chat => String::new(),
+    };
+    let mut texts = vec![echo.clone(); n];
+    let mut offsets = vec![echo.chars().count() as u32; n];
+    let mut logprobs = vec![wire::CompletionLogprobs::default(); n];
+    let mut reasons = vec![None; n];
+    let usage = loop {
+        let Some(event) = stream.next().await else {
+            return Err(ApiError::Internal(
+                "generation stream ended without a result".into(),
+            ));
+        };
+        match event {
+            Event::Delta {
+                index,
+                text,
+                token_ids,
+                logprobs: lps,
+            } => {
+                timing.on_tokens(metrics, index, token_ids.len());
+                let i = checked_index(index, n)?;
+                texts[i].push_str(&text);
+                if meta.logprobs {
+                    let part = convert::text_logprobs(&lps, &mut offsets[i]);
+                    let all = &mut logprobs[i];
+                    all.tokens.extend(part.tokens);
+                    all.token_logprobs.extend(part.token_logprobs);
+                    all.top_logprobs.extend(part.top_logprobs);
+                    all.text_offset.extend(part.text_offset);
+                }
+            }
+            Event::Finished { index, reason } => {
+                reasons[checked_index(index, n)?] = Some(reason);
+            }
+            Event::Done { usage } => break usage,
+            Event::Error(e) => return Err(ApiError::Engine(e)),
+        }
+    };
+    timing.finish(metrics);
+    let mut labels = Vec::with_capacity(n);
+    let mut choices = Vec::with_capacity(n);
+    for (i, (text, lps)) in texts.into_iter().zip(logprobs).enumerate() {
+        // A choice the engine did not mark finished ran out of budget.
+        let reason = reasons[i].unwrap_or(engine::FinishReason::Length);
+        labels.push(convert::finish_label(reason));
+        choices.push(wire::CompletionChoice {
+            index: i as u32,
+            text,
+            logprobs: meta.logprobs.then_some(lps),
+            finish_reason: Some(convert::finish_reason(reason)),
+        });
+    }
+    convert::record_success(metrics, &usage, &labels);
+    Ok(Json(wire::CompletionResponse {
+        id: meta.id.clone(),
+        object: wire::CompletionResponse::OBJECT.into(),
+        created: meta.created,
+        model: meta.model.clone(),
+        choices,
+        usage: Some(convert::usage(&usage)),
+        system_fingerprint: None,
+    })
+    .into_response())
+}

@@ -1,0 +1,97 @@
+"""`/v1/completions` (legacy text completions) through the official `openai` SDK, unmodified."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+PROMPT = "Once upon a time"
+
+
+def test_text_completion(client, model_id):
+    resp = client.completions.create(model=model_id, prompt=PROMPT, max_tokens=8, temperature=0)
+    assert resp.object == "text_completion"
+    assert resp.id.startswith("cmpl-")
+    choice = resp.choices[0]
+    assert isinstance(choice.text, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert 1 <= resp.usage.completion_tokens <= 8
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_no_chat_template_is_applied(client, model_id):
+    raw = client.completions.create(model=model_id, prompt=PROMPT, max_tokens=1)
+    chat = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": PROMPT}], max_tokens=1
+    )
+    assert raw.usage.prompt_tokens < chat.usage.prompt_tokens, "the template adds tokens"
+
+
+def test_streaming_matches_non_streaming_with_echo(client, model_id):
+    args = dict(model=model_id, prompt=PROMPT, max_tokens=10, temperature=0, echo=True)
+    full = client.completions.create(**args)
+    assert full.choices[0].text.startswith(PROMPT)
+    chunks = list(client.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    assert len({c.id for c in chunks}) == 1
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == full.choices[0].text
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_logprobs_and_n(client, model_id):
+    resp = client.completions.create(model=model_id, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=3)
+    lp = resp.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert top[token] == logprob, "the sampled token is always listed"
+        assert max(top.values()) == logprob, "greedy picks the most likely token"
+    assert lp.text_offset == sorted(lp.text_offset)
+    two = client.completions.create(model=model_id, prompt=PROMPT, max_tokens=3, n=2, temperature=1, seed=5)
+    assert [c.index for c in two.choices] == [0, 1]
+
+
+def test_seeded_sampling_reproduces(client, model_id):
+    args = dict(model=model_id, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=99)
+    assert client.completions.create(**args).choices[0].text == client.completions.create(**args).choices[0].text
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        (dict(prompt=[1, 2, 3]), "prompt"),
+        (dict(prompt=["a", "b"]), "prompt"),
+        (dict(prompt=PROMPT, suffix="!"), "suffix"),
+        (dict(prompt="<image> what is this?"), "prompt"),
+    ],
+    ids=["token-ids", "two-prompts", "suffix", "image-placeholder"],
+)
+def test_what_grain_cannot_serve_is_a_bad_request(client, model_id, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=model_id, max_tokens=2, **kwargs)
+    assert err.value.param == param
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt=PROMPT)
+
+
+def test_readme_curl_example_runs(server):
+    """The README's text-completion curl command, pointed at this server, gets a completion."""
+    import json
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("curl") is None:
+        pytest.skip("no curl")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Text completions", 1)[1]
+    command = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    command = command.replace("http://127.0.0.1:8000", server.url)
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True)
+    body = json.loads(out.stdout)
+    assert body["object"] == "text_completion", body
+    assert body["usage"]["completion_tokens"] >= 1
