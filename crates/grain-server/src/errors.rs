@@ -276,6 +276,7 @@ impl IntoResponse for ApiError {
         }
         let retry_after = d.retry_after_s;
         let is_auth = d.status == StatusCode::UNAUTHORIZED;
+        let too_large = d.status == StatusCode::PAYLOAD_TOO_LARGE;
         let body = ErrorBody::new(d.message, d.kind, d.param, Some(d.code.to_owned()));
         let mut response = (d.status, Json(body)).into_response();
         let headers = response.headers_mut();
@@ -284,6 +285,12 @@ impl IntoResponse for ApiError {
         }
         if is_auth {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if too_large {
+            // The rest of the body was never read, so the connection cannot carry another
+            // request: say so, or a keep-alive client sends its next request into a closing socket.
+            // (hyper drops this header on HTTP/2, where it does not exist.)
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

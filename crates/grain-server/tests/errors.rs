@@ -108,12 +108,10 @@ async fn oversized_bodies_are_413() {
     })
     .await;
     let big = user(&"x".repeat(20 * 1024));
-    assert_error(
-        &chat(&h.app, &big).await,
-        413,
-        "invalid_request_error",
-        "payload_too_large",
-    );
+    let resp = chat(&h.app, &big).await;
+    assert_error(&resp, 413, "invalid_request_error", "payload_too_large");
+    // The unread rest of the body makes the connection unusable: keep-alive clients are told.
+    assert_eq!(resp.header("connection"), Some("close"));
 }
 
 #[tokio::test]
