@@ -5,6 +5,7 @@
 #   benchmarks/run.sh batching      # tokens/s at concurrency 1, 4, 16: text-only, and images at 36
 #   benchmarks/run.sh hf            # Grain vs HF transformers, same HF-layout checkpoint and requests
 #   benchmarks/run.sh hf-text       # the same on text-only requests (decoding dominates)
+#   benchmarks/run.sh prefix        # prefix caching on vs off at concurrency 8, text-only requests
 #   benchmarks/run.sh all
 #
 # Uses target/release/grain (built if missing; GRAIN_BIN overrides), writes checkpoints under
@@ -37,6 +38,9 @@ checkpoint() {
 }
 
 # Common settings: the realistic spread of photo sizes, one image per request, greedy, MAX_TOKENS.
+# Prefix caching is off in the tables that compare run points or servers: each point replays the
+# same prompts, which a cache would serve from the points before; table `prefix` measures it.
+NO_PREFIX_CACHE=--spawn-arg=--prefix-caching=false
 bench() {
   "$GRAIN" bench --spawn "$GRAIN" --max-tokens "$MAX_TOKENS" --seed 1 "$@"
 }
@@ -52,7 +56,7 @@ granularity() {
 # one image per request at granularity 36 (the vision tower dominates on the small preset).
 batching() {
   local ok=0
-  bench --spawn-model "$(checkpoint avg)" --label "grain small, text only" \
+  bench --spawn-model "$(checkpoint avg)" --label "grain small, text only" "$NO_PREFIX_CACHE" \
     --workload text --concurrency 1,4,16 --num-requests "$N" --warmup 2 \
     --json "$OUT/batching-text.json" --plot "$OUT/plots-batching-text"
   python3 benchmarks/summarize.py batching "$OUT/batching-text.json" || ok=1
@@ -71,7 +75,7 @@ hf_compare() {
   ckpt=$(checkpoint hf)
   "$GRAIN" bench "$@" --dump-workload "$WORK/$prefix-workload.jsonl" \
     --num-requests "$HF_N" --max-tokens "$MAX_TOKENS" --seed 1
-  "$GRAIN" bench --spawn "$GRAIN" --spawn-model "$ckpt" --label "grain small (HF layout)$suffix" \
+  "$GRAIN" bench --spawn "$GRAIN" --spawn-model "$ckpt" --label "grain small (HF layout)$suffix" "$NO_PREFIX_CACHE" \
     --dataset "$WORK/$prefix-workload.jsonl" --concurrency 1,8 --num-requests "$HF_N" --warmup 1 \
     --json "$OUT/$prefix-grain.json"
   "$PY" benchmarks/hf_baseline.py --model "$ckpt" --dataset "$WORK/$prefix-workload.jsonl" \
@@ -87,14 +91,28 @@ hf() { hf_compare hf ""; }
 # continuous batching speeds up.
 hf_text() { hf_compare hf-text ", text" --workload text; }
 
+# Prefix caching on and off, each on a fresh server: 32 distinct text requests at concurrency 8 that
+# share only the chat template's system prompt (36 tokens: two full 16-token blocks).
+prefix() {
+  local pc
+  for pc in true false; do
+    bench --spawn-model "$(checkpoint hf)" --label "grain small, prefix caching $pc" \
+      --spawn-arg=--prefix-caching=$pc --workload text --concurrency 8 --num-requests "$N" --warmup 1 \
+      --json "$OUT/prefix-$pc.json"
+  done
+  python3 benchmarks/summarize.py prefix "$OUT/prefix-true.json" "$OUT/prefix-false.json"
+}
+
 case "${1:-}" in
   granularity) granularity ;;
   batching) batching ;;
   hf) hf ;;
   hf-text) hf_text ;;
+  prefix) prefix ;;
   all)
     status=0
     granularity || status=1; batching || status=1; hf || status=1; hf_text || status=1
+    prefix || status=1
     exit $status ;;
-  *) echo "usage: $0 granularity|batching|hf|hf-text|all" >&2; exit 2 ;;
+  *) echo "usage: $0 granularity|batching|hf|hf-text|prefix|all" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
   python3 benchmarks/summarize.py granularity RESULT.json   # fixed 36 vs 576 (and other modes) at c=16
   python3 benchmarks/summarize.py batching RESULT.json      # tokens/s at each concurrency vs c=1
   python3 benchmarks/summarize.py hf GRAIN.json HF.json     # Grain vs transformers, same requests
+  python3 benchmarks/summarize.py prefix ON.json OFF.json   # prefix caching on vs off
 
 Standard library only. Exits 1 when a target is missed, so a script can tell.
 """
@@ -135,12 +136,31 @@ def hf(grain_path: str, hf_path: str) -> bool:
     return thr >= 3 and lat <= 1
 
 
+def prefix(on_path: str, off_path: str) -> bool:
+    on, off = load(on_path), load(off_path)
+    print(header(on))
+    rows = []
+    for rep in (on, off):
+        for p in rep["points"]:
+            s = p["summary"]
+            rows.append([
+                rep["label"], f"c={p['load']['value']}", str(s["completed"]), num(s["mean_prompt_tokens"]),
+                num(s["output_tokens_per_s"]), ms(s["ttft_s"]), ms(s["e2e_s"]),
+                num(p["server_prefill_s_per_request"] * 1e3, 1) if p.get("server_prefill_s_per_request") else "-",
+            ])
+    print(table(rows, ["server", "load", "ok", "prompt tok/req", "out tok/s", "TTFT p50 ms", "e2e p50 ms", "prefill ms/req"]))
+    ratio = on["points"][0]["summary"]["output_tokens_per_s"] / off["points"][0]["summary"]["output_tokens_per_s"]
+    print(f"**out tok/s, prefix caching on / off: {ratio:.2f}**\n")
+    # No target: the gain depends on how much of each prompt is shared. Fails only if nothing ran.
+    return all(r["points"][0]["summary"]["completed"] > 0 for r in (on, off))
+
+
 def main() -> None:
-    if len(sys.argv) < 3 or sys.argv[1] not in ("granularity", "batching", "hf"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("granularity", "batching", "hf", "prefix"):
         sys.exit(__doc__)
     kind = sys.argv[1]
     ok = {"granularity": lambda: granularity(sys.argv[2]), "batching": lambda: batching(sys.argv[2]),
-          "hf": lambda: hf(sys.argv[2], sys.argv[3])}[kind]()
+          "hf": lambda: hf(sys.argv[2], sys.argv[3]), "prefix": lambda: prefix(sys.argv[2], sys.argv[3])}[kind]()
     sys.exit(0 if ok else 1)
 
 

@@ -60,6 +60,7 @@ CATALOGUE: dict[str, Family] = {
     "grain_vision_encoder_duration_seconds": _f(HISTOGRAM),
     "grain_encoder_cache_hits_total": _f(COUNTER),
     "grain_encoder_cache_misses_total": _f(COUNTER),
+    "grain_prefix_cache_hit_tokens_total": _f(COUNTER),
 }
 
 # Labels Prometheus attaches to every scraped series: static config / ServiceMonitor targets.

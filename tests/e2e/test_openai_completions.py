@@ -95,3 +95,16 @@ def test_readme_curl_example_runs(server):
     body = json.loads(out.stdout)
     assert body["object"] == "text_completion", body
     assert body["usage"]["completion_tokens"] >= 1
+
+
+def test_a_repeated_prefix_is_served_from_the_prefix_cache(client, model_id):
+    """Prompts that share their opening (a system prompt) reuse its KV: usage says how much."""
+    system = {"role": "system", "content": "You are a careful assistant who answers in one short sentence. " * 3}
+    counts = []
+    for question in ("What is a cat?", "What is a dog?"):
+        resp = client.chat.completions.create(
+            model=model_id, messages=[system, {"role": "user", "content": question}], max_tokens=2, temperature=0
+        )
+        counts.append(resp.usage.prompt_tokens_details.cached_tokens)
+        assert counts[-1] < resp.usage.prompt_tokens
+    assert counts[1] >= 16 and counts[1] % 16 == 0, counts

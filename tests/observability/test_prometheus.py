@@ -48,6 +48,7 @@ DESIGN_FAMILIES: dict[str, tuple[set[str], set[str]]] = {
     "grain_vision_encoder_duration_seconds": ({"histogram"}, set()),
     "grain_encoder_cache_hits_total": ({"counter"}, set()),
     "grain_encoder_cache_misses_total": ({"counter"}, set()),
+    "grain_prefix_cache_hit_tokens_total": ({"counter"}, set()),
     "grain_granularity_ceiling": ({"gauge"}, set()),
 }
 

@@ -89,3 +89,57 @@ async fn a_raw_prompt_skips_the_template_and_equals_the_rendered_chat() {
     // The engine keeps serving after the refusal.
     assert!(run(&engine, raw(question)).await.is_ok());
 }
+
+/// The prefix cache through the real model: a second prompt that shares the first's leading
+/// blocks computes only its own tail, and generates exactly what an engine without the cache does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_prefix_gives_the_same_tokens_as_computing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("avg");
+    write_tiny(&dir, TinyLayout::Avg, TinySize::TINY, 5).unwrap();
+    let start = |prefix_caching: bool| {
+        grain_backend::start(
+            BackendConfig::new(dir.clone()),
+            EngineConfig {
+                prefix_caching,
+                ..EngineConfig::default()
+            },
+            None,
+        )
+        .unwrap()
+    };
+    let cached = start(true);
+    let plain = start(false);
+    cached.wait_ready().await.unwrap();
+    plain.wait_ready().await.unwrap();
+
+    let system = "You answer questions about pictures briefly and never make things up. ";
+    let prompts: Vec<String> = [
+        "what is on the table",
+        "count the chairs",
+        "what is on the table",
+    ]
+    .iter()
+    .map(|q| format!("{system}{system}Question: {q}. Answer:"))
+    .collect();
+    let mut hits = Vec::new();
+    for p in &prompts {
+        let (got, usage) = run(&cached, raw(p)).await.unwrap();
+        let (want, reference) = run(&plain, raw(p)).await.unwrap();
+        assert_eq!(got, want, "prompt {p:?}");
+        assert_eq!(usage.prompt_tokens, reference.prompt_tokens);
+        assert_eq!(reference.cached_tokens, 0);
+        hits.push(usage.cached_tokens);
+    }
+    let block = EngineConfig::default().block_size as u32;
+    assert_eq!(hits[0], 0, "nothing is cached before the first request");
+    assert!(
+        hits[1] >= block,
+        "the shared system text is cached: {hits:?}"
+    );
+    assert!(hits[1] % block == 0 && hits[2] % block == 0);
+    assert!(
+        hits[2] > hits[1],
+        "a repeated prompt reuses all but its last block: {hits:?}"
+    );
+}

@@ -160,6 +160,10 @@ impl FinishReason {
 pub struct Usage {
     /// Positions the prompt occupies: text tokens + visual tokens.
     pub prompt_tokens: u32,
+    /// Leading prompt positions whose K/V came from the prefix cache instead of being computed
+    /// (the most any of the request's choices took).
+    #[serde(default)]
+    pub cached_tokens: u32,
     /// Summed over all choices, EOS included.
     pub completion_tokens: u32,
     /// Visual tokens actually used (sum over images, at the chosen granularity).

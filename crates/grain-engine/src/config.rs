@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub retry_after_s: u32,
     /// The load-adaptive granularity ceiling (off by default).
     pub controller: ControllerConfig,
+    /// Reuse the K/V of prompt prefixes computed earlier (full blocks of text-only prompts).
+    pub prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +53,7 @@ impl Default for EngineConfig {
             max_context: None,
             retry_after_s: 1,
             controller: ControllerConfig::default(),
+            prefix_caching: true,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod detok;
 mod handle;
 pub mod mock;
+mod prefix;
 mod request;
 pub mod runner;
 pub mod sampling;

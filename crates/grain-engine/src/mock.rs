@@ -42,6 +42,14 @@ fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The toy model's state after the given prompt inputs, from position 0.
+fn prompt_state(inputs: &[u64]) -> u64 {
+    inputs
+        .iter()
+        .enumerate()
+        .fold(0, |h, (pos, &input)| mix(mix(h, input), pos as u64))
+}
+
 /// Builds prompt ids from chat messages: `BOS`, then per message a role byte and ':' followed by
 /// its text bytes, with one `IMAGE` id per image.
 #[derive(Debug, Clone, Default)]
@@ -360,6 +368,15 @@ impl ModelRunner for ToyRunner {
             } else {
                 match self.kv[self.slot(&e.block_table, e.start - 1)?] {
                     Some((seq, pos, h)) if seq == e.seq && pos == e.start - 1 => h,
+                    // Another sequence's K/V, shared by the prefix cache: valid when it holds
+                    // exactly what this prompt's first `start` positions compute.
+                    Some((_, pos, h))
+                        if pos == e.start - 1
+                            && e.start <= e.prompt_len
+                            && h == prompt_state(&prompt.inputs[..e.start]) =>
+                    {
+                        h
+                    }
                     other => {
                         return Err(EngineError::Internal(format!(
                             "stale KV for {:?} at {}: {other:?}",

@@ -94,6 +94,12 @@ impl ActiveRequest {
         }
     }
 
+    /// Records that one of the choices took `positions` prompt positions from the prefix cache.
+    pub fn note_cached_tokens(&mut self, positions: usize) {
+        let positions = u32::try_from(positions).unwrap_or(u32::MAX);
+        self.usage.cached_tokens = self.usage.cached_tokens.max(positions);
+    }
+
     pub fn is_disconnected(&self) -> bool {
         self.events.is_closed()
     }

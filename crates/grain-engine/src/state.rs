@@ -15,6 +15,12 @@
 //! 3. If nothing was preempted, waiting sequences are admitted first-come first-served while the
 //!    budget, `max_num_seqs` and free blocks allow. A sequence is admitted only when blocks for its
 //!    whole current length are free, so a prompt is not started just to be preempted halfway.
+//!
+//! Prefix caching: a sequence added with [`State::add_with_prefix`] carries one content key per
+//! full block of its prompt (the caller hashes the tokens). On admission its longest cached
+//! prefix is attached from the allocator and counted as computed, so the first step starts after
+//! it; at least the last prompt position is always computed, for its logits. Blocks a step filled
+//! are cached by [`State::finish_step`], once their K/V exists.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -40,6 +46,8 @@ struct Seq {
     blocks: Vec<u32>,
     /// The sequence ends with `Length` when it holds this many positions.
     max_len: usize,
+    /// Content key of each cacheable full prompt block (possibly none).
+    prefix_keys: Vec<u64>,
 }
 
 impl Seq {
@@ -65,6 +73,10 @@ pub struct State {
     /// In admission order: the last one is the newest, the first to be preempted.
     running: Vec<SeqId>,
     preemptions: u64,
+    /// Blocks the scheduled step fills, with their keys: cached by `finish_step`.
+    pending_keys: Vec<(u32, u64)>,
+    /// Prompt positions each newly admitted sequence took from the prefix cache.
+    prefix_hits: Vec<(SeqId, usize)>,
 }
 
 impl State {
@@ -76,6 +88,8 @@ impl State {
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
+            pending_keys: Vec::new(),
+            prefix_hits: Vec::new(),
         }
     }
 
@@ -93,6 +107,19 @@ impl State {
         id: SeqId,
         prompt_len: usize,
         max_new_tokens: usize,
+    ) -> Result<usize, EngineError> {
+        self.add_with_prefix(id, prompt_len, max_new_tokens, Vec::new())
+    }
+
+    /// [`Self::add`] for a prompt whose leading full blocks may come from the prefix cache:
+    /// `prefix_keys[i]` identifies the content of positions `0 .. (i + 1) · block_size` (keys past
+    /// the last position that must be computed are ignored).
+    pub fn add_with_prefix(
+        &mut self,
+        id: SeqId,
+        prompt_len: usize,
+        max_new_tokens: usize,
+        mut prefix_keys: Vec<u64>,
     ) -> Result<usize, EngineError> {
         let max_model_len = self.max_model_len();
         if prompt_len == 0 {
@@ -113,6 +140,8 @@ impl State {
             )));
         }
         let allowed = max_new_tokens.min(max_model_len - prompt_len);
+        // The last prompt position is always computed: its logits give the first token.
+        prefix_keys.truncate((prompt_len - 1) / self.blocks.block_size());
         self.seqs.insert(
             id,
             Seq {
@@ -121,6 +150,7 @@ impl State {
                 computed: 0,
                 blocks: Vec::new(),
                 max_len: prompt_len + allowed,
+                prefix_keys,
             },
         );
         self.waiting.push_back(id);
@@ -170,8 +200,17 @@ impl State {
                 break;
             };
             let seq = &self.seqs[&id];
-            if blocks_for(seq.len(), self.blocks.block_size()) > self.blocks.free() {
+            let (hits, idle_hits) = self.blocks.cached_prefix(&seq.prefix_keys);
+            let need = blocks_for(seq.len(), self.blocks.block_size()) - hits;
+            if need + idle_hits > self.blocks.free() {
                 break;
+            }
+            let seq = self.seqs.get_mut(&id).expect("waiting sequence exists");
+            self.blocks
+                .attach(&mut seq.blocks, &seq.prefix_keys[..hits]);
+            seq.computed = hits * self.blocks.block_size();
+            if hits > 0 {
+                self.prefix_hits.push((id, seq.computed));
             }
             let end = seq.computed + (seq.len() - seq.computed).min(budget);
             budget -= end - seq.computed;
@@ -189,6 +228,10 @@ impl State {
         let grown = self.blocks.grow(&mut seq.blocks, end);
         debug_assert!(grown, "blocks were checked free before planning");
         let start = seq.computed;
+        let bs = self.blocks.block_size();
+        for i in start / bs..(end / bs).min(seq.prefix_keys.len()) {
+            self.pending_keys.push((seq.blocks[i], seq.prefix_keys[i]));
+        }
         let first_gen = start.max(seq.prompt_len) - seq.prompt_len;
         let last_gen = end.max(seq.prompt_len) - seq.prompt_len;
         seq.computed = end;
@@ -201,6 +244,21 @@ impl State {
             block_table: seq.blocks.clone(),
             want_logits: end == seq.len(),
         }
+    }
+
+    /// Ends the step [`Self::schedule`] planned: when it ran, the prompt blocks it filled join the
+    /// prefix cache; when it failed, their contents are unknown and they stay private.
+    pub fn finish_step(&mut self, ran: bool) {
+        for (block, key) in std::mem::take(&mut self.pending_keys) {
+            if ran {
+                self.blocks.register(block, key);
+            }
+        }
+    }
+
+    /// Prompt positions that sequences admitted since the last call took from the prefix cache.
+    pub fn take_prefix_hits(&mut self) -> Vec<(SeqId, usize)> {
+        std::mem::take(&mut self.prefix_hits)
     }
 
     fn preempt(&mut self, id: SeqId) {
@@ -276,6 +334,11 @@ impl State {
         self.blocks.total()
     }
 
+    /// Blocks holding a cached prompt prefix (in use or idle).
+    pub fn blocks_cached(&self) -> usize {
+        self.blocks.cached()
+    }
+
     pub fn preemptions(&self) -> u64 {
         self.preemptions
     }
@@ -283,8 +346,7 @@ impl State {
     /// Checks the allocator's books against the block tables (for tests).
     #[cfg(test)]
     fn check_invariants(&self) {
-        let mut seen = std::collections::HashSet::new();
-        let mut total = 0;
+        let mut holders = std::collections::HashMap::<u32, u32>::new();
         for (id, seq) in &self.seqs {
             assert!(seq.computed <= seq.len(), "{id:?} computed past its length");
             assert!(
@@ -294,9 +356,8 @@ impl State {
                 seq.computed
             );
             for b in &seq.blocks {
-                assert!(seen.insert(*b), "block {b} owned twice");
+                *holders.entry(*b).or_default() += 1;
             }
-            total += seq.blocks.len();
             let running = self.running.contains(id);
             let waiting = self.waiting.contains(id);
             assert!(running != waiting, "{id:?} must be in exactly one queue");
@@ -304,7 +365,10 @@ impl State {
                 assert!(seq.blocks.is_empty(), "waiting {id:?} holds blocks");
             }
         }
-        assert_eq!(total, self.blocks.used());
+        for (b, n) in &holders {
+            assert_eq!(self.blocks.refs(*b), *n, "block {b}'s count of holders");
+        }
+        assert_eq!(holders.len(), self.blocks.used());
         assert!(self.running.len() <= self.limits.max_num_seqs);
     }
 }

@@ -282,3 +282,133 @@ fn random_workload_keeps_invariants_and_terminates() {
         assert_eq!(s.blocks_used(), 0);
     }
 }
+
+/// Keys for a prompt whose first `shared` blocks are common to every sequence (`0, 1, …`) and
+/// whose other blocks are the sequence's own.
+fn keys(shared: usize, own: usize, seq: u64) -> Vec<u64> {
+    (0..shared as u64)
+        .chain((0..own as u64).map(|i| 1000 * (seq + 1) + i))
+        .collect()
+}
+
+#[test]
+fn a_cached_prefix_is_attached_and_only_the_rest_computed() {
+    let mut s = State::new(limits(8, 512), 16, 40);
+    // 70 positions: blocks 0..4 are full, position 64.. is the partial last block.
+    s.add_with_prefix(SeqId(0), 70, 4, keys(3, 1, 0)).unwrap();
+    let b = s.schedule();
+    assert_eq!((b.entries[0].start, b.entries[0].end), (0, 70));
+    assert!(s.take_prefix_hits().is_empty(), "nothing was cached yet");
+    s.finish_step(true);
+    s.check_invariants();
+
+    // Shares three blocks (48 positions) with sequence 0, which is still running.
+    s.add_with_prefix(SeqId(1), 60, 4, keys(3, 0, 1)).unwrap();
+    sample_all(&mut s, &b);
+    let b = s.schedule();
+    let e1 = entry(&b, 1).unwrap();
+    assert_eq!(
+        (e1.start, e1.end),
+        (48, 60),
+        "only the uncached tail is computed"
+    );
+    assert_eq!(e1.block_table[..3], entry(&b, 0).unwrap().block_table[..3]);
+    assert_eq!(s.take_prefix_hits(), vec![(SeqId(1), 48)]);
+    assert_eq!(s.blocks_used(), 5 + 1, "one new block for positions 48..60");
+    s.check_invariants();
+    s.finish_step(true);
+
+    s.remove(SeqId(0));
+    s.remove(SeqId(1));
+    assert_eq!(
+        s.blocks_used(),
+        0,
+        "cached blocks nobody holds count as free"
+    );
+    assert_eq!(s.blocks_cached(), 4, "sequence 0's four full blocks");
+    s.check_invariants();
+}
+
+#[test]
+fn a_fully_cached_prompt_still_computes_its_last_position() {
+    let mut s = State::new(limits(8, 512), 16, 20);
+    s.add_with_prefix(SeqId(0), 64, 1, keys(4, 0, 0)).unwrap();
+    s.schedule();
+    s.finish_step(true);
+    s.remove(SeqId(0));
+    assert_eq!(
+        s.blocks_cached(),
+        3,
+        "the block holding the last position is not cached"
+    );
+    s.add_with_prefix(SeqId(1), 64, 1, keys(4, 0, 1)).unwrap();
+    let b = s.schedule();
+    let e = entry(&b, 1).unwrap();
+    assert_eq!((e.start, e.end, e.want_logits), (48, 64, true));
+    s.check_invariants();
+}
+
+#[test]
+fn a_failed_step_caches_nothing_and_eviction_makes_room() {
+    let mut s = State::new(limits(8, 512), 16, 6);
+    s.add_with_prefix(SeqId(0), 40, 1, keys(2, 0, 0)).unwrap();
+    s.schedule();
+    s.finish_step(false);
+    s.remove(SeqId(0));
+    assert_eq!(s.blocks_cached(), 0);
+
+    s.add_with_prefix(SeqId(1), 40, 1, keys(2, 0, 1)).unwrap();
+    s.schedule();
+    s.finish_step(true);
+    s.remove(SeqId(1));
+    assert_eq!(s.blocks_cached(), 2);
+    // A 90-position prompt needs all six blocks: the idle cached ones are evicted for it.
+    s.add_with_prefix(SeqId(2), 90, 1, keys(0, 5, 2)).unwrap();
+    let b = s.schedule();
+    assert_eq!(entry(&b, 2).unwrap().end, 90);
+    assert_eq!((s.blocks_used(), s.blocks_cached()), (6, 0));
+    s.check_invariants();
+}
+
+#[test]
+fn random_prefix_sharing_with_preemption_keeps_the_books() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut s = State::new(limits(6, 96), 8, 24);
+    let mut live: Vec<u64> = Vec::new();
+    for id in 0..400u64 {
+        if rng.random_bool(0.5) {
+            let shared = rng.random_range(0..4);
+            let own = rng.random_range(0..3);
+            let len = (shared + own) * 8 + rng.random_range(1..8);
+            if s.add_with_prefix(
+                SeqId(id),
+                len,
+                rng.random_range(1..12),
+                keys(shared, own, id),
+            )
+            .is_ok()
+            {
+                live.push(id);
+            }
+        }
+        let b = s.schedule();
+        s.finish_step(rng.random_bool(0.9));
+        s.check_invariants();
+        for (seq, appended) in sample_all(&mut s, &b) {
+            if appended == Appended::LengthLimit {
+                s.remove(seq);
+                live.retain(|&l| l != seq.0);
+            }
+        }
+        if !live.is_empty() && rng.random_bool(0.1) {
+            let victim = live.swap_remove(rng.random_range(0..live.len()));
+            s.remove(SeqId(victim));
+        }
+        s.check_invariants();
+    }
+    for id in live {
+        s.remove(SeqId(id));
+    }
+    assert_eq!(s.blocks_used(), 0);
+    s.check_invariants();
+}

@@ -16,6 +16,7 @@ use crate::api::{EngineError, ModelCard, Usage};
 use crate::config::EngineConfig;
 use crate::controller::{CeilingDriver, Controller, TICK};
 use crate::handle::{panic_message, Shared, Status, Submission};
+use crate::prefix::PrefixKeyer;
 use crate::request::{ActiveRequest, Delivery, TokenCtx};
 use crate::runner::{ModelRunner, PrepareItem, PreparedPrompt, SeqId, StepBatch, TokenDecoder};
 use crate::sampling::SamplingParams;
@@ -82,6 +83,8 @@ struct Worker<R> {
     forward_panics: u32,
     /// The load-adaptive granularity ceiling, when enabled.
     ceiling: Option<CeilingDriver>,
+    /// Keys text-only prompts' blocks for the prefix cache (`None`: prefix caching off).
+    prefix_keyer: Option<PrefixKeyer>,
 }
 
 impl<R: ModelRunner> Worker<R> {
@@ -131,6 +134,9 @@ impl<R: ModelRunner> Worker<R> {
             prepare_panics: 0,
             forward_panics: 0,
             ceiling,
+            prefix_keyer: config
+                .prefix_caching
+                .then(|| PrefixKeyer::new(config.block_size)),
         })
     }
 
@@ -174,6 +180,7 @@ impl<R: ModelRunner> Worker<R> {
             self.admit(arrivals);
             self.reap_disconnected();
             let batch = self.state.schedule();
+            self.note_prefix_hits();
             if !batch.entries.is_empty() {
                 self.step(&batch);
             } else if !self.state.is_idle() {
@@ -249,7 +256,17 @@ impl<R: ModelRunner> Worker<R> {
             }
         };
         for ((sub, item), result) in subs.into_iter().zip(items).zip(results) {
-            self.enqueue(sub, item.seqs, result, picked_up);
+            // Only text-only prompts are keyed: visual positions depend on the image and its
+            // granularity, not on the placeholder id that stands for them in `prompt_ids`.
+            let keys = match (&result, &self.prefix_keyer) {
+                (Ok(p), Some(keyer))
+                    if item.images.is_empty() && p.prompt_len == item.prompt_ids.len() =>
+                {
+                    keyer.keys(&item.prompt_ids)
+                }
+                _ => Vec::new(),
+            };
+            self.enqueue(sub, item.seqs, result, keys, picked_up);
         }
     }
 
@@ -258,6 +275,7 @@ impl<R: ModelRunner> Worker<R> {
         sub: Submission,
         seqs: Vec<SeqId>,
         prepared: Result<PreparedPrompt, EngineError>,
+        prefix_keys: Vec<u64>,
         picked_up: Instant,
     ) {
         let Submission {
@@ -273,7 +291,8 @@ impl<R: ModelRunner> Worker<R> {
             .map_or(self.default_max_tokens, |m| m as usize);
         let queued = prepared.and_then(|p| {
             for (i, &seq) in seqs.iter().enumerate() {
-                if let Err(e) = self.state.add(seq, p.prompt_len, max_new) {
+                let keys = prefix_keys.clone();
+                if let Err(e) = self.state.add_with_prefix(seq, p.prompt_len, max_new, keys) {
                     seqs[..i].iter().for_each(|&s| {
                         self.state.remove(s);
                     });
@@ -301,6 +320,7 @@ impl<R: ModelRunner> Worker<R> {
         let visual_tokens = prepared.prompt_len.saturating_sub(request.text_tokens);
         let usage = Usage {
             prompt_tokens: to_u32(prepared.prompt_len),
+            cached_tokens: 0,
             completion_tokens: 0,
             visual_tokens: to_u32(visual_tokens),
             visual_tokens_full: to_u32(prepared.visual_tokens_full),
@@ -346,9 +366,23 @@ impl<R: ModelRunner> Worker<R> {
         }
     }
 
+    /// Tells each newly admitted sequence's request how much of its prompt was cached.
+    fn note_prefix_hits(&mut self) {
+        for (seq, positions) in self.state.take_prefix_hits() {
+            let owner = self.owners.get(&seq).map(|o| o.0);
+            if let Some(req) = owner.and_then(|k| self.requests.get_mut(&k)) {
+                req.note_cached_tokens(positions);
+            }
+        }
+    }
+
     fn step(&mut self, batch: &StepBatch) {
         self.observe_step(batch, false);
-        let rows = match catch_unwind(AssertUnwindSafe(|| self.runner.forward(batch))) {
+        let result = catch_unwind(AssertUnwindSafe(|| self.runner.forward(batch)));
+        // Blocks this step filled hold valid K/V only if it ran.
+        self.state
+            .finish_step(matches!(&result, Ok(Ok(rows)) if rows.len() == batch.num_logits()));
+        let rows = match result {
             Ok(Ok(rows)) if rows.len() == batch.num_logits() => {
                 self.forward_panics = 0;
                 rows

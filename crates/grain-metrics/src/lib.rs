@@ -91,6 +91,7 @@ pub struct Metrics {
     vision_encoder_duration: Histogram,
     encoder_cache_hits: IntCounter,
     encoder_cache_misses: IntCounter,
+    prefix_cache_hit_tokens: IntCounter,
     granularities: Vec<u32>,
 }
 
@@ -304,6 +305,11 @@ impl Metrics {
                 "encoder_cache_misses_total",
                 "Images that had to be encoded by the vision tower.",
             )?,
+            prefix_cache_hit_tokens: counter(
+                r,
+                "prefix_cache_hit_tokens_total",
+                PREFIX_CACHE_HELP,
+            )?,
             granularities,
         };
         metrics.init_label_sets();
@@ -443,6 +449,11 @@ impl Metrics {
             .inc_by(full.saturating_sub(selected));
     }
 
+    /// Prompt tokens of a finished request whose K/V came from the prefix cache.
+    pub fn record_prefix_cache_hits(&self, tokens: u64) {
+        self.prefix_cache_hit_tokens.inc_by(tokens);
+    }
+
     /// The current granularity ceiling (set at start and on every change).
     pub fn set_granularity_ceiling(&self, granularity: u32) {
         self.granularity_ceiling.set(i64::from(granularity));
@@ -497,4 +508,8 @@ pub const FAMILIES: &[&str] = &[
     "grain_vision_encoder_duration_seconds",
     "grain_encoder_cache_hits_total",
     "grain_encoder_cache_misses_total",
+    "grain_prefix_cache_hit_tokens_total",
 ];
+
+const PREFIX_CACHE_HELP: &str =
+    "Prompt tokens of finished requests whose KV came from the prefix cache instead of being computed.";

@@ -36,6 +36,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("grain_vision_encoder_duration_seconds", "histogram"),
     ("grain_encoder_cache_hits_total", "counter"),
     ("grain_encoder_cache_misses_total", "counter"),
+    ("grain_prefix_cache_hit_tokens_total", "counter"),
 ];
 
 const GRANULARITIES: [u32; 5] = [36, 72, 144, 288, 576];

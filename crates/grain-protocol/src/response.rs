@@ -109,7 +109,7 @@ pub struct Usage {
 /// OpenAI's `prompt_tokens_details` with Grain's visual-token extension.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptTokensDetails {
-    /// OpenAI field; Grain has no prefix cache yet, so always 0.
+    /// OpenAI field: leading prompt tokens whose KV came from the prefix cache.
     pub cached_tokens: u32,
     /// Visual tokens in the prompt at the granularity actually used.
     pub visual_tokens: u32,

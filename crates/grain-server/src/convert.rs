@@ -130,7 +130,7 @@ pub fn usage(u: &engine::Usage) -> wire::Usage {
         completion_tokens: u.completion_tokens,
         total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
         prompt_tokens_details: Some(wire::PromptTokensDetails {
-            cached_tokens: 0,
+            cached_tokens: u.cached_tokens,
             visual_tokens: u.visual_tokens,
             visual_tokens_full: u.visual_tokens_full,
             granularity: u.images.iter().map(|i| i.granularity).collect(),
@@ -190,6 +190,7 @@ pub fn record_success(
         metrics.record_granularity(image.granularity, source_label(image.source));
     }
     metrics.record_visual_tokens(u64::from(u.visual_tokens), u64::from(u.visual_tokens_full));
+    metrics.record_prefix_cache_hits(u64::from(u.cached_tokens));
 }
 
 /// Text completions' legacy log-probabilities: parallel lists, each token's alternatives as a

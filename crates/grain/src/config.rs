@@ -159,6 +159,10 @@ pub struct EngineArgs {
     /// `Retry-After` seconds sent with 429 [default: 1].
     #[arg(long)]
     pub retry_after_s: Option<u32>,
+    /// Reuse the KV cache of prompt prefixes seen before (full 16-token blocks of text-only
+    /// prompts, e.g. a shared system prompt) [default: true].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub prefix_caching: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Args, Deserialize)]
@@ -320,7 +324,7 @@ impl EngineArgs {
     pub fn merge(self, over: Self) -> Self {
         merge_fields!(self, over; block_size, num_kv_blocks, kv_cache_memory_mib, max_num_seqs,
             max_num_batched_tokens, max_concurrent_requests, max_queue, channel_capacity,
-            default_max_tokens, max_model_len, retry_after_s)
+            default_max_tokens, max_model_len, retry_after_s, prefix_caching)
     }
 }
 

@@ -76,6 +76,18 @@ pub struct Output {
     pub error: Option<EngineError>,
 }
 
+impl Output {
+    /// The output with `usage.cached_tokens` cleared: how much of a prompt the prefix cache held
+    /// depends on what ran before, the answer must not.
+    pub fn answer(&self) -> Output {
+        let mut o = self.clone();
+        if let Some(u) = &mut o.usage {
+            u.cached_tokens = 0;
+        }
+        o
+    }
+}
+
 /// Reads a stream to its end, checking the event grammar on the way.
 pub async fn collect(mut s: GenerationStream, n: usize) -> Output {
     let mut o = Output {

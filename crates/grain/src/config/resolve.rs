@@ -316,6 +316,7 @@ pub(super) fn resolve(args: ServeArgs, issues: &mut Vec<ConfigIssue>) -> Option<
         max_context: e.max_model_len.or(defaults.max_context),
         retry_after_s: e.retry_after_s.unwrap_or(defaults.retry_after_s),
         controller: super::controller::resolve(&args.granularity, &mut issue),
+        prefix_caching: e.prefix_caching.unwrap_or(defaults.prefix_caching),
     };
     if let Err(err) = engine.validate() {
         for problem in err.0 {
