@@ -101,6 +101,17 @@ prefix() {
       --json "$OUT/prefix-$pc.json"
   done
   python3 benchmarks/summarize.py prefix "$OUT/prefix-true.json" "$OUT/prefix-false.json"
+  # The second turn of image chats (the image and the first turn are the cached prefix).
+  local port=18391 model
+  model=$(checkpoint avg)
+  for pc in true false; do
+    "$GRAIN" serve --port "$port" --model "$model" --prefix-caching=$pc >"$WORK/multiturn-$pc.log" 2>&1 &
+    local pid=$!
+    until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.5; done
+    echo "prefix caching $pc:"
+    .venv-e2e/bin/python benchmarks/multiturn_image.py "http://127.0.0.1:$port" 4 | tee "$OUT/multiturn-$pc.txt"
+    kill "$pid"; wait "$pid" || true
+  done
 }
 
 case "${1:-}" in

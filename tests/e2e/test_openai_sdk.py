@@ -236,3 +236,13 @@ def test_sigterm_drains_in_flight_streams_then_exits_zero():
         assert srv.proc.wait(60) == 0, srv.log_tail()
     finally:
         srv.stop()
+
+
+def test_a_repeated_image_is_served_from_the_prefix_cache(client, model_id):
+    """The second request with the same picture and question reuses the KV of the image."""
+    msgs = image_message("high", url=data_url(png(80, 60)))  # a size no other test sends
+    first = client.chat.completions.create(model=model_id, messages=msgs, max_tokens=2, temperature=0)
+    again = client.chat.completions.create(model=model_id, messages=msgs, max_tokens=2, temperature=0)
+    visual = details(first.usage)["visual_tokens"]
+    assert details(again.usage)["cached_tokens"] >= visual > details(first.usage)["cached_tokens"]
+    assert again.choices[0].message.content == first.choices[0].message.content

@@ -260,10 +260,19 @@ impl LlavaRunner {
             for s in &item.seqs {
                 self.prompts.insert(*s, embeds.clone());
             }
+            let placeholders = item.prompt_ids.iter().enumerate();
+            let visual_spans = placeholders
+                .filter(|(_, &id)| id == self.image_token)
+                .map(|(at, _)| at)
+                .zip(&tokens)
+                .map(|(at, t)| Ok((at, t.dim(0)?)))
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(internal)?;
             results.push(Ok(PreparedPrompt {
                 prompt_len,
                 images: usage,
                 visual_tokens_full: full,
+                visual_spans,
             }));
         }
         if let Some(m) = &self.metrics {

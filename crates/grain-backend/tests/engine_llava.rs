@@ -300,3 +300,80 @@ async fn cancelled_requests_free_their_blocks() {
     }
     blocks_return_to_zero(&engine).await;
 }
+
+/// Image prompts in the prefix cache: a repeated image (same bytes, same granularity) reuses the
+/// K/V of its visual positions, and every answer equals that of an engine without the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_images_are_served_from_the_prefix_cache_with_the_same_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("avg");
+    write_tiny(&dir, TinyLayout::Avg, TinySize::TINY, 11).unwrap();
+    let config = |prefix_caching| EngineConfig {
+        prefix_caching,
+        ..EngineConfig::default()
+    };
+    let cached = start(&dir, config(true)).await;
+    let plain = start(&dir, config(false)).await;
+    let photo = || vec![(png(640, 480, 3), Detail::Auto)];
+    let reqs = [
+        request(
+            "a",
+            "What is shown?",
+            photo(),
+            GranularityChoice::Fixed(144),
+            8,
+        ),
+        request(
+            "b",
+            "What is shown?",
+            photo(),
+            GranularityChoice::Fixed(144),
+            8,
+        ),
+        request(
+            "c",
+            "Count the shapes.",
+            photo(),
+            GranularityChoice::Fixed(144),
+            8,
+        ),
+        request(
+            "d",
+            "What is shown?",
+            photo(),
+            GranularityChoice::Fixed(36),
+            8,
+        ),
+        request(
+            "e",
+            "What is shown?",
+            vec![(png(640, 480, 4), Detail::Auto)],
+            GranularityChoice::Fixed(144),
+            8,
+        ),
+    ];
+    let mut hits = Vec::new();
+    for r in reqs {
+        let got = run(&cached, r.clone()).await;
+        let want = run(&plain, r).await;
+        assert_eq!(got.tokens, want.tokens);
+        assert_eq!(got.usage.prompt_tokens, want.usage.prompt_tokens);
+        hits.push((got.usage.cached_tokens, got.usage.prompt_tokens));
+    }
+    let (a, b, c, d, e) = (hits[0], hits[1], hits[2], hits[3], hits[4]);
+    let block = EngineConfig::default().block_size as u32;
+    assert_eq!(a.0, 0, "{hits:?}");
+    assert_eq!(
+        b.0,
+        (b.1 - 1) / block * block,
+        "all but the last block: {hits:?}"
+    );
+    assert!(
+        c.0 > c.1 / 2,
+        "the system prompt and the image are shared: {hits:?}"
+    );
+    // Another granularity or another picture shares only what comes before the image.
+    assert!(d.0 < a.1 / 4 && e.0 < a.1 / 4, "{hits:?}");
+    assert_eq!(d.0, e.0, "{hits:?}");
+    blocks_return_to_zero(&cached).await;
+}

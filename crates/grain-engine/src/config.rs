@@ -35,7 +35,7 @@ pub struct EngineConfig {
     pub retry_after_s: u32,
     /// The load-adaptive granularity ceiling (off by default).
     pub controller: ControllerConfig,
-    /// Reuse the K/V of prompt prefixes computed earlier (full blocks of text-only prompts).
+    /// Reuse the K/V of prompt prefixes computed earlier (full blocks of prompt positions).
     pub prefix_caching: bool,
 }
 

@@ -283,7 +283,8 @@ impl ToyRunner {
         let mut usages = Vec::new();
         let mut visual_full = 0;
         let mut images = item.images.iter();
-        for &id in &item.prompt_ids {
+        let mut visual_spans = Vec::new();
+        for (at, &id) in item.prompt_ids.iter().enumerate() {
             if id != IMAGE {
                 inputs.push(u64::from(id));
                 continue;
@@ -294,6 +295,7 @@ impl ToyRunner {
             let usage = self.choose(image, item.granularity)?;
             let seed = u64::from_le_bytes(image.hash[..8].try_into().expect("8 bytes"));
             let n = image.n_crops * usage.granularity as usize;
+            visual_spans.push((at, n));
             inputs.extend(
                 (0..n as u64).map(|i| mix(mix(seed, u64::from(usage.granularity)), i) | 1 << 63),
             );
@@ -314,6 +316,7 @@ impl ToyRunner {
             prompt_len,
             images: usages,
             visual_tokens_full: visual_full,
+            visual_spans,
         })
     }
 

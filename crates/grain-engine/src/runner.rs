@@ -70,6 +70,10 @@ pub struct PreparedPrompt {
     pub images: Vec<ImageUsage>,
     /// Visual tokens the finest granularity would have cost (for usage and savings metrics).
     pub visual_tokens_full: usize,
+    /// Per image, in prompt order: the index of its placeholder in `prompt_ids` and the positions
+    /// it expands to. Lets the scheduler key image prompts for the prefix cache; a runner that
+    /// leaves it empty gets only text-only prompts cached.
+    pub visual_spans: Vec<(usize, usize)>,
 }
 
 /// One sequence's share of a forward step.

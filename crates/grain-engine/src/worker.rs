@@ -83,7 +83,7 @@ struct Worker<R> {
     forward_panics: u32,
     /// The load-adaptive granularity ceiling, when enabled.
     ceiling: Option<CeilingDriver>,
-    /// Keys text-only prompts' blocks for the prefix cache (`None`: prefix caching off).
+    /// Keys prompts' blocks for the prefix cache (`None`: prefix caching off).
     prefix_keyer: Option<PrefixKeyer>,
 }
 
@@ -256,14 +256,8 @@ impl<R: ModelRunner> Worker<R> {
             }
         };
         for ((sub, item), result) in subs.into_iter().zip(items).zip(results) {
-            // Only text-only prompts are keyed: visual positions depend on the image and its
-            // granularity, not on the placeholder id that stands for them in `prompt_ids`.
             let keys = match (&result, &self.prefix_keyer) {
-                (Ok(p), Some(keyer))
-                    if item.images.is_empty() && p.prompt_len == item.prompt_ids.len() =>
-                {
-                    keyer.keys(&item.prompt_ids)
-                }
+                (Ok(p), Some(keyer)) => keyer.prompt_keys(&item.prompt_ids, &item.images, p),
                 _ => Vec::new(),
             };
             self.enqueue(sub, item.seqs, result, keys, picked_up);

@@ -159,8 +159,8 @@ pub struct EngineArgs {
     /// `Retry-After` seconds sent with 429 [default: 1].
     #[arg(long)]
     pub retry_after_s: Option<u32>,
-    /// Reuse the KV cache of prompt prefixes seen before (full 16-token blocks of text-only
-    /// prompts, e.g. a shared system prompt) [default: true].
+    /// Reuse the KV cache of prompt prefixes seen before (full 16-position blocks: a shared
+    /// system prompt, earlier chat turns, a repeated image) [default: true].
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub prefix_caching: Option<bool>,
 }

@@ -236,6 +236,8 @@ impl ModelRunner for MockRunner {
                     prompt_len,
                     visual_tokens_full: 576 * item.images.len(),
                     images,
+                    // Not reported: the server tests' image prompts are never prefix-cached.
+                    visual_spans: Vec::new(),
                 })
             })
             .collect()
