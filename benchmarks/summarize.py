@@ -145,10 +145,11 @@ def prefix(on_path: str, off_path: str) -> bool:
             s = p["summary"]
             rows.append([
                 rep["label"], f"c={p['load']['value']}", str(s["completed"]), num(s["mean_prompt_tokens"]),
-                num(s["output_tokens_per_s"]), ms(s["ttft_s"]), ms(s["e2e_s"]),
+                num(s.get("mean_cached_tokens")), num(s["output_tokens_per_s"]), ms(s["ttft_s"]), ms(s["e2e_s"]),
                 num(p["server_prefill_s_per_request"] * 1e3, 1) if p.get("server_prefill_s_per_request") else "-",
             ])
-    print(table(rows, ["server", "load", "ok", "prompt tok/req", "out tok/s", "TTFT p50 ms", "e2e p50 ms", "prefill ms/req"]))
+    print(table(rows, ["server", "load", "ok", "prompt tok/req", "cached tok/req", "out tok/s", "TTFT p50 ms",
+                       "e2e p50 ms", "prefill ms/req"]))
     ratio = on["points"][0]["summary"]["output_tokens_per_s"] / off["points"][0]["summary"]["output_tokens_per_s"]
     print(f"**out tok/s, prefix caching on / off: {ratio:.2f}**\n")
     # No target: the gain depends on how much of each prompt is shared. Fails only if nothing ran.

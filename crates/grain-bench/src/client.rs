@@ -21,6 +21,8 @@ pub struct RequestRecord {
     /// From the server's usage when it reports one, else the number of chunks with text.
     pub completion_tokens: u32,
     pub prompt_tokens: Option<u32>,
+    /// Prompt tokens the server took from its prefix cache (OpenAI's `cached_tokens`).
+    pub cached_tokens: Option<u32>,
     pub visual_tokens: Option<u32>,
     pub visual_tokens_full: Option<u32>,
     pub granularity: Vec<u32>,
@@ -212,6 +214,7 @@ fn apply_usage(rec: &mut RequestRecord, u: &Value) {
     rec.completion_tokens = num(&u["completion_tokens"]).unwrap_or(0);
     rec.prompt_tokens = num(&u["prompt_tokens"]);
     let d = &u["prompt_tokens_details"];
+    rec.cached_tokens = num(&d["cached_tokens"]);
     rec.visual_tokens = num(&d["visual_tokens"]);
     rec.visual_tokens_full = num(&d["visual_tokens_full"]);
     rec.granularity = d["granularity"]
@@ -255,8 +258,9 @@ mod tests {
     fn usage_extension_fields_are_read_when_present() {
         let mut r = RequestRecord::default();
         let u = serde_json::json!({"prompt_tokens": 250, "completion_tokens": 7, "total_tokens": 257,
-            "prompt_tokens_details": {"cached_tokens": 0, "visual_tokens": 192, "visual_tokens_full": 2928, "granularity": [36]}});
+            "prompt_tokens_details": {"cached_tokens": 32, "visual_tokens": 192, "visual_tokens_full": 2928, "granularity": [36]}});
         apply_usage(&mut r, &u);
+        assert_eq!(r.cached_tokens, Some(32));
         assert_eq!(
             (
                 r.prompt_tokens,

@@ -66,6 +66,8 @@ pub struct Summary {
     pub tpot_s: Option<Dist>,
     pub e2e_s: Option<Dist>,
     pub mean_prompt_tokens: Option<f64>,
+    /// Prompt tokens served from the server's prefix cache, per request (when it reports them).
+    pub mean_cached_tokens: Option<f64>,
     pub mean_visual_tokens: Option<f64>,
     /// What the same images would have cost at the finest granularity (Grain's usage extension).
     pub mean_visual_tokens_full: Option<f64>,
@@ -126,6 +128,7 @@ impl Summary {
             tpot_s: Dist::of(ok.iter().filter_map(|r| r.tpot_s())),
             e2e_s: Dist::of(ok.iter().map(|r| r.e2e_s)),
             mean_prompt_tokens: mean_of(ok.iter().filter_map(|r| r.prompt_tokens).map(f64::from)),
+            mean_cached_tokens: mean_of(ok.iter().filter_map(|r| r.cached_tokens).map(f64::from)),
             mean_visual_tokens: mean_of(ok.iter().filter_map(|r| r.visual_tokens).map(f64::from)),
             mean_visual_tokens_full: mean_of(
                 ok.iter()
