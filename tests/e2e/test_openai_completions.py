@@ -108,3 +108,28 @@ def test_a_repeated_prefix_is_served_from_the_prefix_cache(client, model_id):
         counts.append(resp.usage.prompt_tokens_details.cached_tokens)
         assert counts[-1] < resp.usage.prompt_tokens
     assert counts[1] >= 16 and counts[1] % 16 == 0, counts
+
+
+def test_logit_bias_is_accepted_and_checked(client, model_id):
+    ok = client.completions.create(model=model_id, prompt=PROMPT, max_tokens=2, logit_bias={"5": -100})
+    assert ok.usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2, logit_bias={"99999999": 5}
+        )
+    assert err.value.param == "logit_bias"
+
+
+def test_ignore_eos_and_min_tokens_extensions(client, model_id):
+    """vLLM's extensions, as benchmark clients send them: every choice runs to max_tokens."""
+    resp = client.completions.create(
+        model=model_id, prompt=PROMPT, max_tokens=20, n=2, temperature=1, seed=3,
+        extra_body={"ignore_eos": True, "min_tokens": 20},
+    )
+    assert resp.usage.completion_tokens == 40
+    assert [c.finish_reason for c in resp.choices] == ["length", "length"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body={"min_tokens": 3}
+        )
+    assert err.value.param == "min_tokens"

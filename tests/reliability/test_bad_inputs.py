@@ -146,6 +146,13 @@ CASES = [
     Case("unknown-model", msg(model="gpt-17"), status=404, code="model_not_found"),
     Case("empty-model", msg(model="  "), code="invalid_value"),
     # --- out-of-range parameters ------------------------------------------------------------
+    Case("logit-bias-not-a-token-id", msg(logit_bias={"cat": 5}), code="invalid_value"),
+    Case("logit-bias-out-of-range", msg(logit_bias={"5": 101}), code="invalid_value"),
+    Case("logit-bias-outside-the-vocabulary", msg(logit_bias={"4000000000": 1}), code="invalid_value"),
+    Case("logit-bias-a-list", msg(logit_bias=[5]), code="invalid_type"),
+    Case("min-tokens-over-max-tokens", msg(min_tokens=5), code="invalid_value"),
+    Case("min-tokens-negative", msg(min_tokens=-1), code="invalid_value"),
+    Case("ignore-eos-a-string", msg(ignore_eos="yes"), code="invalid_type"),
     Case("temperature-negative", msg(temperature=-0.1), code="invalid_value"),
     Case("temperature-too-high", msg(temperature=2.5), code="invalid_value"),
     Case("temperature-a-string", msg(temperature="hot"), code="invalid_type"),

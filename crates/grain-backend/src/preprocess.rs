@@ -125,6 +125,20 @@ impl LlavaPreprocessor {
 
 impl Preprocessor for LlavaPreprocessor {
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
+        let vocab = self.config.text.vocab_size;
+        if let Some((token, _)) = req
+            .params
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t as usize >= vocab)
+        {
+            return Err(EngineError::invalid(
+                format!(
+                    "logit_bias: token id {token} is not in the model's vocabulary (0 .. {vocab})"
+                ),
+                Some("logit_bias"),
+            ));
+        }
         let (text, raw_images) = self.render(&req)?;
         let prompt_ids = self
             .tokenizer

@@ -143,3 +143,28 @@ async fn a_cached_prefix_gives_the_same_tokens_as_computing_it() {
         "a repeated prompt reuses all but its last block: {hits:?}"
     );
 }
+
+/// `logit_bias` through the real model: an id outside the vocabulary is refused before the
+/// request starts; -100 on the greedy first token makes the model pick another one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_is_checked_against_the_vocabulary_and_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("avg");
+    write_tiny(&dir, TinyLayout::Avg, TinySize::TINY, 9).unwrap();
+    let engine =
+        grain_backend::start(BackendConfig::new(dir), EngineConfig::default(), None).unwrap();
+    engine.wait_ready().await.unwrap();
+    let (plain, _) = run(&engine, raw("the picture shows")).await.unwrap();
+    let mut banned = raw("the picture shows");
+    banned.params.logit_bias = vec![(plain[0], -100.0)];
+    let (other, _) = run(&engine, banned).await.unwrap();
+    assert_ne!(other[0], plain[0]);
+
+    let mut outside = raw("the picture shows");
+    outside.params.logit_bias = vec![(1 << 30, 1.0)];
+    let err = run(&engine, outside).await.unwrap_err();
+    assert!(
+        matches!(&err, EngineError::InvalidRequest { param: Some(p), .. } if p == "logit_bias"),
+        "{err}"
+    );
+}

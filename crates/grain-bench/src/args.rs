@@ -78,8 +78,8 @@ pub struct BenchArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
-    /// Send vLLM-style `ignore_eos: true` and `min_tokens = max_tokens`, for servers that accept
-    /// them (Grain rejects unknown fields), so that every request generates exactly max_tokens.
+    /// Send vLLM-style `ignore_eos: true` and `min_tokens = max_tokens` (Grain and vLLM accept
+    /// them), so that every request generates exactly max_tokens.
     #[arg(long)]
     pub ignore_eos: bool,
     /// Non-streaming requests (no TTFT or ITL: only end-to-end latency).

@@ -83,6 +83,13 @@ pub struct GenerationParams {
     pub logprobs: bool,
     /// How many alternatives per token (0..=20); only meaningful with `logprobs`.
     pub top_logprobs: u32,
+    /// OpenAI's `logit_bias`: `(token id, bias in [-100, 100])`, added to the logits before
+    /// anything else (-100 bans a token in practice, +100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// vLLM's extensions: never end at EOS (`ignore_eos`), or not before `min_tokens` tokens of
+    /// a choice. The EOS tokens are masked out of sampling until then; stop strings still apply.
+    pub ignore_eos: bool,
+    pub min_tokens: u32,
 }
 
 impl Default for GenerationParams {
@@ -99,6 +106,9 @@ impl Default for GenerationParams {
             frequency_penalty: 0.0,
             logprobs: false,
             top_logprobs: 0,
+            logit_bias: Vec::new(),
+            ignore_eos: false,
+            min_tokens: 0,
         }
     }
 }

@@ -114,6 +114,14 @@ impl ActiveRequest {
         ctx: &TokenCtx<'_>,
     ) -> Result<bool, EngineError> {
         let choice = &mut self.choices[index];
+        let generated = state.generated(choice.seq).map_or(0, <[u32]>::len);
+        if !self.sampling.allows_eos(generated) {
+            for &eos in ctx.eos {
+                if let Some(l) = row.get_mut(eos as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         let sampled = choice.sampler.sample(&self.sampling, row)?;
         let token = sampled.token;
         let appended = state.append_token(choice.seq, token)?;

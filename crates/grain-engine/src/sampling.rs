@@ -25,6 +25,11 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// `Some(n)`: report the sampled token's logprob and the `n` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// `(token, bias)` added to the logits first.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// EOS may not be sampled (`ignore_eos`), or not before this many tokens.
+    pub ignore_eos: bool,
+    pub min_tokens: usize,
 }
 
 impl From<&GenerationParams> for SamplingParams {
@@ -36,6 +41,9 @@ impl From<&GenerationParams> for SamplingParams {
             presence_penalty: p.presence_penalty,
             frequency_penalty: p.frequency_penalty,
             logprobs: p.logprobs.then_some(p.top_logprobs as usize),
+            logit_bias: p.logit_bias.clone(),
+            ignore_eos: p.ignore_eos,
+            min_tokens: p.min_tokens as usize,
         }
     }
 }
@@ -43,6 +51,11 @@ impl From<&GenerationParams> for SamplingParams {
 impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= GREEDY_EPS
+    }
+
+    /// Whether a choice that has generated `generated` tokens may end with EOS now.
+    pub fn allows_eos(&self, generated: usize) -> bool {
+        !self.ignore_eos && generated >= self.min_tokens
     }
 }
 
@@ -111,11 +124,18 @@ impl ChoiceSampler {
     }
 }
 
-/// NaN → -inf, then OpenAI's penalties over the generated tokens, then temperature.
+/// NaN → -inf, the logit bias, then OpenAI's penalties over the generated tokens, then
+/// temperature. Bias entries past the row (checked against the model's vocabulary before the
+/// request is admitted) are ignored here.
 fn process(params: &SamplingParams, counts: &HashMap<u32, u32>, logits: &mut [f32]) {
     for l in logits.iter_mut() {
         if l.is_nan() {
             *l = f32::NEG_INFINITY;
+        }
+    }
+    for &(token, bias) in &params.logit_bias {
+        if let Some(l) = logits.get_mut(token as usize) {
+            *l += bias;
         }
     }
     if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {

@@ -8,6 +8,9 @@ fn params(temperature: f32) -> SamplingParams {
         presence_penalty: 0.0,
         frequency_penalty: 0.0,
         logprobs: None,
+        logit_bias: Vec::new(),
+        ignore_eos: false,
+        min_tokens: 0,
     }
 }
 
@@ -153,4 +156,36 @@ fn same_seed_same_stream_and_choices_differ() {
     assert_eq!(run(42, 1), run(42, 1));
     assert_ne!(run(42, 0), run(42, 1), "each choice has its own stream");
     assert_ne!(run(42, 0), run(43, 0));
+}
+
+#[test]
+fn logit_bias_shifts_the_distribution_as_exp_of_the_bias() {
+    // p ∝ exp(logit + bias): a bias of ln 3 on token 0 of [0.25, 0.75] makes it 0.5 / 0.5.
+    let p = SamplingParams {
+        logit_bias: vec![(0, 3f32.ln()), (99, 50.0)],
+        ..params(1.0)
+    };
+    let f = frequencies(&p, &logits_of(&[0.25, 0.75]), 20_000);
+    assert_close(&f, &[0.5, 0.5], 0.015);
+    // -100 bans the greedy choice; +100 forces an unlikely one.
+    let ban = SamplingParams {
+        logit_bias: vec![(1, -100.0)],
+        ..params(0.0)
+    };
+    let mut row = logits_of(&[0.25, 0.75]);
+    assert_eq!(
+        ChoiceSampler::new(1, 0)
+            .sample(&ban, &mut row)
+            .unwrap()
+            .token,
+        0
+    );
+    let force = SamplingParams {
+        logit_bias: vec![(0, 100.0)],
+        ..params(1.0)
+    };
+    assert_eq!(
+        frequencies(&force, &logits_of(&[0.001, 0.999]), 1000),
+        vec![1.0, 0.0]
+    );
 }

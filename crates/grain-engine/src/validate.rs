@@ -7,6 +7,8 @@ use crate::api::{EngineError, GenerationParams};
 pub const MAX_N: u32 = 128;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Entries in `logit_bias` (OpenAI documents none; a bound keeps a request's work bounded).
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
     let fail = |message: String, param: &str| Err(EngineError::invalid(message, Some(param)));
@@ -59,6 +61,31 @@ pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
     }
     if p.stop.iter().any(String::is_empty) {
         return fail("stop sequences must not be empty".into(), "stop");
+    }
+    if let Some(max) = p.max_tokens.filter(|&m| p.min_tokens > m) {
+        return fail(
+            format!(
+                "min_tokens ({}) is more than max_tokens ({max})",
+                p.min_tokens
+            ),
+            "min_tokens",
+        );
+    }
+    if p.logit_bias.len() > MAX_LOGIT_BIAS {
+        return fail(
+            format!("at most {MAX_LOGIT_BIAS} logit_bias entries are allowed"),
+            "logit_bias",
+        );
+    }
+    if let Some((token, bias)) = p
+        .logit_bias
+        .iter()
+        .find(|(_, b)| !(-100.0..=100.0).contains(b))
+    {
+        return fail(
+            format!("the bias of token {token} must be in [-100, 100], got {bias}"),
+            "logit_bias",
+        );
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! Supported: `model`, `prompt` (a string, or an array holding one string), `max_tokens`
 //! (default 16, as OpenAI's), `temperature`, `top_p`, `top_k`, `seed`, `stop`, `n`,
 //! `presence_penalty`, `frequency_penalty`, `logprobs` (0 ..= `max_top_logprobs`), `echo`,
-//! `best_of` (only equal to `n`), `stream`, `stream_options`, `user`. `suffix` and `logit_bias` are
+//! `best_of` (only equal to `n`), `logit_bias`, `stream`, `stream_options`, `user`, and the
+//! extensions `top_k`, `ignore_eos` and `min_tokens` (vLLM's). `suffix` is
 //! refused by name; token-id prompts and several prompts in one request get a 400 that says so.
 
 use std::collections::BTreeMap;
@@ -14,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::RequestError;
-use crate::request::{StopSequences, StreamOptions};
+use crate::request::{LogitBias, StopSequences, StreamOptions};
 use crate::response::{FinishReason, Usage};
 use crate::validate::{
-    check_max_tokens, parse_fields, validate_sampling, Field, Kind, RequestLimits, Sampling,
+    check_logit_bias, check_max_tokens, check_min_tokens, parse_fields, validate_sampling, Field,
+    Kind, RequestLimits, Sampling,
 };
 
 /// OpenAI's default `max_tokens` for text completions.
@@ -64,6 +66,15 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Token id (as a string) → bias in [-100, 100], added to the logits before sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<LogitBias>,
+    /// Extension (vLLM's): keep generating past EOS, up to `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
+    /// Extension (vLLM's): no EOS before this many tokens per choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tokens: Option<i64>,
 }
 
 impl CompletionRequest {
@@ -151,12 +162,12 @@ const SUPPORTED: &[Field] = &[
     ("stream", Kind::Bool, false),
     ("stream_options", Kind::Object, false),
     ("user", Kind::String, false),
+    ("logit_bias", Kind::Object, false),
+    ("ignore_eos", Kind::Bool, false),
+    ("min_tokens", Kind::Integer, false),
 ];
 
-const UNSUPPORTED: &[(&str, &str)] = &[
-    ("suffix", " (insertion is not implemented)"),
-    ("logit_bias", ""),
-];
+const UNSUPPORTED: &[(&str, &str)] = &[("suffix", " (insertion is not implemented)")];
 
 /// Parses and validates a text-completions body.
 pub fn parse_completion_request(
@@ -183,6 +194,9 @@ pub fn parse_completion_request(
         },
         limits,
     )?;
+    check_logit_bias(req.logit_bias.as_ref())?;
+    let max_tokens = Some(i64::from(req.max_new_tokens()));
+    check_min_tokens(req.min_tokens, max_tokens)?;
     if let Some(b) = req.best_of {
         if b != i64::from(req.n_or_default()) {
             return Err(RequestError::invalid_value(

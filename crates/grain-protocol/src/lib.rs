@@ -9,11 +9,12 @@
 //! Supported: `model`, `messages` (roles `system`, `developer` (treated as `system`), `user`,
 //! `assistant`; content a string or `text` / `image_url` parts), `max_tokens`,
 //! `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`, `presence_penalty`,
-//! `frequency_penalty`, `logprobs`, `top_logprobs`, `stream`, `stream_options.include_usage`,
-//! `user`, and the extensions `top_k` and `granularity` (`"auto"` or a candidate token count).
+//! `frequency_penalty`, `logprobs`, `top_logprobs`, `logit_bias`, `stream`,
+//! `stream_options.include_usage`, `user`, and the extensions `top_k`, `granularity` (`"auto"`
+//! or a candidate token count), `ignore_eos` and `min_tokens` (vLLM's).
 //!
 //! Every other top-level field is rejected with a 400 that names it: OpenAI fields that Grain does
-//! not implement (`tools`, `response_format`, `logit_bias`, ...) get an "unsupported parameter"
+//! not implement (`tools`, `response_format`, ...) get an "unsupported parameter"
 //! error, anything else an "unrecognized argument" error. Silently ignoring a field would make a
 //! client believe that, say, JSON mode or a logit bias was applied. The one leniency: an
 //! unsupported OpenAI field whose value is `null` is treated as absent, because several client
@@ -33,8 +34,8 @@ pub use completion::{
 };
 pub use error::{ErrorBody, ErrorDetail, RequestError};
 pub use request::{
-    ChatCompletionRequest, ChatMessage, ContentPart, Detail, GranularityRequest, ImageUrl,
-    MessageContent, Role, StopSequences, StreamOptions,
+    logit_bias_entries, min_tokens_value, ChatCompletionRequest, ChatMessage, ContentPart, Detail,
+    GranularityRequest, ImageUrl, LogitBias, MessageContent, Role, StopSequences, StreamOptions,
 };
 pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,

@@ -50,6 +50,31 @@ pub struct ChatCompletionRequest {
     /// Extension: the visual granularity for every image of the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<GranularityRequest>,
+    /// Token id (as a string) → bias in [-100, 100], added to the logits before sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<LogitBias>,
+    /// Extension (vLLM's): keep generating past EOS, up to `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
+    /// Extension (vLLM's): no EOS before this many tokens per choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tokens: Option<i64>,
+}
+
+/// `min_tokens` as the engine's `u32` (validation checked it is in range).
+pub fn min_tokens_value(min_tokens: Option<i64>) -> u32 {
+    min_tokens.and_then(|m| u32::try_from(m).ok()).unwrap_or(0)
+}
+
+/// OpenAI's `logit_bias`: token ids, written as strings, to biases.
+pub type LogitBias = std::collections::BTreeMap<String, f64>;
+
+/// `logit_bias` as `(token id, bias)` pairs (validation checked the keys and ranges).
+pub fn logit_bias_entries(bias: Option<&LogitBias>) -> Vec<(u32, f32)> {
+    bias.into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, *v as f32)))
+        .collect()
 }
 
 impl ChatCompletionRequest {
@@ -74,6 +99,9 @@ impl ChatCompletionRequest {
             stream_options: None,
             user: None,
             granularity: None,
+            logit_bias: None,
+            ignore_eos: None,
+            min_tokens: None,
         }
     }
 

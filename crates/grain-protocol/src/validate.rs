@@ -11,7 +11,9 @@
 use serde_json::{Map, Value};
 
 use crate::error::RequestError;
-use crate::request::{ChatCompletionRequest, ContentPart, MessageContent, Role, StopSequences};
+use crate::request::{
+    ChatCompletionRequest, ContentPart, LogitBias, MessageContent, Role, StopSequences,
+};
 
 /// Server-configurable bounds on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +110,9 @@ const SUPPORTED: &[Field] = &[
     ("stream_options", Kind::Object, false),
     ("user", Kind::String, false),
     ("granularity", Kind::StringOrInteger, false),
+    ("logit_bias", Kind::Object, false),
+    ("ignore_eos", Kind::Bool, false),
+    ("min_tokens", Kind::Integer, false),
 ];
 
 /// OpenAI chat-completions fields that Grain does not implement, with a hint for the message.
@@ -121,7 +126,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "response_format",
         " (JSON mode and structured outputs are not implemented)",
     ),
-    ("logit_bias", ""),
     ("audio", " (audio output is not implemented)"),
     ("modalities", " (only text output is implemented)"),
     ("prediction", ""),
@@ -271,6 +275,8 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
         },
         limits,
     )?;
+    check_logit_bias(req.logit_bias.as_ref())?;
+    check_min_tokens(req.min_tokens, req.max_completion_tokens.or(req.max_tokens))?;
     if let Some(t) = req.top_logprobs {
         if t < 0 || t > i64::from(limits.max_top_logprobs) {
             return Err(RequestError::invalid_value(
@@ -357,6 +363,61 @@ pub(crate) fn validate_sampling(
             "stream_options",
             "is only allowed when 'stream' is true",
         ));
+    }
+    Ok(())
+}
+
+/// `min_tokens` in `0 ..= max_tokens` (when that is set).
+pub(crate) fn check_min_tokens(min: Option<i64>, max: Option<i64>) -> Result<(), RequestError> {
+    let Some(min) = min else {
+        return Ok(());
+    };
+    if min < 0 || min > i64::from(u32::MAX) {
+        return Err(RequestError::invalid_value(
+            "min_tokens",
+            format!("must be between 0 and {}, got {min}", u32::MAX),
+        ));
+    }
+    if let Some(max) = max.filter(|&max| min > max) {
+        return Err(RequestError::invalid_value(
+            "min_tokens",
+            format!("must not be more than max_tokens ({max}), got {min}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Most `logit_bias` entries (OpenAI documents no bound; one keeps a request's work bounded).
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+/// `logit_bias` keys are token ids (non-negative integers written as strings) and values are in
+/// [-100, 100]. Whether an id exists in the vocabulary is the model's question.
+pub(crate) fn check_logit_bias(bias: Option<&LogitBias>) -> Result<(), RequestError> {
+    let Some(bias) = bias else {
+        return Ok(());
+    };
+    if bias.len() > MAX_LOGIT_BIAS {
+        return Err(RequestError::invalid_value(
+            "logit_bias",
+            format!(
+                "at most {MAX_LOGIT_BIAS} entries are allowed, got {}",
+                bias.len()
+            ),
+        ));
+    }
+    for (key, value) in bias {
+        if key.parse::<u32>().is_err() {
+            return Err(RequestError::invalid_value(
+                "logit_bias",
+                format!("keys must be token ids (integers written as strings), got {key:?}"),
+            ));
+        }
+        if !(-100.0..=100.0).contains(value) {
+            return Err(RequestError::invalid_value(
+                "logit_bias",
+                format!("the bias of token {key} must be between -100 and 100, got {value}"),
+            ));
+        }
     }
     Ok(())
 }

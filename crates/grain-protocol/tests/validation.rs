@@ -156,7 +156,6 @@ fn unsupported_openai_fields_are_refused_by_name() {
         "tool_choice",
         "response_format",
         "functions",
-        "logit_bias",
         "audio",
         "modalities",
         "parallel_tool_calls",
@@ -168,6 +167,44 @@ fn unsupported_openai_fields_are_refused_by_name() {
         );
         assert!(msg.contains(&format!("'{field}'")), "{msg}");
     }
+}
+
+#[test]
+fn logit_bias_takes_token_ids_and_biases_in_range() {
+    let req = parse(&with("logit_bias", json!({"42": -100, "7": 2.5}))).unwrap();
+    assert_eq!(
+        grain_protocol::logit_bias_entries(req.logit_bias.as_ref()),
+        vec![(42, -100.0), (7, 2.5)],
+        "in key order (a BTreeMap of strings)"
+    );
+    for bad in [
+        json!({"x": 1}),
+        json!({"-1": 1}),
+        json!({"5": 100.5}),
+        json!({"5": "high"}),
+        json!([1, 2]),
+    ] {
+        let e = parse(&with("logit_bias", bad.clone())).unwrap_err();
+        assert!(
+            e.param().is_some_and(|p| p.starts_with("logit_bias")),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn min_tokens_and_ignore_eos_are_checked() {
+    let mut body = with("min_tokens", json!(3));
+    body["max_tokens"] = json!(3);
+    body["ignore_eos"] = json!(true);
+    let req = parse(&body).unwrap();
+    assert_eq!(grain_protocol::min_tokens_value(req.min_tokens), 3);
+    assert_eq!(req.ignore_eos, Some(true));
+    body["max_completion_tokens"] = json!(2);
+    body["max_tokens"] = json!(2);
+    refused(&body, "min_tokens", "invalid_value");
+    refused(&with("min_tokens", json!(-1)), "min_tokens", "invalid_value");
+    refused(&with("ignore_eos", json!(1)), "ignore_eos", "invalid_type");
 }
 
 #[test]

@@ -74,6 +74,9 @@ pub async fn to_engine_request(
             frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
             logprobs: req.wants_logprobs(),
             top_logprobs: req.top_logprobs_or_default(),
+            logit_bias: wire::logit_bias_entries(req.logit_bias.as_ref()),
+            ignore_eos: req.ignore_eos.unwrap_or(false),
+            min_tokens: wire::min_tokens_value(req.min_tokens),
         },
         granularity: match req.granularity {
             None | Some(wire::GranularityRequest::Auto) => engine::GranularityChoice::Auto,

@@ -453,3 +453,27 @@ async fn cors_is_off_by_default_and_configurable() {
         Some("https://app.example.com")
     );
 }
+
+#[tokio::test]
+async fn logit_bias_bans_and_forces_tokens() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["temperature"] = json!(0);
+    let plain = content(&chat(&h.app, &body).await, 0);
+    let first = plain.as_bytes()[0];
+    body["logit_bias"] = json!({ first.to_string(): -100 });
+    let banned = content(&chat(&h.app, &body).await, 0);
+    assert_ne!(banned.as_bytes()[0], first, "{plain:?} vs {banned:?}");
+    assert!(!banned.is_empty());
+    // The mock's letters have logits of at most 4: +100 wins every step, sampled or not.
+    body["temperature"] = json!(1.0);
+    body["logit_bias"] = json!({ u32::from(b'q').to_string(): 100 });
+    assert_eq!(
+        content(&chat(&h.app, &body).await, 0),
+        "q".repeat(ANSWER_LEN)
+    );
+    body["logit_bias"] = json!({"q": 100});
+    let resp = chat(&h.app, &body).await;
+    let err = assert_error(&resp, 400, "invalid_request_error", "invalid_value");
+    assert_eq!(err["param"], "logit_bias");
+}

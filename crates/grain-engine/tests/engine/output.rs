@@ -162,3 +162,41 @@ async fn usage_counts_visual_tokens_per_image() {
     );
     assert_eq!(usage.images[0].source, GranularitySource::Request);
 }
+
+/// A toy model that wants to end right away (EOS far ahead of every letter).
+fn eager_eos() -> ToyConfig {
+    ToyConfig {
+        eos_bias: 1000.0,
+        ..ToyConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn min_tokens_and_ignore_eos_hold_eos_back() {
+    let (h, _) = ready(EngineConfig::default(), eager_eos()).await;
+    let plain = run(&h, request("p", "hi", &[], greedy(20))).await;
+    assert_eq!(
+        (plain.text[0].len(), plain.finish[0]),
+        (0, Some(FinishReason::Stop))
+    );
+
+    let mut min = greedy(20);
+    min.min_tokens = 5;
+    let out = run(&h, request("m", "hi", &[], min)).await;
+    assert_eq!(out.text[0].len(), 5, "EOS right after the fifth token");
+    assert_eq!(out.finish[0], Some(FinishReason::Stop));
+    assert_eq!(out.usage.unwrap().completion_tokens, 6, "EOS is counted");
+
+    let mut ignore = sampled(12, Some(3), 2);
+    ignore.ignore_eos = true;
+    let out = run(&h, request("i", "hi", &[], ignore)).await;
+    for c in 0..2 {
+        assert_eq!(out.text[c].len(), 12, "choice {c} runs to max_tokens");
+        assert_eq!(out.finish[c], Some(FinishReason::Length));
+    }
+
+    let mut bad = greedy(4);
+    bad.min_tokens = 5;
+    let err = h.generate(request("b", "hi", &[], bad)).await.unwrap_err();
+    assert!(err.to_string().contains("min_tokens"), "{err}");
+}

@@ -84,6 +84,9 @@ async fn handle(
             frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
             logprobs: req.logprobs_count().is_some(),
             top_logprobs: req.logprobs_count().unwrap_or(0),
+            logit_bias: wire::logit_bias_entries(req.logit_bias.as_ref()),
+            ignore_eos: req.ignore_eos.unwrap_or(false),
+            min_tokens: wire::min_tokens_value(req.min_tokens),
         },
         granularity: engine::GranularityChoice::Auto,
     };
