@@ -60,11 +60,11 @@ def test_seeded_sampling_reproduces(client, model_id):
     "kwargs, param",
     [
         (dict(prompt=[1, 2, 3]), "prompt"),
-        (dict(prompt=["a", "b"]), "prompt"),
+        (dict(prompt=["a", "<image>"]), "prompt"),
         (dict(prompt=PROMPT, suffix="!"), "suffix"),
         (dict(prompt="<image> what is this?"), "prompt"),
     ],
-    ids=["token-ids", "two-prompts", "suffix", "image-placeholder"],
+    ids=["token-ids", "second-prompt-refused", "suffix", "image-placeholder"],
 )
 def test_what_grain_cannot_serve_is_a_bad_request(client, model_id, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
@@ -133,3 +133,16 @@ def test_ignore_eos_and_min_tokens_extensions(client, model_id):
             model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body={"min_tokens": 3}
         )
     assert err.value.param == "min_tokens"
+
+
+def test_several_prompts_in_one_request(client, model_id):
+    """A batch of prompts, as evaluation harnesses send it: choice j of prompt i is i*n + j."""
+    prompts = [PROMPT, "The capital of France is"]
+    both = client.completions.create(model=model_id, prompt=prompts, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in both.choices] == [0, 1, 2, 3]
+    for i, p in enumerate(prompts):
+        alone = client.completions.create(model=model_id, prompt=p, max_tokens=6, temperature=0)
+        assert both.choices[2 * i].text == both.choices[2 * i + 1].text == alone.choices[0].text
+    assert both.usage.prompt_tokens == sum(
+        client.completions.create(model=model_id, prompt=p, max_tokens=1).usage.prompt_tokens for p in prompts
+    )

@@ -2,12 +2,13 @@
 //! images. The request is checked in the same three passes as chat (`validate.rs`) and shares its
 //! sampling rules; the response has `text` choices and the legacy `logprobs` object.
 //!
-//! Supported: `model`, `prompt` (a string, or an array holding one string), `max_tokens`
+//! Supported: `model`, `prompt` (a string, or an array of up to [`MAX_PROMPTS`] strings: choice
+//! `j` of prompt `i` is choice `i·n + j` of the response), `max_tokens`
 //! (default 16, as OpenAI's), `temperature`, `top_p`, `top_k`, `seed`, `stop`, `n`,
 //! `presence_penalty`, `frequency_penalty`, `logprobs` (0 ..= `max_top_logprobs`), `echo`,
 //! `best_of` (only equal to `n`), `logit_bias`, `stream`, `stream_options`, `user`, and the
 //! extensions `top_k`, `ignore_eos` and `min_tokens` (vLLM's). `suffix` is
-//! refused by name; token-id prompts and several prompts in one request get a 400 that says so.
+//! refused by name; token-id prompts get a 400 that says so.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,9 @@ use crate::validate::{
     check_logit_bias, check_max_tokens, check_min_tokens, parse_fields, validate_sampling, Field,
     Kind, RequestLimits, Sampling,
 };
+
+/// Most prompts in one request (each is its own engine request, with `n` choices).
+pub const MAX_PROMPTS: usize = 64;
 
 /// OpenAI's default `max_tokens` for text completions.
 pub const DEFAULT_COMPLETION_MAX_TOKENS: u32 = 16;
@@ -78,12 +82,12 @@ pub struct CompletionRequest {
 }
 
 impl CompletionRequest {
-    /// The prompt text (validation guarantees there is exactly one).
-    pub fn prompt_text(&self) -> &str {
+    /// The prompts, in order (validation guarantees one or more non-empty strings).
+    pub fn prompt_texts(&self) -> Vec<&str> {
         match &self.prompt {
-            Value::String(s) => s,
-            Value::Array(items) => items.first().and_then(Value::as_str).unwrap_or(""),
-            _ => "",
+            Value::String(s) => vec![s],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -226,37 +230,41 @@ pub fn parse_completion_request(
 }
 
 fn check_prompt(prompt: &Value) -> Result<(), RequestError> {
-    let text = match prompt {
-        Value::String(s) => s,
-        Value::Array(items) => match items.as_slice() {
-            [Value::String(s)] => s,
-            [] => return Err(RequestError::invalid_value("prompt", "must not be empty")),
-            [Value::String(_), ..] => {
+    let texts: Vec<&Value> = match prompt {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    if texts.is_empty() {
+        return Err(RequestError::invalid_value("prompt", "must not be empty"));
+    }
+    if texts.len() > MAX_PROMPTS {
+        return Err(RequestError::invalid_value(
+            "prompt",
+            format!(
+                "at most {MAX_PROMPTS} prompts per request, got {}",
+                texts.len()
+            ),
+        ));
+    }
+    for (i, text) in texts.iter().enumerate() {
+        match text {
+            Value::String(s) if s.is_empty() => {
                 return Err(RequestError::invalid_value(
                     "prompt",
-                    format!(
-                        "{} prompts in one request are not supported; send one request per prompt",
-                        items.len()
-                    ),
+                    match prompt {
+                        Value::Array(_) => format!("must not be empty (prompt {i} is)"),
+                        _ => "must not be empty".to_owned(),
+                    },
                 ))
             }
+            Value::String(_) => {}
             _ => {
                 return Err(RequestError::invalid_value(
                     "prompt",
                     "token-id prompts are not supported; send the prompt as text",
                 ))
             }
-        },
-        // The top-level pass admits only strings and arrays; an error rather than a panic anyway.
-        _ => {
-            return Err(RequestError::invalid_value(
-                "prompt",
-                "must be a string or an array of strings",
-            ))
         }
-    };
-    if text.is_empty() {
-        return Err(RequestError::invalid_value("prompt", "must not be empty"));
     }
     Ok(())
 }
@@ -313,10 +321,12 @@ mod tests {
     #[test]
     fn a_string_or_one_string_in_a_list_is_the_prompt() {
         let a = parse(json!({"model": "m", "prompt": "Once upon"})).unwrap();
-        assert_eq!(a.prompt_text(), "Once upon");
+        assert_eq!(a.prompt_texts(), vec!["Once upon"]);
         assert_eq!(a.max_new_tokens(), DEFAULT_COMPLETION_MAX_TOKENS);
         let b = parse(json!({"model": "m", "prompt": ["Once upon"], "max_tokens": 5})).unwrap();
-        assert_eq!(b.prompt_text(), "Once upon");
+        assert_eq!(b.prompt_texts(), vec!["Once upon"]);
+        let c = parse(json!({"model": "m", "prompt": ["a", "b c"]})).unwrap();
+        assert_eq!(c.prompt_texts(), vec!["a", "b c"]);
         assert_eq!(b.max_new_tokens(), 5);
     }
 
@@ -325,7 +335,11 @@ mod tests {
         for (body, needle) in [
             (json!({"model": "m", "prompt": ""}), "must not be empty"),
             (json!({"model": "m", "prompt": []}), "must not be empty"),
-            (json!({"model": "m", "prompt": ["a", "b"]}), "2 prompts"),
+            (json!({"model": "m", "prompt": ["a", ""]}), "prompt 1 is"),
+            (
+                json!({"model": "m", "prompt": vec!["a"; MAX_PROMPTS + 1]}),
+                "at most",
+            ),
             (json!({"model": "m", "prompt": [1, 2, 3]}), "token-id"),
             (json!({"model": "m", "prompt": [[1, 2]]}), "token-id"),
             (json!({"model": "m", "prompt": 7}), "a string or an array"),

@@ -173,7 +173,7 @@ proptest! {
         let mut body = json!({"model": "m", "prompt": "Once", "max_tokens": 4, "n": 1});
         body[field] = replacement;
         match parse_completion_request(&serde_json::to_vec(&body).expect("json"), &limits()) {
-            Ok(req) => prop_assert!(!req.prompt_text().is_empty()),
+            Ok(req) => prop_assert!(req.prompt_texts().iter().all(|p| !p.is_empty())),
             Err(e) => check_error(&e),
         }
     }

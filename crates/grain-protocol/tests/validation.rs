@@ -203,7 +203,11 @@ fn min_tokens_and_ignore_eos_are_checked() {
     body["max_completion_tokens"] = json!(2);
     body["max_tokens"] = json!(2);
     refused(&body, "min_tokens", "invalid_value");
-    refused(&with("min_tokens", json!(-1)), "min_tokens", "invalid_value");
+    refused(
+        &with("min_tokens", json!(-1)),
+        "min_tokens",
+        "invalid_value",
+    );
     refused(&with("ignore_eos", json!(1)), "ignore_eos", "invalid_type");
 }
 

@@ -17,6 +17,7 @@ pub mod config;
 pub mod conn;
 pub mod convert;
 pub mod errors;
+mod events;
 pub mod fetch;
 pub mod images;
 pub mod middleware;

@@ -7,20 +7,21 @@
 //! started becomes an `event: error` whose data is the usual `{"error": {...}}` body, followed
 //! by `[DONE]`.
 //!
-//! Dropping the body (client gone) drops the [`GenerationStream`], which cancels the request.
+//! Dropping the body (client gone) drops the engine's streams, which cancels the request.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use grain_engine::{Event, FinishReason, GenerationStream};
+use grain_engine::{Event, FinishReason};
 use grain_metrics::ErrorLabel;
 use grain_protocol as wire;
 use tokio::time::Instant;
 
 use crate::convert;
 use crate::errors::ApiError;
+use crate::events::Events;
 use crate::routes::chat::{checked_index, CompletionMeta, Format, Timing};
 use crate::shutdown::InFlight;
 use crate::state::AppState;
@@ -30,20 +31,23 @@ use crate::state::AppState;
 /// by `generate` with their HTTP status; only errors after that become SSE error events.
 pub(crate) async fn respond(
     state: AppState,
-    stream: GenerationStream,
+    stream: Events,
     meta: CompletionMeta,
     timing: Timing,
     deadline: Instant,
     guard: InFlight,
 ) -> Result<Response, ApiError> {
     let timeout_s = state.config().request_timeout.as_secs();
-    let echo_chars = match &meta.format {
-        Format::Text { echo: Some(prompt) } => prompt.chars().count() as u32,
-        _ => 0,
+    let echo = match &meta.format {
+        Format::Text { echo } => echo.clone(),
+        Format::Chat => Vec::new(),
     };
+    let text_offsets = (0..meta.n as usize)
+        .map(|i| echo.get(i).map_or(0, |e| e.chars().count() as u32))
+        .collect();
     let mut sse = SseState {
         reasons: vec![None; meta.n as usize],
-        text_offsets: vec![echo_chars; meta.n as usize],
+        text_offsets,
         state,
         stream,
         meta,
@@ -65,11 +69,11 @@ pub(crate) async fn respond(
                 };
                 sse.push_choice(index, role, None, None);
             }
-            Format::Text { echo: Some(prompt) } => {
-                let prompt = prompt.clone();
-                sse.push_text(index, prompt, None, None);
+            Format::Text { .. } => {
+                if let Some(prompt) = echo.get(index as usize) {
+                    sse.push_text(index, prompt.clone(), None, None);
+                }
             }
-            Format::Text { echo: None } => {}
         }
     }
     let body = futures_util::stream::unfold(sse, SseState::next_event);
@@ -80,7 +84,7 @@ pub(crate) async fn respond(
 
 struct SseState {
     state: AppState,
-    stream: GenerationStream,
+    stream: Events,
     meta: CompletionMeta,
     timing: Timing,
     deadline: Instant,

@@ -139,7 +139,7 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let h = harness(ServerConfig::default()).await;
     for (body, param) in [
         (json!({"model": MODEL, "prompt": [1, 2, 3]}), "prompt"),
-        (json!({"model": MODEL, "prompt": ["a", "b"]}), "prompt"),
+        (json!({"model": MODEL, "prompt": ["a", ""]}), "prompt"),
         (
             json!({"model": MODEL, "prompt": "a", "suffix": "b"}),
             "suffix",
@@ -159,4 +159,62 @@ async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let resp = complete(&h, &json!({"model": "nope", "prompt": "a"})).await;
     assert_error(&resp, 404, "invalid_request_error", "model_not_found");
     assert_eq!(complete(&h, &prompt("hi")).await.status, 200);
+}
+
+#[tokio::test]
+async fn several_prompts_are_answered_as_prompts_times_n_choices() {
+    let h = harness(ServerConfig::default()).await;
+    let alone = |p: &str| {
+        let body = prompt(p);
+        let h = &h;
+        async move { complete(h, &body).await.json() }
+    };
+    let (hi, hello) = (alone("hi").await, alone("hello").await);
+    let mut body = json!({"model": MODEL, "prompt": ["hi", "hello"], "n": 2, "max_tokens": 64,
+                          "temperature": 0, "echo": true});
+    let both = complete(&h, &body).await.json();
+    let choices = both["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i, "choice j of prompt i is i*n + j");
+        let (p, alone) = if i < 2 {
+            ("hi", &hi)
+        } else {
+            ("hello", &hello)
+        };
+        let want = format!("{p}{}", alone["choices"][0]["text"].as_str().unwrap());
+        assert_eq!(
+            c["text"],
+            want.as_str(),
+            "greedy, with its own prompt echoed"
+        );
+    }
+    // Usage adds up the two engine requests: 3 + 6 prompt tokens, 2 choices each.
+    assert_eq!(both["usage"]["prompt_tokens"], 9);
+    let each = hi["usage"]["completion_tokens"].as_u64().unwrap()
+        + hello["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(
+        both["usage"]["completion_tokens"].as_u64().unwrap(),
+        2 * each
+    );
+
+    body["stream"] = json!(true);
+    let events = complete(&h, &body).await.sse_events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let mut texts = vec![String::new(); 4];
+    let mut finished = 0;
+    for (_, data) in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        for c in chunk["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            texts[i].push_str(c["text"].as_str().unwrap());
+            finished += usize::from(!c["finish_reason"].is_null());
+        }
+    }
+    assert_eq!(finished, 4);
+    let want: Vec<&str> = choices
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, want);
 }

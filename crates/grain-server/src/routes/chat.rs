@@ -6,13 +6,15 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use grain_engine::{Event, GenerationStream};
+use futures_util::future::try_join_all;
+use grain_engine::Event;
 use grain_metrics::Metrics;
 use grain_protocol as wire;
 
 use crate::body::read_body;
 use crate::convert;
 use crate::errors::ApiError;
+use crate::events::Events;
 use crate::middleware::RequestId;
 use crate::shutdown::InFlight;
 use crate::sse;
@@ -86,8 +88,8 @@ pub(crate) enum Format {
     Chat,
     /// `text_completion` (`/v1/completions`): plain `text`, legacy log-probabilities.
     Text {
-        /// The prompt, sent in front of each choice's text (`echo: true`).
-        echo: Option<String>,
+        /// Per choice, its prompt, sent in front of its text (`echo: true`); empty without echo.
+        echo: Vec<String>,
     },
 }
 
@@ -145,13 +147,22 @@ async fn handle(
         include_usage: req.include_usage(),
         format: Format::Chat,
     };
-    run(state, engine_req, meta, req.is_stream(), started, guard).await
+    run(
+        state,
+        vec![engine_req],
+        meta,
+        req.is_stream(),
+        started,
+        guard,
+    )
+    .await
 }
 
-/// Hands a converted request to the engine and answers it, streamed or whole, in `meta`'s format.
+/// Hands converted requests (one per prompt; `meta.n` counts the choices of all of them) to the
+/// engine and answers them as one response, streamed or whole, in `meta`'s format.
 pub(crate) async fn run(
     state: &AppState,
-    engine_req: grain_engine::ChatRequest,
+    engine_reqs: Vec<grain_engine::ChatRequest>,
     meta: CompletionMeta,
     stream_response: bool,
     started: Instant,
@@ -159,9 +170,13 @@ pub(crate) async fn run(
 ) -> Result<Response, ApiError> {
     let timeout = state.config().request_timeout;
     let deadline = tokio::time::Instant::from_std(started + timeout);
-    let stream = tokio::time::timeout_at(deadline, state.engine().generate(engine_req))
+    let per_request = meta.n / engine_reqs.len().max(1) as u32;
+    // All prompts are admitted or none: an error drops the streams already opened (cancelling them).
+    let generate = try_join_all(engine_reqs.into_iter().map(|r| state.engine().generate(r)));
+    let streams = tokio::time::timeout_at(deadline, generate)
         .await
         .map_err(|_| ApiError::Timeout(timeout.as_secs()))??;
+    let stream = Events::merged(streams, per_request);
     // `generate` returns once the scheduler has taken the request in and prepared its prompt.
     state
         .metrics()
@@ -194,7 +209,7 @@ pub(crate) fn unix_now() -> u64 {
 
 /// Runs a non-streaming completion to the end and builds its JSON response.
 async fn collect(
-    mut stream: GenerationStream,
+    mut stream: Events,
     meta: &CompletionMeta,
     metrics: &Metrics,
     mut timing: Timing,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use grain_engine::{self as engine, Event, GenerationStream};
+use grain_engine::{self as engine, Event};
 use grain_metrics::Metrics;
 use grain_protocol as wire;
 
@@ -14,6 +14,7 @@ use super::chat::{checked_index, fail, run, unix_now, CompletionMeta, Format, Ti
 use crate::body::read_body;
 use crate::convert;
 use crate::errors::ApiError;
+use crate::events::Events;
 use crate::middleware::RequestId;
 use crate::shutdown::InFlight;
 use crate::state::AppState;
@@ -56,57 +57,79 @@ async fn handle(
         .resolve_model(&req.model)
         .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?
         .to_owned();
-    let prompt = req.prompt_text().to_owned();
+    let prompts = req.prompt_texts();
+    let n = req.n_or_default();
+    // One echo per choice: choice `j` of prompt `i` is choice `i·n + j`.
+    let echo = if req.echo() {
+        prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.to_string(), n as usize))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let meta = CompletionMeta {
         id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
         created: unix_now(),
         model,
-        n: req.n_or_default(),
+        n: n * prompts.len() as u32,
         logprobs: req.logprobs_count().is_some(),
         include_usage: req.include_usage(),
-        format: Format::Text {
-            echo: req.echo().then(|| prompt.clone()),
-        },
+        format: Format::Text { echo },
     };
-    let engine_req = engine::ChatRequest {
-        request_id,
-        messages: Vec::new(),
-        raw_prompt: Some(prompt),
-        params: engine::GenerationParams {
-            max_tokens: Some(req.max_new_tokens()),
-            temperature: req.temperature_or_default(),
-            top_p: req.top_p_or_default(),
-            top_k: req.top_k_value(),
-            seed: req.seed_value(),
-            stop: req.stop_sequences(),
-            n: req.n_or_default(),
-            presence_penalty: req.presence_penalty.unwrap_or(0.0) as f32,
-            frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
-            logprobs: req.logprobs_count().is_some(),
-            top_logprobs: req.logprobs_count().unwrap_or(0),
-            logit_bias: wire::logit_bias_entries(req.logit_bias.as_ref()),
-            ignore_eos: req.ignore_eos.unwrap_or(false),
-            min_tokens: wire::min_tokens_value(req.min_tokens),
-        },
-        granularity: engine::GranularityChoice::Auto,
+    let params = engine::GenerationParams {
+        max_tokens: Some(req.max_new_tokens()),
+        temperature: req.temperature_or_default(),
+        top_p: req.top_p_or_default(),
+        top_k: req.top_k_value(),
+        seed: req.seed_value(),
+        stop: req.stop_sequences(),
+        n,
+        presence_penalty: req.presence_penalty.unwrap_or(0.0) as f32,
+        frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
+        logprobs: req.logprobs_count().is_some(),
+        top_logprobs: req.logprobs_count().unwrap_or(0),
+        logit_bias: wire::logit_bias_entries(req.logit_bias.as_ref()),
+        ignore_eos: req.ignore_eos.unwrap_or(false),
+        min_tokens: wire::min_tokens_value(req.min_tokens),
     };
-    run(state, engine_req, meta, req.is_stream(), started, guard).await
+    let engine_reqs = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| engine::ChatRequest {
+            // The request id names the HTTP request; a second prompt's engine request gets `-1`.
+            request_id: match i {
+                0 => request_id.clone(),
+                _ => format!("{request_id}-{i}"),
+            },
+            messages: Vec::new(),
+            raw_prompt: Some(prompt.to_string()),
+            params: params.clone(),
+            granularity: engine::GranularityChoice::Auto,
+        })
+        .collect();
+    run(state, engine_reqs, meta, req.is_stream(), started, guard).await
 }
 
 /// Runs a non-streaming text completion to the end and builds its JSON response.
 pub(crate) async fn collect(
-    mut stream: GenerationStream,
+    mut stream: Events,
     meta: &CompletionMeta,
     metrics: &Metrics,
     mut timing: Timing,
 ) -> Result<Response, ApiError> {
     let n = meta.n as usize;
-    let echo = match &meta.format {
-        Format::Text { echo } => echo.clone().unwrap_or_default(),
-        Format::Chat => String::new(),
+    let mut texts = match &meta.format {
+        Format::Text { echo } if !echo.is_empty() => echo.clone(),
+        _ => vec![String::new(); n],
     };
-    let mut texts = vec![echo.clone(); n];
-    let mut offsets = vec![echo.chars().count() as u32; n];
+    if texts.len() != n {
+        return Err(ApiError::Internal(format!(
+            "{} echoed prompts for {n} choices",
+            texts.len()
+        )));
+    }
+    let mut offsets: Vec<u32> = texts.iter().map(|t| t.chars().count() as u32).collect();
     let mut logprobs = vec![wire::CompletionLogprobs::default(); n];
     let mut reasons = vec![None; n];
     let usage = loop {
