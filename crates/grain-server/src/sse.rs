@@ -3,9 +3,9 @@
 //!
 //! Order on the wire: one role chunk per choice (chat) or the echoed prompt per choice (text with
 //! `echo`), content chunks, one chunk per choice with its `finish_reason`, the usage chunk
-//! (`choices: []`, only with `stream_options.include_usage`), then `data: [DONE]`. Every chunk carries the same `id`. An error after the response has
-//! started becomes an `event: error` whose data is the usual `{"error": {...}}` body, followed
-//! by `[DONE]`.
+//! (`choices: []`, only with `stream_options.include_usage`), then `data: [DONE]`. Every chunk
+//! carries the same `id`. An error after the response has started becomes an `event: error` whose
+//! data is the usual `{"error": {...}}` body, followed by `[DONE]`.
 //!
 //! Dropping the body (client gone) drops the engine's streams, which cancels the request.
 
