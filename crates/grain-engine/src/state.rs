@@ -20,7 +20,9 @@
 //! full block of its prompt (the caller hashes the tokens). On admission its longest cached
 //! prefix is attached from the allocator and counted as computed, so the first step starts after
 //! it; at least the last prompt position is always computed, for its logits. Blocks a step filled
-//! are cached by [`State::finish_step`], once their K/V exists.
+//! are cached by [`State::finish_step`], once their K/V exists. A sequence whose next block is
+//! being filled in the step being built (the `n` choices of one request, identical prompts
+//! arriving together) waits for that step rather than computing the block a second time.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -201,6 +203,13 @@ impl State {
             };
             let seq = &self.seqs[&id];
             let (hits, idle_hits) = self.blocks.cached_prefix(&seq.prefix_keys);
+            // Its next block is being computed in this very step (by a sibling choice, or another
+            // request with the same prefix): wait a step and attach it instead of computing it
+            // twice. The wait ends when the step that fills the block has run.
+            let next = seq.prefix_keys.get(hits);
+            if next.is_some_and(|k| self.pending_keys.iter().any(|(_, p)| p == k)) {
+                break;
+            }
             let need = blocks_for(seq.len(), self.blocks.block_size()) - hits;
             if need + idle_hits > self.blocks.free() {
                 break;

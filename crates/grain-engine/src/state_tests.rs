@@ -412,3 +412,40 @@ fn random_prefix_sharing_with_preemption_keeps_the_books() {
     assert_eq!(s.blocks_used(), 0);
     s.check_invariants();
 }
+
+#[test]
+fn a_prefix_being_computed_is_waited_for_not_computed_twice() {
+    let mut s = State::new(limits(8, 512), 16, 40);
+    // Three choices of one request: the same 70-position prompt.
+    for id in 0..3 {
+        s.add_with_prefix(SeqId(id), 70, 4, keys(4, 0, 0)).unwrap();
+    }
+    let b = s.schedule();
+    assert_eq!(b.entries.len(), 1, "the others wait for its blocks");
+    s.finish_step(true);
+    sample_all(&mut s, &b);
+    let b = s.schedule();
+    for id in [1, 2] {
+        let e = entry(&b, id).unwrap();
+        assert_eq!(
+            (e.start, e.end),
+            (64, 70),
+            "sequence {id} attaches 4 blocks"
+        );
+    }
+    assert_eq!(s.take_prefix_hits().len(), 2);
+    s.check_invariants();
+    // A failed step registers nothing, so the wait ends anyway: the next schedule admits it.
+    s.add_with_prefix(SeqId(7), 40, 4, keys(0, 2, 7)).unwrap();
+    s.add_with_prefix(SeqId(8), 40, 4, keys(0, 2, 7)).unwrap();
+    let b = s.schedule();
+    assert!(entry(&b, 7).is_some() && entry(&b, 8).is_none());
+    s.finish_step(false);
+    let b = s.schedule();
+    assert_eq!(
+        entry(&b, 8).map(|e| e.start),
+        Some(0),
+        "nothing cached: computed in full"
+    );
+    s.check_invariants();
+}

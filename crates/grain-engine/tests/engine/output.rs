@@ -200,3 +200,18 @@ async fn min_tokens_and_ignore_eos_hold_eos_back() {
     let err = h.generate(request("b", "hi", &[], bad)).await.unwrap_err();
     assert!(err.to_string().contains("min_tokens"), "{err}");
 }
+
+#[tokio::test]
+async fn the_n_choices_of_a_request_compute_their_prompt_once() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    let prompt = "a prompt long enough to fill a few sixteen-position KV blocks";
+    let out = run(&h, request("n", prompt, &[], sampled(4, Some(1), 3))).await;
+    let usage = out.usage.unwrap();
+    let block = EngineConfig::default().block_size as u32;
+    assert!(usage.prompt_tokens > 3 * block, "{usage:?}");
+    assert_eq!(
+        usage.cached_tokens,
+        (usage.prompt_tokens - 1) / block * block,
+        "choices 1 and 2 attach choice 0's prompt blocks"
+    );
+}
