@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::RequestError;
-use crate::request::{LogitBias, StopSequences, StreamOptions};
+use crate::request::{StopSequences, StreamOptions};
 use crate::response::{FinishReason, Usage};
+use crate::sampling::{LogitBias, SamplingFields};
 use crate::validate::{
-    check_logit_bias, check_max_tokens, check_min_tokens, parse_fields, validate_sampling, Field,
-    Kind, RequestLimits, Sampling,
+    check_max_tokens, parse_fields, validate_sampling, Field, Kind, RequestLimits,
 };
 
 /// Most prompts in one request (each is its own engine request, with `n` choices).
@@ -98,44 +98,23 @@ impl CompletionRequest {
         })
     }
 
-    pub fn temperature_or_default(&self) -> f32 {
-        self.temperature.unwrap_or(1.0) as f32
-    }
-
-    pub fn top_p_or_default(&self) -> f32 {
-        self.top_p.unwrap_or(1.0) as f32
-    }
-
-    pub fn top_k_value(&self) -> Option<u32> {
-        self.top_k.and_then(|k| u32::try_from(k).ok())
-    }
-
-    /// As for chat: negative seeds keep their bits.
-    pub fn seed_value(&self) -> Option<u64> {
-        self.seed.map(|s| s as u64)
-    }
-
-    pub fn n_or_default(&self) -> u32 {
-        self.n.and_then(|n| u32::try_from(n).ok()).unwrap_or(1)
-    }
-
-    pub fn stop_sequences(&self) -> Vec<String> {
-        match &self.stop {
-            None => Vec::new(),
-            Some(StopSequences::One(s)) => vec![s.clone()],
-            Some(StopSequences::Many(v)) => v.clone(),
+    /// The fields text completions share with chat, with their typed accessors.
+    pub fn sampling(&self) -> SamplingFields<'_> {
+        SamplingFields {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            stop: self.stop.as_ref(),
+            n: self.n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            stream: self.stream,
+            stream_options: self.stream_options.as_ref(),
+            logit_bias: self.logit_bias.as_ref(),
+            ignore_eos: self.ignore_eos,
+            min_tokens: self.min_tokens,
         }
-    }
-
-    pub fn is_stream(&self) -> bool {
-        self.stream.unwrap_or(false)
-    }
-
-    pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
     }
 
     /// Alternatives per token when log-probabilities were asked for.
@@ -184,30 +163,15 @@ pub fn parse_completion_request(
     }
     check_prompt(&req.prompt)?;
     check_max_tokens("max_tokens", req.max_tokens)?;
-    validate_sampling(
-        &Sampling {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            n: req.n,
-            stop: req.stop.as_ref(),
-            stream: req.is_stream(),
-            has_stream_options: req.stream_options.is_some(),
-        },
-        limits,
-    )?;
-    check_logit_bias(req.logit_bias.as_ref())?;
     let max_tokens = Some(i64::from(req.max_new_tokens()));
-    check_min_tokens(req.min_tokens, max_tokens)?;
+    validate_sampling(&req.sampling(), max_tokens, limits)?;
     if let Some(b) = req.best_of {
-        if b != i64::from(req.n_or_default()) {
+        if b != i64::from(req.sampling().n_or_default()) {
             return Err(RequestError::invalid_value(
                 "best_of",
                 format!(
                     "only best_of equal to n ({}) is supported, got {b}",
-                    req.n_or_default()
+                    req.sampling().n_or_default()
                 ),
             ));
         }
@@ -401,8 +365,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.logprobs_count(), Some(0));
-        assert_eq!(ok.n_or_default(), 2);
-        assert_eq!(ok.stop_sequences(), vec!["\n".to_owned()]);
+        assert_eq!(ok.sampling().n_or_default(), 2);
+        assert_eq!(ok.sampling().stop_sequences(), vec!["\n".to_owned()]);
     }
 
     #[test]

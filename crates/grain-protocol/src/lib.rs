@@ -26,6 +26,7 @@ mod completion;
 mod error;
 mod request;
 mod response;
+mod sampling;
 mod validate;
 
 pub use completion::{
@@ -34,12 +35,13 @@ pub use completion::{
 };
 pub use error::{ErrorBody, ErrorDetail, RequestError};
 pub use request::{
-    logit_bias_entries, min_tokens_value, ChatCompletionRequest, ChatMessage, ContentPart, Detail,
-    GranularityRequest, ImageUrl, LogitBias, MessageContent, Role, StopSequences, StreamOptions,
+    ChatCompletionRequest, ChatMessage, ContentPart, Detail, GranularityRequest, ImageUrl,
+    MessageContent, Role, StopSequences, StreamOptions,
 };
 pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, Delta, FinishReason, GranularitySource, ModelList, ModelObject,
     PromptTokensDetails, TokenLogprob, TopLogprob, Usage,
 };
+pub use sampling::{LogitBias, SamplingFields};
 pub use validate::{parse_chat_request, RequestLimits};

@@ -2,13 +2,15 @@
 //!
 //! Integer fields are `i64` and float fields `f64` on the wire so that an out-of-range value
 //! (`"n": -1`, `"max_tokens": 1e12`) reaches validation and gets a message about its range,
-//! instead of a serde "expected u32" error. Typed accessors on [`ChatCompletionRequest`] give the
-//! narrowed values once [`crate::parse_chat_request`] has checked them.
+//! instead of a serde "expected u32" error. Typed accessors on [`ChatCompletionRequest`] and its
+//! [`SamplingFields`] give the narrowed values once [`crate::parse_chat_request`] has checked them.
 
 use std::fmt;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+use crate::sampling::{LogitBias, SamplingFields};
 
 /// The body of a chat-completions request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,22 +63,6 @@ pub struct ChatCompletionRequest {
     pub min_tokens: Option<i64>,
 }
 
-/// `min_tokens` as the engine's `u32` (validation checked it is in range).
-pub fn min_tokens_value(min_tokens: Option<i64>) -> u32 {
-    min_tokens.and_then(|m| u32::try_from(m).ok()).unwrap_or(0)
-}
-
-/// OpenAI's `logit_bias`: token ids, written as strings, to biases.
-pub type LogitBias = std::collections::BTreeMap<String, f64>;
-
-/// `logit_bias` as `(token id, bias)` pairs (validation checked the keys and ranges).
-pub fn logit_bias_entries(bias: Option<&LogitBias>) -> Vec<(u32, f32)> {
-    bias.into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.parse().ok()?, *v as f32)))
-        .collect()
-}
-
 impl ChatCompletionRequest {
     /// A request with only the required fields set.
     pub fn new(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
@@ -113,46 +99,23 @@ impl ChatCompletionRequest {
             .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
     }
 
-    /// Sampling temperature; OpenAI's default is 1.
-    pub fn temperature_or_default(&self) -> f32 {
-        self.temperature.unwrap_or(1.0) as f32
-    }
-
-    pub fn top_p_or_default(&self) -> f32 {
-        self.top_p.unwrap_or(1.0) as f32
-    }
-
-    pub fn top_k_value(&self) -> Option<u32> {
-        self.top_k.and_then(|k| u32::try_from(k).ok())
-    }
-
-    /// The seed as the engine's `u64`: negative seeds keep their bits, so every distinct
-    /// integer a client sends maps to a distinct RNG seed.
-    pub fn seed_value(&self) -> Option<u64> {
-        self.seed.map(|s| s as u64)
-    }
-
-    pub fn n_or_default(&self) -> u32 {
-        self.n.and_then(|n| u32::try_from(n).ok()).unwrap_or(1)
-    }
-
-    pub fn stop_sequences(&self) -> Vec<String> {
-        match &self.stop {
-            None => Vec::new(),
-            Some(StopSequences::One(s)) => vec![s.clone()],
-            Some(StopSequences::Many(v)) => v.clone(),
+    /// The fields chat shares with text completions, with their typed accessors.
+    pub fn sampling(&self) -> SamplingFields<'_> {
+        SamplingFields {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            stop: self.stop.as_ref(),
+            n: self.n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            stream: self.stream,
+            stream_options: self.stream_options.as_ref(),
+            logit_bias: self.logit_bias.as_ref(),
+            ignore_eos: self.ignore_eos,
+            min_tokens: self.min_tokens,
         }
-    }
-
-    pub fn is_stream(&self) -> bool {
-        self.stream.unwrap_or(false)
-    }
-
-    pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
     }
 
     pub fn wants_logprobs(&self) -> bool {

@@ -11,9 +11,8 @@
 use serde_json::{Map, Value};
 
 use crate::error::RequestError;
-use crate::request::{
-    ChatCompletionRequest, ContentPart, LogitBias, MessageContent, Role, StopSequences,
-};
+use crate::request::{ChatCompletionRequest, ContentPart, MessageContent, Role, StopSequences};
+use crate::sampling::{LogitBias, SamplingFields};
 
 /// Server-configurable bounds on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,22 +260,8 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
             ));
         }
     }
-    validate_sampling(
-        &Sampling {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            n: req.n,
-            stop: req.stop.as_ref(),
-            stream: req.is_stream(),
-            has_stream_options: req.stream_options.is_some(),
-        },
-        limits,
-    )?;
-    check_logit_bias(req.logit_bias.as_ref())?;
-    check_min_tokens(req.min_tokens, req.max_completion_tokens.or(req.max_tokens))?;
+    let max_tokens = req.max_completion_tokens.or(req.max_tokens);
+    validate_sampling(&req.sampling(), max_tokens, limits)?;
     if let Some(t) = req.top_logprobs {
         if t < 0 || t > i64::from(limits.max_top_logprobs) {
             return Err(RequestError::invalid_value(
@@ -313,21 +298,11 @@ pub(crate) fn check_max_tokens(param: &str, value: Option<i64>) -> Result<(), Re
     Ok(())
 }
 
-/// The sampling and streaming fields chat and text completions share.
-pub(crate) struct Sampling<'a> {
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<i64>,
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub n: Option<i64>,
-    pub stop: Option<&'a StopSequences>,
-    pub stream: bool,
-    pub has_stream_options: bool,
-}
-
+/// Ranges and cross-field rules of the fields chat and text completions share; `max_tokens` is
+/// what the request asks for, if anything (`min_tokens` may not exceed it).
 pub(crate) fn validate_sampling(
-    s: &Sampling<'_>,
+    s: &SamplingFields<'_>,
+    max_tokens: Option<i64>,
     limits: &RequestLimits,
 ) -> Result<(), RequestError> {
     check_range("temperature", s.temperature, 0.0, 2.0)?;
@@ -358,17 +333,18 @@ pub(crate) fn validate_sampling(
         }
     }
     validate_stop(s.stop, limits)?;
-    if s.has_stream_options && !s.stream {
+    if s.stream_options.is_some() && !s.is_stream() {
         return Err(RequestError::invalid_value(
             "stream_options",
             "is only allowed when 'stream' is true",
         ));
     }
-    Ok(())
+    check_logit_bias(s.logit_bias)?;
+    check_min_tokens(s.min_tokens, max_tokens)
 }
 
 /// `min_tokens` in `0 ..= max_tokens` (when that is set).
-pub(crate) fn check_min_tokens(min: Option<i64>, max: Option<i64>) -> Result<(), RequestError> {
+fn check_min_tokens(min: Option<i64>, max: Option<i64>) -> Result<(), RequestError> {
     let Some(min) = min else {
         return Ok(());
     };
@@ -392,7 +368,7 @@ pub const MAX_LOGIT_BIAS: usize = 1024;
 
 /// `logit_bias` keys are token ids (non-negative integers written as strings) and values are in
 /// [-100, 100]. Whether an id exists in the vocabulary is the model's question.
-pub(crate) fn check_logit_bias(bias: Option<&LogitBias>) -> Result<(), RequestError> {
+fn check_logit_bias(bias: Option<&LogitBias>) -> Result<(), RequestError> {
     let Some(bias) = bias else {
         return Ok(());
     };

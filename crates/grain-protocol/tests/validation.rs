@@ -33,13 +33,13 @@ fn refused(body: &Value, param: &str, code: &str) -> String {
 fn minimal_request_gets_openai_defaults() {
     let req = parse(&base()).unwrap();
     assert_eq!(req.model, "m");
-    assert_eq!(req.temperature_or_default(), 1.0);
-    assert_eq!(req.top_p_or_default(), 1.0);
-    assert_eq!(req.n_or_default(), 1);
+    assert_eq!(req.sampling().temperature_or_default(), 1.0);
+    assert_eq!(req.sampling().top_p_or_default(), 1.0);
+    assert_eq!(req.sampling().n_or_default(), 1);
     assert_eq!(req.max_new_tokens(), None);
-    assert!(!req.is_stream());
-    assert!(!req.include_usage());
-    assert!(req.stop_sequences().is_empty());
+    assert!(!req.sampling().is_stream());
+    assert!(!req.sampling().include_usage());
+    assert!(req.sampling().stop_sequences().is_empty());
     assert_eq!(req.granularity, None);
 }
 
@@ -64,16 +64,16 @@ fn full_request_parses_every_field() {
     });
     let req = parse(&body).unwrap();
     assert_eq!(req.max_new_tokens(), Some(12));
-    assert_eq!(req.temperature_or_default(), 0.0);
-    assert_eq!(req.top_k_value(), Some(40));
-    assert_eq!(req.seed_value(), Some(u64::MAX - 2));
+    assert_eq!(req.sampling().temperature_or_default(), 0.0);
+    assert_eq!(req.sampling().top_k_value(), Some(40));
+    assert_eq!(req.sampling().seed_value(), Some(u64::MAX - 2));
     assert_eq!(
-        req.stop_sequences(),
+        req.sampling().stop_sequences(),
         vec!["\n".to_owned(), "END".to_owned()]
     );
-    assert_eq!(req.n_or_default(), 2);
+    assert_eq!(req.sampling().n_or_default(), 2);
     assert_eq!(req.top_logprobs_or_default(), 5);
-    assert!(req.is_stream() && req.include_usage() && req.wants_logprobs());
+    assert!(req.sampling().is_stream() && req.sampling().include_usage() && req.wants_logprobs());
     assert_eq!(req.granularity, Some(GranularityRequest::Tokens(144)));
     assert_eq!(req.messages[3].role, Role::Developer);
     let MessageContent::Parts(parts) = &req.messages[1].content else {
@@ -173,7 +173,7 @@ fn unsupported_openai_fields_are_refused_by_name() {
 fn logit_bias_takes_token_ids_and_biases_in_range() {
     let req = parse(&with("logit_bias", json!({"42": -100, "7": 2.5}))).unwrap();
     assert_eq!(
-        grain_protocol::logit_bias_entries(req.logit_bias.as_ref()),
+        req.sampling().logit_bias_entries(),
         vec![(42, -100.0), (7, 2.5)],
         "in key order (a BTreeMap of strings)"
     );
@@ -198,7 +198,7 @@ fn min_tokens_and_ignore_eos_are_checked() {
     body["max_tokens"] = json!(3);
     body["ignore_eos"] = json!(true);
     let req = parse(&body).unwrap();
-    assert_eq!(grain_protocol::min_tokens_value(req.min_tokens), 3);
+    assert_eq!(req.sampling().min_tokens_value(), 3);
     assert_eq!(req.ignore_eos, Some(true));
     body["max_completion_tokens"] = json!(2);
     body["max_tokens"] = json!(2);
@@ -349,7 +349,10 @@ fn max_tokens_and_max_completion_tokens_must_agree() {
 #[test]
 fn stop_sequences_are_bounded() {
     assert_eq!(
-        parse(&with("stop", json!("x"))).unwrap().stop_sequences(),
+        parse(&with("stop", json!("x")))
+            .unwrap()
+            .sampling()
+            .stop_sequences(),
         vec!["x".to_owned()]
     );
     assert!(parse(&with("stop", json!(["a", "b", "c", "d"]))).is_ok());
@@ -385,7 +388,7 @@ fn stream_options_require_stream() {
     body["stream"] = json!(false);
     refused(&body, "stream_options", "invalid_value");
     body["stream"] = json!(true);
-    assert!(parse(&body).unwrap().include_usage());
+    assert!(parse(&body).unwrap().sampling().include_usage());
 }
 
 #[test]

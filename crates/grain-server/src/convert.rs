@@ -62,27 +62,42 @@ pub async fn to_engine_request(
         request_id,
         messages,
         raw_prompt: None,
-        params: engine::GenerationParams {
-            max_tokens: req.max_new_tokens(),
-            temperature: req.temperature_or_default(),
-            top_p: req.top_p_or_default(),
-            top_k: req.top_k_value(),
-            seed: req.seed_value(),
-            stop: req.stop_sequences(),
-            n: req.n_or_default(),
-            presence_penalty: req.presence_penalty.unwrap_or(0.0) as f32,
-            frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
-            logprobs: req.wants_logprobs(),
-            top_logprobs: req.top_logprobs_or_default(),
-            logit_bias: wire::logit_bias_entries(req.logit_bias.as_ref()),
-            ignore_eos: req.ignore_eos.unwrap_or(false),
-            min_tokens: wire::min_tokens_value(req.min_tokens),
-        },
+        params: generation_params(
+            &req.sampling(),
+            req.max_new_tokens(),
+            req.wants_logprobs(),
+            req.top_logprobs_or_default(),
+        ),
         granularity: match req.granularity {
             None | Some(wire::GranularityRequest::Auto) => engine::GranularityChoice::Auto,
             Some(wire::GranularityRequest::Tokens(n)) => engine::GranularityChoice::Fixed(n),
         },
     })
+}
+
+/// The engine's knobs from the fields chat and text completions share, with OpenAI's defaults.
+pub fn generation_params(
+    s: &wire::SamplingFields<'_>,
+    max_tokens: Option<u32>,
+    logprobs: bool,
+    top_logprobs: u32,
+) -> engine::GenerationParams {
+    engine::GenerationParams {
+        max_tokens,
+        temperature: s.temperature_or_default(),
+        top_p: s.top_p_or_default(),
+        top_k: s.top_k_value(),
+        seed: s.seed_value(),
+        stop: s.stop_sequences(),
+        n: s.n_or_default(),
+        presence_penalty: s.presence_penalty_or_default(),
+        frequency_penalty: s.frequency_penalty_or_default(),
+        logprobs,
+        top_logprobs,
+        logit_bias: s.logit_bias_entries(),
+        ignore_eos: s.ignores_eos(),
+        min_tokens: s.min_tokens_value(),
+    }
 }
 
 fn detail(d: wire::Detail) -> engine::Detail {

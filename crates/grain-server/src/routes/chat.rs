@@ -142,16 +142,16 @@ async fn handle(
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: unix_now(),
         model,
-        n: req.n_or_default(),
+        n: req.sampling().n_or_default(),
         logprobs: req.wants_logprobs(),
-        include_usage: req.include_usage(),
+        include_usage: req.sampling().include_usage(),
         format: Format::Chat,
     };
     run(
         state,
         vec![engine_req],
         meta,
-        req.is_stream(),
+        req.sampling().is_stream(),
         started,
         guard,
     )

@@ -58,7 +58,8 @@ async fn handle(
         .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?
         .to_owned();
     let prompts = req.prompt_texts();
-    let n = req.n_or_default();
+    let sampling = req.sampling();
+    let n = sampling.n_or_default();
     // One echo per choice: choice `j` of prompt `i` is choice `i·n + j`.
     let echo = if req.echo() {
         prompts
@@ -74,25 +75,15 @@ async fn handle(
         model,
         n: n * prompts.len() as u32,
         logprobs: req.logprobs_count().is_some(),
-        include_usage: req.include_usage(),
+        include_usage: sampling.include_usage(),
         format: Format::Text { echo },
     };
-    let params = engine::GenerationParams {
-        max_tokens: Some(req.max_new_tokens()),
-        temperature: req.temperature_or_default(),
-        top_p: req.top_p_or_default(),
-        top_k: req.top_k_value(),
-        seed: req.seed_value(),
-        stop: req.stop_sequences(),
-        n,
-        presence_penalty: req.presence_penalty.unwrap_or(0.0) as f32,
-        frequency_penalty: req.frequency_penalty.unwrap_or(0.0) as f32,
-        logprobs: req.logprobs_count().is_some(),
-        top_logprobs: req.logprobs_count().unwrap_or(0),
-        logit_bias: wire::logit_bias_entries(req.logit_bias.as_ref()),
-        ignore_eos: req.ignore_eos.unwrap_or(false),
-        min_tokens: wire::min_tokens_value(req.min_tokens),
-    };
+    let params = convert::generation_params(
+        &sampling,
+        Some(req.max_new_tokens()),
+        req.logprobs_count().is_some(),
+        req.logprobs_count().unwrap_or(0),
+    );
     let engine_reqs = prompts
         .iter()
         .enumerate()
@@ -108,7 +99,15 @@ async fn handle(
             granularity: engine::GranularityChoice::Auto,
         })
         .collect();
-    run(state, engine_reqs, meta, req.is_stream(), started, guard).await
+    run(
+        state,
+        engine_reqs,
+        meta,
+        sampling.is_stream(),
+        started,
+        guard,
+    )
+    .await
 }
 
 /// Runs a non-streaming text completion to the end and builds its JSON response.
