@@ -207,16 +207,27 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs a non-streaming completion to the end and builds its JSON response.
-async fn collect(
-    mut stream: Events,
+/// What a non-streamed answer gathered from the engine, per choice, and its usage.
+pub(crate) struct Gathered {
+    pub texts: Vec<String>,
+    /// The tokens' log-probabilities (empty unless they were asked for).
+    pub logprobs: Vec<Vec<grain_engine::TokenLogprob>>,
+    /// A choice the engine did not mark finished ran out of budget: `Length`.
+    pub reasons: Vec<grain_engine::FinishReason>,
+    pub usage: grain_engine::Usage,
+}
+
+/// Reads the events of `meta.n` choices to the end, records the latencies and the success, and
+/// returns what the response is built from. Chat and text completions both answer through it.
+pub(crate) async fn gather(
+    stream: &mut Events,
     meta: &CompletionMeta,
     metrics: &Metrics,
     mut timing: Timing,
-) -> Result<Response, ApiError> {
+) -> Result<Gathered, ApiError> {
     let n = meta.n as usize;
     let mut texts = vec![String::new(); n];
-    let mut logprobs: Vec<Vec<wire::TokenLogprob>> = vec![Vec::new(); n];
+    let mut logprobs = vec![Vec::new(); n];
     let mut reasons = vec![None; n];
     let usage = loop {
         let Some(event) = stream.next().await else {
@@ -235,7 +246,7 @@ async fn collect(
                 let i = checked_index(index, n)?;
                 texts[i].push_str(&text);
                 if meta.logprobs {
-                    logprobs[i].extend(lps.iter().map(convert::logprob));
+                    logprobs[i].extend(lps);
                 }
             }
             Event::Finished { index, reason } => {
@@ -246,22 +257,47 @@ async fn collect(
         }
     };
     timing.finish(metrics);
-    let mut labels = Vec::with_capacity(n);
-    let mut choices = Vec::with_capacity(n);
-    for (i, (text, lps)) in texts.into_iter().zip(logprobs).enumerate() {
-        // A choice the engine did not mark finished ran out of budget.
-        let reason = reasons[i].unwrap_or(grain_engine::FinishReason::Length);
-        labels.push(convert::finish_label(reason));
-        choices.push(wire::ChatChoice {
+    let reasons: Vec<_> = reasons
+        .into_iter()
+        .map(|r| r.unwrap_or(grain_engine::FinishReason::Length))
+        .collect();
+    let labels: Vec<_> = reasons.iter().map(|&r| convert::finish_label(r)).collect();
+    convert::record_success(metrics, &usage, &labels);
+    Ok(Gathered {
+        texts,
+        logprobs,
+        reasons,
+        usage,
+    })
+}
+
+/// Runs a non-streaming chat completion to the end and builds its JSON response.
+async fn collect(
+    mut stream: Events,
+    meta: &CompletionMeta,
+    metrics: &Metrics,
+    timing: Timing,
+) -> Result<Response, ApiError> {
+    let Gathered {
+        texts,
+        logprobs,
+        reasons,
+        usage,
+    } = gather(&mut stream, meta, metrics, timing).await?;
+    let choices = texts
+        .into_iter()
+        .zip(logprobs)
+        .zip(reasons)
+        .enumerate()
+        .map(|(i, ((text, lps), reason))| wire::ChatChoice {
             index: i as u32,
             message: wire::AssistantMessage::new(text),
-            logprobs: meta
-                .logprobs
-                .then_some(wire::ChoiceLogprobs { content: lps }),
+            logprobs: meta.logprobs.then(|| wire::ChoiceLogprobs {
+                content: lps.iter().map(convert::logprob).collect(),
+            }),
             finish_reason: convert::finish_reason(reason),
-        });
-    }
-    convert::record_success(metrics, &usage, &labels);
+        })
+        .collect();
     let body = wire::ChatCompletionResponse {
         id: meta.id.clone(),
         object: wire::ChatCompletionResponse::OBJECT.into(),

@@ -6,11 +6,11 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use grain_engine::{self as engine, Event};
+use grain_engine as engine;
 use grain_metrics::Metrics;
 use grain_protocol as wire;
 
-use super::chat::{checked_index, fail, run, unix_now, CompletionMeta, Format, Timing};
+use super::chat::{fail, gather, run, unix_now, CompletionMeta, Format, Gathered, Timing};
 use crate::body::read_body;
 use crate::convert;
 use crate::errors::ApiError;
@@ -115,69 +115,44 @@ pub(crate) async fn collect(
     mut stream: Events,
     meta: &CompletionMeta,
     metrics: &Metrics,
-    mut timing: Timing,
+    timing: Timing,
 ) -> Result<Response, ApiError> {
     let n = meta.n as usize;
-    let mut texts = match &meta.format {
-        Format::Text { echo } if !echo.is_empty() => echo.clone(),
-        _ => vec![String::new(); n],
+    let echo = match &meta.format {
+        Format::Text { echo } => echo.as_slice(),
+        Format::Chat => &[],
     };
-    if texts.len() != n {
+    if !echo.is_empty() && echo.len() != n {
         return Err(ApiError::Internal(format!(
             "{} echoed prompts for {n} choices",
-            texts.len()
+            echo.len()
         )));
     }
-    let mut offsets: Vec<u32> = texts.iter().map(|t| t.chars().count() as u32).collect();
-    let mut logprobs = vec![wire::CompletionLogprobs::default(); n];
-    let mut reasons = vec![None; n];
-    let usage = loop {
-        let Some(event) = stream.next().await else {
-            return Err(ApiError::Internal(
-                "generation stream ended without a result".into(),
-            ));
-        };
-        match event {
-            Event::Delta {
-                index,
-                text,
-                token_ids,
-                logprobs: lps,
-            } => {
-                timing.on_tokens(metrics, index, token_ids.len());
-                let i = checked_index(index, n)?;
-                texts[i].push_str(&text);
-                if meta.logprobs {
-                    let part = convert::text_logprobs(&lps, &mut offsets[i]);
-                    let all = &mut logprobs[i];
-                    all.tokens.extend(part.tokens);
-                    all.token_logprobs.extend(part.token_logprobs);
-                    all.top_logprobs.extend(part.top_logprobs);
-                    all.text_offset.extend(part.text_offset);
-                }
+    let Gathered {
+        texts,
+        logprobs,
+        reasons,
+        usage,
+    } = gather(&mut stream, meta, metrics, timing).await?;
+    let choices = texts
+        .into_iter()
+        .zip(logprobs)
+        .zip(reasons)
+        .enumerate()
+        .map(|(i, ((text, lps), reason))| {
+            let prompt = echo.get(i).map_or("", String::as_str);
+            // Offsets count from the start of the choice's text, echoed prompt included.
+            let mut offset = prompt.chars().count() as u32;
+            wire::CompletionChoice {
+                index: i as u32,
+                text: format!("{prompt}{text}"),
+                logprobs: meta
+                    .logprobs
+                    .then(|| convert::text_logprobs(&lps, &mut offset)),
+                finish_reason: Some(convert::finish_reason(reason)),
             }
-            Event::Finished { index, reason } => {
-                reasons[checked_index(index, n)?] = Some(reason);
-            }
-            Event::Done { usage } => break usage,
-            Event::Error(e) => return Err(ApiError::Engine(e)),
-        }
-    };
-    timing.finish(metrics);
-    let mut labels = Vec::with_capacity(n);
-    let mut choices = Vec::with_capacity(n);
-    for (i, (text, lps)) in texts.into_iter().zip(logprobs).enumerate() {
-        // A choice the engine did not mark finished ran out of budget.
-        let reason = reasons[i].unwrap_or(engine::FinishReason::Length);
-        labels.push(convert::finish_label(reason));
-        choices.push(wire::CompletionChoice {
-            index: i as u32,
-            text,
-            logprobs: meta.logprobs.then_some(lps),
-            finish_reason: Some(convert::finish_reason(reason)),
-        });
-    }
-    convert::record_success(metrics, &usage, &labels);
+        })
+        .collect();
     Ok(Json(wire::CompletionResponse {
         id: meta.id.clone(),
         object: wire::CompletionResponse::OBJECT.into(),
