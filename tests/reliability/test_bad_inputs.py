@@ -42,11 +42,11 @@ class Case:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def msg(**fields) -> Callable[[], dict]:
-    """A valid request with `fields` replacing or adding top-level fields (None removes one)."""
+def edited(base: Callable[[], dict], fields: dict) -> Callable[[], dict]:
+    """`base()` with `fields` replacing or adding top-level fields (None removes one)."""
 
     def build() -> dict:
-        body = p.chat("Hello there.", max_tokens=4)
+        body = base()
         for k, v in fields.items():
             if v is None:
                 body.pop(k, None)
@@ -55,21 +55,16 @@ def msg(**fields) -> Callable[[], dict]:
         return body
 
     return build
+
+
+def msg(**fields) -> Callable[[], dict]:
+    """A valid chat request, edited by `fields`."""
+    return edited(lambda: p.chat("Hello there.", max_tokens=4), fields)
 
 
 def text(**fields) -> Callable[[], dict]:
-    """A valid `/v1/completions` request with `fields` replacing or adding fields (None removes one)."""
-
-    def build() -> dict:
-        body = {"model": MODEL, "prompt": "Hello there.", "max_tokens": 4}
-        for k, v in fields.items():
-            if v is None:
-                body.pop(k, None)
-            else:
-                body[k] = v
-        return body
-
-    return build
+    """A valid `/v1/completions` request, edited by `fields`."""
+    return edited(lambda: {"model": MODEL, "prompt": "Hello there.", "max_tokens": 4}, fields)
 
 
 def messages(*ms) -> Callable[[], dict]:
