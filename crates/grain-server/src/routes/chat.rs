@@ -120,23 +120,10 @@ async fn handle(
     started: Instant,
     guard: InFlight,
 ) -> Result<Response, ApiError> {
-    let timeout = state.config().request_timeout;
-    let deadline = tokio::time::Instant::from_std(started + timeout);
-    let (parts, body) = request.into_parts();
-    let body = read_body(
-        &parts.headers,
-        body,
-        state.config().max_body_bytes,
-        state.config().client_timeout,
-        deadline,
-    )
+    let (req, model) = read_request(state, request, started, wire::parse_chat_request, |r| {
+        &r.model
+    })
     .await?;
-    let req = wire::parse_chat_request(&body, &state.config().limits)?;
-    drop(body);
-    let model = state
-        .resolve_model(&req.model)
-        .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?
-        .to_owned();
     let engine_req = convert::to_engine_request(&req, request_id, state.images()).await?;
     let meta = CompletionMeta {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -156,6 +143,35 @@ async fn handle(
         guard,
     )
     .await
+}
+
+/// Reads the body under the request's deadline, parses it with `parse`, and resolves the `model`
+/// it names (`model_of`) to the served model's id. Chat and text completions both start here.
+pub(crate) async fn read_request<T>(
+    state: &AppState,
+    request: Request,
+    started: Instant,
+    parse: fn(&[u8], &wire::RequestLimits) -> Result<T, wire::RequestError>,
+    model_of: fn(&T) -> &String,
+) -> Result<(T, String), ApiError> {
+    let deadline = tokio::time::Instant::from_std(started + state.config().request_timeout);
+    let (parts, body) = request.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.config().max_body_bytes,
+        state.config().client_timeout,
+        deadline,
+    )
+    .await?;
+    let req = parse(&body, &state.config().limits)?;
+    drop(body);
+    let requested = model_of(&req);
+    let model = state
+        .resolve_model(requested)
+        .ok_or_else(|| ApiError::ModelNotFound(requested.clone()))?
+        .to_owned();
+    Ok((req, model))
 }
 
 /// Hands converted requests (one per prompt; `meta.n` counts the choices of all of them) to the

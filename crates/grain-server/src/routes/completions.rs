@@ -10,8 +10,9 @@ use grain_engine as engine;
 use grain_metrics::Metrics;
 use grain_protocol as wire;
 
-use super::chat::{fail, gather, run, unix_now, CompletionMeta, Format, Gathered, Timing};
-use crate::body::read_body;
+use super::chat::{
+    fail, gather, read_request, run, unix_now, CompletionMeta, Format, Gathered, Timing,
+};
 use crate::convert;
 use crate::errors::ApiError;
 use crate::events::Events;
@@ -41,22 +42,14 @@ async fn handle(
     started: Instant,
     guard: InFlight,
 ) -> Result<Response, ApiError> {
-    let deadline = tokio::time::Instant::from_std(started + state.config().request_timeout);
-    let (parts, body) = request.into_parts();
-    let body = read_body(
-        &parts.headers,
-        body,
-        state.config().max_body_bytes,
-        state.config().client_timeout,
-        deadline,
+    let (req, model) = read_request(
+        state,
+        request,
+        started,
+        wire::parse_completion_request,
+        |r| &r.model,
     )
     .await?;
-    let req = wire::parse_completion_request(&body, &state.config().limits)?;
-    drop(body);
-    let model = state
-        .resolve_model(&req.model)
-        .ok_or_else(|| ApiError::ModelNotFound(req.model.clone()))?
-        .to_owned();
     let prompts = req.prompt_texts();
     let sampling = req.sampling();
     let n = sampling.n_or_default();
