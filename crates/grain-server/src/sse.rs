@@ -170,6 +170,8 @@ impl SseState {
             }
             Some(Event::Finished { index, reason }) => match checked_index(index, n) {
                 Ok(i) => {
+                    let metrics = self.state.metrics().clone();
+                    self.timing.on_finished(&metrics);
                     self.reasons[i] = Some(reason);
                     let reason = convert::finish_reason(reason);
                     match self.meta.format {

@@ -477,3 +477,31 @@ async fn logit_bias_bans_and_forces_tokens() {
     let err = assert_error(&resp, 400, "invalid_request_error", "invalid_value");
     assert_eq!(err["param"], "logit_bias");
 }
+
+/// A model whose first token is EOS still generated a token: the request has a time to first
+/// token (observed when it finished), streamed or not.
+#[tokio::test]
+async fn an_answer_that_is_only_eos_has_a_time_to_first_token() {
+    let h = harness_answering(ServerConfig::default(), 0).await;
+    let resp = chat(&h.app, &user("hi")).await;
+    assert_eq!(
+        resp.json()["usage"]["completion_tokens"],
+        1,
+        "{}",
+        resp.text()
+    );
+    assert_eq!(content(&resp, 0), "");
+    let mut body = user("hi");
+    body["stream"] = json!(true);
+    let events = chat(&h.app, &body).await.sse_events();
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let text = get(&h.app, "/metrics").await.text();
+    assert_eq!(
+        metric(&text, "grain_time_to_first_token_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "grain_e2e_request_latency_seconds_count"),
+        2.0
+    );
+}

@@ -48,10 +48,7 @@ impl Timing {
             return;
         }
         let now = Instant::now();
-        if !self.first_token {
-            self.first_token = true;
-            metrics.observe_time_to_first_token((now - self.started).as_secs_f64());
-        }
+        self.first_token_at(metrics, now);
         if let Some(slot) = self.last_token.get_mut(index as usize) {
             if let Some(last) = *slot {
                 // Several tokens in one delta share the gap evenly.
@@ -61,6 +58,20 @@ impl Timing {
                 }
             }
             *slot = Some(now);
+        }
+    }
+
+    /// A choice ended. If no token was shown yet, its first token was EOS (counted in usage, never
+    /// delivered): that token was generated now.
+    pub(crate) fn on_finished(&mut self, metrics: &Metrics) {
+        self.first_token_at(metrics, Instant::now());
+    }
+
+    /// Observes the time to first token once per request.
+    fn first_token_at(&mut self, metrics: &Metrics, now: Instant) {
+        if !self.first_token {
+            self.first_token = true;
+            metrics.observe_time_to_first_token((now - self.started).as_secs_f64());
         }
     }
 
@@ -266,6 +277,7 @@ pub(crate) async fn gather(
                 }
             }
             Event::Finished { index, reason } => {
+                timing.on_finished(metrics);
                 reasons[checked_index(index, n)?] = Some(reason);
             }
             Event::Done { usage } => break usage,

@@ -355,13 +355,26 @@ pub async fn harness(config: ServerConfig) -> Harness {
 }
 
 pub async fn harness_with(config: ServerConfig, engine_config: EngineConfig) -> Harness {
+    start_harness(config, engine_config, ANSWER_LEN).await
+}
+
+/// A harness whose model answers `answer_len` letters, then EOS (0: EOS first).
+pub async fn harness_answering(config: ServerConfig, answer_len: usize) -> Harness {
+    start_harness(config, engine_config(), answer_len).await
+}
+
+async fn start_harness(
+    config: ServerConfig,
+    engine_config: EngineConfig,
+    answer_len: usize,
+) -> Harness {
     let control = Arc::new(Control::default());
     let runner_control = control.clone();
     let engine = EngineHandle::start(
         engine_config,
         card(),
         Arc::new(MockPreprocessor),
-        move || Ok(MockRunner::new(runner_control)),
+        move || Ok(MockRunner::new(runner_control).with_answer_len(answer_len)),
     )
     .expect("engine config is valid");
     engine.wait_ready().await.expect("mock model loads");
