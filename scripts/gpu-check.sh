@@ -13,7 +13,10 @@
 #       text tokens), against the HBM floor;
 #   (c) HF transformers (eager attention, the issue's baseline) on the same shapes, same run;
 #   (d) end to end: `grain serve` on a 7B-shaped AVG-LLaVA (make-tiny --size 7b) driven by
-#       `grain bench` at concurrency 16, router `auto` against fixed 576 and 36.
+#       `grain bench` at concurrency 16, router `auto` against fixed 576 and 36;
+#   (e) the server's engine on the device against the same engine on the CPU
+#       (scripts/serve-parity.py): one concurrent mix of image, text and raw-prompt requests, twice
+#       (the second time through the prefix cache), same greedy text and logprobs, KV all freed.
 # It prints a table last and writes every JSON to $OUT (gpu-check.json is the summary).
 #
 # Usage: scripts/gpu-check.sh            on the GPU machine
@@ -21,7 +24,8 @@
 #                                        shapes, to test the script's logic where there is no GPU
 # Environment: GRAIN_BIN (the binary), GRAIN_PYTHON (python with torch + transformers for (c)),
 #              OUT (output folder, default ./gpu-check-out), GRAIN_HBM_GBPS (override the card's
-#              memory bandwidth used for the floor).
+#              memory bandwidth used for the floor), GPU_CHECK_STEPS (the steps to run, default
+#              abcde; e.g. `ade` when (b) and (c) were measured already).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -32,12 +36,15 @@ mkdir -p "$OUT"
 PY=${GRAIN_PYTHON:-python3}
 T0=$(date +%s)
 log() { echo "[gpu-check +$(($(date +%s) - T0))s] $*"; }
+STEPS=${GPU_CHECK_STEPS:-abcde}
+step() { [[ $STEPS == *$1* ]]; }
 
 if ((DRY)); then
   [[ -z ${GRAIN_PYTHON:-} && -x .venv-parity/bin/python ]] && PY=.venv-parity/bin/python
   BIN=${GRAIN_BIN:-$(ls -t target/release/grain target/debug/grain 2>/dev/null | head -1)}
   DEVICE=cpu SHAPES=small BW=${GRAIN_HBM_GBPS:-20}
-  BENCH_ARGS=(--steps 3 --warmup 1 --prefill-runs 1 --ab-fused --ab-row-gemv --ab-fixed-partition)
+  BENCH_ARGS=(--steps 3 --warmup 1 --prefill-runs 1 --ab-fused --ab-row-gemv --ab-fixed-partition
+    --ab-query-block 128)
   HF_ENV=(HF_SHAPES=small HF_DEVICE=cpu HF_STEPS=3)
 else
   BIN=${GRAIN_BIN:-target-cuda/release/grain}
@@ -72,7 +79,7 @@ PYEOF
     *) bw=3350 ;;
   esac
   BW=${GRAIN_HBM_GBPS:-$bw}
-  BENCH_ARGS=(--ab-fused --ab-row-gemv --ab-fixed-partition)
+  BENCH_ARGS=(--ab-fused --ab-row-gemv --ab-fixed-partition --ab-query-block 128,512)
   HF_ENV=(HF_SHAPES=7b HF_DEVICE=cuda HF_STEPS=20)
   log "GPU: ${name:-unknown} (HBM ${BW} GB/s for the floor); driver: $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
   log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
@@ -90,7 +97,7 @@ log "binary: $BIN ($(stat -c %s "$BIN") bytes), out: $OUT"
 
 # (a) correctness
 parity_fail=0
-for model in avg-tiny hf-tiny; do
+step a && for model in avg-tiny hf-tiny; do
   for img in wide1000x500 square672; do
     name=parity-$model-$img
     if timeout 180 "$BIN" check-device parity --model "tests/fixtures/$model" \
@@ -106,7 +113,9 @@ for model in avg-tiny hf-tiny; do
 done
 
 # (a) the paged KV kernels against their CPU form, 7B head shapes
-if timeout 180 "$BIN" check-device kernels --device "$DEVICE" --json "$OUT/kernels.json" \
+if ! step a; then
+  log "(a) skipped"
+elif timeout 180 "$BIN" check-device kernels --device "$DEVICE" --json "$OUT/kernels.json" \
   >"$OUT/kernels.log" 2>&1; then
   log "(a) kernels: pass"
 else
@@ -116,16 +125,18 @@ else
 fi
 
 # (b) Grain, 7B shapes
-log "(b) grain bench ($SHAPES on $DEVICE)"
-if ! timeout 300 "$BIN" check-device bench --device "$DEVICE" --shapes "$SHAPES" --hbm-gbps "$BW" \
+if ! step b; then
+  log "(b) skipped"
+elif log "(b) grain bench ($SHAPES on $DEVICE)" && ! timeout 300 "$BIN" check-device bench --device "$DEVICE" --shapes "$SHAPES" --hbm-gbps "$BW" \
   "${BENCH_ARGS[@]}" --json "$OUT/bench-grain.json" >"$OUT/bench-grain.log" 2>&1; then
   log "(b) grain bench failed:"
   tail -20 "$OUT/bench-grain.log"
 fi
 
 # (c) HF transformers on the same shapes (skipped when torch/transformers are missing)
-log "(c) HF transformers baseline ($SHAPES)"
-if "$PY" -c 'import torch, transformers' 2>/dev/null; then
+if ! step c; then
+  log "(c) skipped"
+elif log "(c) HF transformers baseline ($SHAPES)" && "$PY" -c 'import torch, transformers' 2>/dev/null; then
   env "${HF_ENV[@]}" HF_OUT="$OUT/bench-hf.json" timeout 300 "$PY" - >"$OUT/bench-hf.log" 2>&1 <<'PYEOF' || { log "(c) HF baseline failed:"; tail -20 "$OUT/bench-hf.log"; }
 import json, os, statistics, time
 import warnings
@@ -216,8 +227,9 @@ else
   E2E_ARGS=(--spawn-arg=--kv-cache-memory-mib=32768)
 fi
 E2E_DIR=$(mktemp -d "${GRAIN_SCRATCH:-${TMPDIR:-/tmp}}/grain-e2e.XXXXXX")
-log "(d) end to end: make-tiny --size ${E2E[0]}"
-if timeout 150 "$BIN" make-tiny --layout avg --size "${E2E[0]}" --out "$E2E_DIR/avg" \
+if ! step d; then
+  log "(d) skipped"
+elif log "(d) end to end: make-tiny --size ${E2E[0]}" && timeout 150 "$BIN" make-tiny --layout avg --size "${E2E[0]}" --out "$E2E_DIR/avg" \
   >"$OUT/e2e-make.log" 2>&1; then
   log "(d) grain bench --spawn (auto, 576, 36; concurrency ${E2E[2]}, ${E2E[1]} requests each)"
   if ! timeout 330 "$BIN" bench --spawn "$BIN" --spawn-model "$E2E_DIR/avg" \
@@ -234,10 +246,22 @@ else
 fi
 rm -rf "$E2E_DIR"
 
+# (e) the server's engine on the device against the CPU's, f32, on the tiny AVG checkpoint
+if ! step e; then
+  log "(e) skipped"
+elif timeout 300 python3 scripts/serve-parity.py "$BIN" tests/fixtures/avg-tiny "$DEVICE" \
+  "$OUT/serve-parity.json" >"$OUT/serve-parity.log" 2>&1; then
+  log "(e) serve parity: pass"
+else
+  parity_fail=1
+  log "(e) serve parity: FAIL (see $OUT/serve-parity.log)"
+  tail -12 "$OUT/serve-parity.log"
+fi
+
 # Summary table and gpu-check.json
-python3 - "$OUT" "$parity_fail" "$DRY" <<'PYEOF'
+python3 - "$OUT" "$parity_fail" "$DRY" "$STEPS" <<'PYEOF'
 import glob, json, os, sys
-out, parity_fail, dry = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+out, parity_fail, dry, steps = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1", sys.argv[4]
 def load(p):
     try:
         return json.load(open(p))
@@ -256,7 +280,7 @@ for k, v in parity.items():
     print(f"{k:<26}{str(r['pass']):<6}{r['f32_max_abs_diff']:>12.2e}{r['f32_tolerance']:>10.2e}"
           f"{r['bf16_max_abs_diff']:>13.2e}{r['bf16_tolerance']:>10.2e}{r['cpu_bf16_max_abs_diff']:>10.2e}"
           f"  {'tie' if r['router_tie'] else 'same'}")
-if len(parity) < 4:
+if "a" in steps and len(parity) < 4:
     parity_fail = True
 kernels = load(f"{out}/kernels.json")
 print("\n== (a) paged KV kernels: device vs CPU (contexts 1..3001, blocks of 16)")
@@ -270,7 +294,7 @@ if fused:
     print(f"fused decoder kernels vs candle ops: {sum(c['pass'] for c in fused)}/{len(fused)} pass; "
           f"worst {worst['kernel']} {worst['dtype']} rows {worst['rows']}: "
           f"{worst['max_abs_diff']:.2e} (tol {worst['tolerance']:.2e})")
-if not kernels or not kernels.get("pass"):
+if "a" in steps and (not kernels or not kernels.get("pass")):
     print("(no passing kernel report)")
     parity_fail = True
 hf_dec = {d["batch"]: d["tokens_per_s"] for d in (hf or {}).get("decode", [])}
@@ -299,11 +323,18 @@ if grain:
         if grain.get(key):
             print(f"decode, {what} (same process): " + ", ".join(
                 f"batch {d['batch']} {d['step_ms_median']:.2f} ms" for d in grain[key]))
-    print(f"{'prefill':<16}{'ms':>9}{'tok/s':>9}{'HF ms':>10}{'x HF':>7}")
+    unfused = {p["tokens"]: p["ms_median"] for p in grain.get("prefill_unfused") or []}
+    print(f"{'prefill':<16}{'ms':>9}{'tok/s':>9}{'HF ms':>10}{'x HF':>7}{'unfused ms':>12}")
     for p in grain["prefill"]:
         h = hf_pre.get(p["tokens"]) or (HF_ISSUE["prefill"].get(p["tokens"]) if src.startswith("issue") else None)
         print(f"{str(p['tokens']) + ' tokens':<16}{p['ms_median']:>9.1f}{p['tokens_per_s']:>9.0f}"
-              f"{h or float('nan'):>10.1f}{(h / p['ms_median']) if h else float('nan'):>7.2f}")
+              f"{h or float('nan'):>10.1f}{(h / p['ms_median']) if h else float('nan'):>7.2f}"
+              f"{unfused.get(p['tokens'], float('nan')):>12.1f}")
+    by_block = {}
+    for p in grain.get("prefill_query_block") or []:
+        by_block.setdefault(p["query_block"], []).append(f"{p['tokens']} tokens {p['ms_median']:.1f} ms")
+    for rows, runs in by_block.items():
+        print(f"prefill, {rows}-row query blocks instead of 256 (same process): " + ", ".join(runs))
 else:
     print("\n== (b) Grain bench: no result")
 e2e = load(f"{out}/e2e.json")
@@ -327,13 +358,25 @@ if e2e:
               f"(the router's choices: {a.get('granularity_counts')})")
 else:
     print("\n== (d) end to end: no result")
-summary = {"dry_run": dry, "parity_pass": not parity_fail, "e2e": e2e, "parity": parity, "kernels": kernels,
+serve = load(f"{out}/serve-parity.json")
+if serve:
+    print(f"\n== (e) serve parity, {serve['device']} vs cpu (f32, avg-tiny, concurrent mix x 2 rounds): "
+          f"{'PASS' if serve['pass'] else 'FAIL'}")
+    for p in serve["problems"]:
+        print("  " + p)
+    print("  prefix-cache hit tokens: " + ", ".join(
+        f"{k} {serve['servers'].get(k, {}).get('prefix_cache_hit_tokens')}" for k in ("cpu", "device", "device-bf16")))
+elif "e" in steps:
+    parity_fail = True
+    print("\n== (e) serve parity: no result")
+summary = {"dry_run": dry, "steps": steps, "parity_pass": not parity_fail, "e2e": e2e, "serve_parity": serve,
+           "parity": parity, "kernels": kernels,
            "grain": grain,
            "hf": hf, "hf_source": src, "targets": verdict}
 json.dump(summary, open(f"{out}/gpu-check.json", "w"), indent=1)
 print(f"\nparity: {'PASS' if not parity_fail else 'FAIL'}; targets: {verdict or 'n/a'}")
 print(f"wrote {out}/gpu-check.json")
-sys.exit(1 if parity_fail or grain is None else 0)
+sys.exit(1 if parity_fail or ("b" in steps and grain is None) else 0)
 PYEOF
 status=$?
 log "done (exit $status)"

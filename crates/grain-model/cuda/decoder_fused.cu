@@ -9,6 +9,9 @@
 //   (and their strided reads).
 // - add_rms_*: the residual add and the next RMSNorm: s = x + d (rounded to T, as an add would),
 //   y = s * rsqrt(mean(s^2) + eps) * w. Replaces two launches.
+// - causal_softmax_*: the causal softmax of one query block's prefill attention scores, the mask
+//   computed from the row's position. Replaces the cast to f32, the additive mask, the softmax
+//   and the cast back: one pass over the scores instead of four.
 //
 // Arithmetic is in f32; results are rounded to T once.
 #include "common.cuh"
@@ -93,6 +96,38 @@ __device__ void add_rms(const T *__restrict__ x, const T *__restrict__ d, const 
     norm_out[base + c] = from_float<T>(scale * to_float(sum_out[base + c]) * to_float(w[c]));
 }
 
+// `v` reduced over the thread block (blockDim.x a multiple of 32); every thread gets the result.
+template <bool MAX> __device__ __forceinline__ float block_reduce(float v, float *scratch) {
+  v = MAX ? warp_max(v) : warp_sum(v);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  __syncthreads(); // a previous reduction may still be reading `scratch`
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : (MAX ? -INFINITY : 0.f);
+  return MAX ? warp_max(v) : warp_sum(v);
+}
+
+// One thread block per row of scores `(kv heads, queries · group, cols)`. Row r is query
+// (r % rows_per_head) / group of the block (the query heads sharing a KV head are adjacent rows),
+// which sees keys 0 .. first + query - 1 (first = cached positions + the block's first query + 1).
+// Keys past those get probability 0.
+template <typename T>
+__device__ void causal_softmax(const T *__restrict__ scores, T *__restrict__ probs, int cols,
+                               int rows_per_head, int group, int first) {
+  __shared__ float scratch[32];
+  const uint64_t base = (uint64_t)blockIdx.x * cols;
+  const int query = (int)(blockIdx.x % rows_per_head) / group;
+  const int visible = min(cols, first + query);
+  float m = -INFINITY;
+  for (int c = threadIdx.x; c < visible; c += blockDim.x) m = fmaxf(m, to_float(scores[base + c]));
+  m = block_reduce<true>(m, scratch);
+  float sum = 0.f;
+  for (int c = threadIdx.x; c < visible; c += blockDim.x) sum += expf(to_float(scores[base + c]) - m);
+  const float inv = 1.f / block_reduce<false>(sum, scratch);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    probs[base + c] = from_float<T>(c < visible ? expf(to_float(scores[base + c]) - m) * inv : 0.f);
+}
+
 #define GRAIN_FUSED_KERNELS(T, NAME)                                                             \
   extern "C" __global__ void qkv_rope_##NAME(const T *qkv, const T *cos, const T *sin,          \
                                              const uint32_t *slots, T *out, T *kc, T *vc, int t,  \
@@ -106,6 +141,10 @@ __device__ void add_rms(const T *__restrict__ x, const T *__restrict__ d, const 
   extern "C" __global__ void add_rms_##NAME(const T *x, const T *d, const T *w, T *sum_out,      \
                                             T *norm_out, int cols, float eps) {                  \
     add_rms<T>(x, d, w, sum_out, norm_out, cols, eps);                                           \
+  }                                                                                              \
+  extern "C" __global__ void causal_softmax_##NAME(const T *scores, T *probs, int cols,          \
+                                                   int rows_per_head, int group, int first) {    \
+    causal_softmax<T>(scores, probs, cols, rows_per_head, group, first);                         \
   }
 
 GRAIN_FUSED_KERNELS(float, f32)

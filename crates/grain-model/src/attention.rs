@@ -10,6 +10,9 @@
 //!   On the host cache, [`causal_host`] does the same in parallel (head, block) tasks
 //!   ([`crate::attention_blocks`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
@@ -17,12 +20,30 @@ use crate::attention_blocks::{self, Mask};
 use crate::error::Result;
 use crate::host_dense::with_values;
 use crate::kv_cache::HostLayer;
+use crate::layer_ops;
 use crate::simd;
 
-/// Query rows per block in [`causal_blocked`]. On an H200 at 7B shapes, 1024-row blocks made a
-/// 2988-token prefill slower than 128-row ones (390 against 348 ms): bigger blocks compute more
-/// of the masked upper triangle, and the f32 softmax passes over it dominate.
-const QUERY_BLOCK: usize = 128;
+/// Query rows per block in [`causal_blocked`] unless [`set_prefill_query_block`] says otherwise.
+/// On an H200 at 7B shapes, with the fused causal softmax, 256-row blocks took a 2988-token
+/// prefill from 127.3 ms (128 rows) to 120.1 ms, and 252 tokens from 12.0 to 10.5 ms; 512 rows
+/// gained nothing more (118.8 and 10.7 ms). Before that kernel, when the softmax made four passes
+/// over the scores, bigger blocks were slower: they compute more of the masked upper triangle.
+const QUERY_BLOCK: usize = 256;
+
+static QUERY_BLOCK_SET: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the query rows per block of the prefill attention off the host cache (0: the default,
+/// 256), for A/B measurements (`grain check-device bench --ab-query-block`).
+pub fn set_prefill_query_block(rows: usize) {
+    QUERY_BLOCK_SET.store(rows, Ordering::Relaxed);
+}
+
+fn query_block() -> usize {
+    match QUERY_BLOCK_SET.load(Ordering::Relaxed) {
+        0 => QUERY_BLOCK,
+        n => n,
+    }
+}
 
 /// Head geometry of one attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -150,31 +171,61 @@ impl ItemTask<'_> {
 }
 
 /// The query blocks of a chunk of `len` new positions after `start` cached ones, for
-/// [`causal_blocked`] (off the host cache): block `b` covers queries `b · QUERY_BLOCK ..`, sees
-/// keys `0..start + q1` and gets its additive causal mask, built once per chunk and shared by every
-/// layer.
+/// [`causal_blocked`] (off the host cache): block `b` covers queries `b · block ..` and sees
+/// keys `0..start + q1`. Its additive causal mask is built the first time a layer needs it (the
+/// candle-op softmax; the fused CUDA kernel computes the mask in place) and shared by every layer.
 pub(crate) struct CausalPlan {
     start: usize,
-    blocks: Vec<(usize, usize, Tensor)>,
+    device: Device,
+    blocks: Vec<QueryBlock>,
+}
+
+struct QueryBlock {
+    q0: usize,
+    q1: usize,
+    mask: OnceLock<Tensor>,
 }
 
 impl CausalPlan {
     pub(crate) fn new(start: usize, len: usize, device: &Device) -> Result<Self> {
-        let mut blocks = Vec::with_capacity(len.div_ceil(QUERY_BLOCK));
-        let mut q0 = 0;
-        while q0 < len {
-            let q1 = (q0 + QUERY_BLOCK).min(len);
-            let kend = start + q1;
-            let mut mask = vec![0f32; (q1 - q0) * kend];
-            for (i, row) in mask.chunks_exact_mut(kend).enumerate() {
-                row[start + q0 + i + 1..].fill(f32::NEG_INFINITY);
-            }
-            // (block, 1, keys): broadcast over the query heads sharing a KV head.
-            let mask = Tensor::from_vec(mask, (q1 - q0, 1, kend), device)?;
-            blocks.push((q0, q1, mask));
-            q0 = q1;
+        Self::with_rows(start, len, query_block(), device)
+    }
+
+    /// A plan with blocks of `rows` query rows.
+    pub(crate) fn with_rows(
+        start: usize,
+        len: usize,
+        rows: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let blocks = (0..len)
+            .step_by(rows)
+            .map(|q0| QueryBlock {
+                q0,
+                q1: (q0 + rows).min(len),
+                mask: OnceLock::new(),
+            })
+            .collect();
+        Ok(Self {
+            start,
+            device: device.clone(),
+            blocks,
+        })
+    }
+
+    /// Block `b`'s `(block, 1, keys)` additive mask (broadcast over the query heads sharing a
+    /// KV head).
+    fn mask(&self, b: &QueryBlock) -> Result<Tensor> {
+        if let Some(mask) = b.mask.get() {
+            return Ok(mask.clone());
         }
-        Ok(Self { start, blocks })
+        let (start, kend) = (self.start, self.start + b.q1);
+        let mut mask = vec![0f32; (b.q1 - b.q0) * kend];
+        for (i, row) in mask.chunks_exact_mut(kend).enumerate() {
+            row[start + b.q0 + i + 1..].fill(f32::NEG_INFINITY);
+        }
+        let mask = Tensor::from_vec(mask, (b.q1 - b.q0, 1, kend), &self.device)?;
+        Ok(b.mask.get_or_init(|| mask).clone())
     }
 }
 
@@ -236,20 +287,14 @@ pub(crate) fn causal_blocked(
     let q =
         (q.reshape((len, nkv, group, hd))?.permute((1, 0, 2, 3))? * heads.scale())?.contiguous()?;
     let mut outs = Vec::with_capacity(plan.blocks.len());
-    for (q0, q1, mask) in &plan.blocks {
-        let n = q1 - q0;
-        let kend = plan.start + q1;
-        let qb = q.narrow(1, *q0, n)?.reshape((nkv, n * group, hd))?;
-        let scores = qb
-            .matmul(&k.narrow(1, 0, kend)?.t()?)?
-            .to_dtype(DType::F32)?;
-        let scores = scores
-            .reshape((nkv, n, group, kend))?
-            .broadcast_add(mask)?
-            .reshape((nkv, n * group, kend))?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    for b in &plan.blocks {
+        let (q0, n) = (b.q0, b.q1 - b.q0);
+        let kend = plan.start + b.q1;
+        let qb = q.narrow(1, q0, n)?.reshape((nkv, n * group, hd))?;
+        let scores = qb.matmul(&k.narrow(1, 0, kend)?.t()?)?;
+        let probs =
+            layer_ops::causal_softmax(&scores, plan.start + q0 + 1, group, || plan.mask(b))?;
         let o = probs
-            .to_dtype(v.dtype())?
             .matmul(&v.narrow(1, 0, kend)?)?
             .reshape((nkv, n, group, hd))?
             .permute((1, 0, 2, 3))?

@@ -287,3 +287,71 @@ pub(crate) fn add_rms(x: &Tensor, d: &Tensor, w: &Tensor, eps: f32) -> Result<(T
         .apply_op2_no_bwd(&d.contiguous()?, &AddRms { w, eps })?;
     Ok((both.get(0)?, both.get(1)?))
 }
+
+struct CausalSoftmax {
+    group: usize,
+    first: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "grain-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (nkv, rows, cols) = l.shape().dims3()?;
+        if self.group == 0 || rows % self.group != 0 || self.first == 0 {
+            bail!(
+                "causal_softmax: {:?} scores, group {}, first {}",
+                l.shape(),
+                self.group,
+                self.first
+            );
+        }
+        let dev = s.device.clone();
+        let name = dtype_name(s)?;
+        let total = nkv * rows * cols;
+        let out = typed!(s, T => {
+            let scores = view(s.as_cuda_slice::<T>()?, l)?;
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            if total > 0 {
+                let f = dev.get_or_load_custom_func(
+                    &format!("causal_softmax_{name}"),
+                    MODULE,
+                    PTX,
+                )?;
+                let mut b = f.builder();
+                b.arg(&scores);
+                b.arg(&out);
+                candle_core::builder_arg!(
+                    b,
+                    cols as i32,
+                    rows as i32,
+                    self.group as i32,
+                    self.first as i32
+                );
+                let cfg = LaunchConfig {
+                    grid_dim: ((nkv * rows) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: arguments match the kernel.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            T::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((out, l.shape().clone()))
+    }
+}
+
+/// See [`crate::layer_ops::causal_softmax`].
+pub(crate) fn causal_softmax(scores: &Tensor, first: usize, group: usize) -> Result<Tensor> {
+    Ok(scores
+        .contiguous()?
+        .apply_op1_no_bwd(&CausalSoftmax { group, first })?)
+}

@@ -4,7 +4,8 @@
 //!   RoPE and cache write of q|k|v in one launch, SwiGLU in one, and the residual add with the next
 //!   RMSNorm in one: 10 launches per layer instead of 19, and fewer passes over the activations.
 //!   On an H200 at 7B shapes this saved 5 % of a decode step at batch 8 and 16 and nothing at
-//!   batch 1, where the GPU, not the launching, is the bound (docs/gpu.md);
+//!   batch 1, where the GPU, not the launching, is the bound (docs/gpu.md). The prefill's causal
+//!   softmax is one kernel too, with its mask computed in place;
 //! - elsewhere (and on CUDA when [`set_fused_kernels`] turned them off), the same steps as a chain
 //!   of candle ops. That chain is what `grain check-device kernels` checks the fused kernels
 //!   against.
@@ -43,6 +44,30 @@ pub(crate) fn add_rms_norm(
     let s = (x + d)?;
     let y = candle_nn::ops::rms_norm(&s, w, eps)?;
     Ok((s, y))
+}
+
+/// The causal softmax of one query block's attention scores `(kv heads, n · group, keys)`, in
+/// their dtype: row `q · group + g` (query `q` of the block) sees keys `0 .. first + q`. `mask`
+/// gives the additive `(n, 1, keys)` mask that the candle-op form adds; the fused kernel computes
+/// it from `first` instead and never calls `mask`.
+pub(crate) fn causal_softmax(
+    scores: &Tensor,
+    first: usize,
+    group: usize,
+    mask: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if fused(scores) {
+        return crate::fused_cuda::causal_softmax(scores, first, group);
+    }
+    let _ = first;
+    let (nkv, rows, keys) = scores.dims3()?;
+    let masked = scores
+        .to_dtype(candle_core::DType::F32)?
+        .reshape((nkv, rows / group, group, keys))?
+        .broadcast_add(&mask()?)?
+        .reshape((nkv, rows, keys))?;
+    Ok(candle_nn::ops::softmax_last_dim(&masked)?.to_dtype(scores.dtype())?)
 }
 
 /// `silu(gate) · up` of a stacked `(t, 2·inter)` gate|up projection.

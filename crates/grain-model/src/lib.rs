@@ -39,6 +39,7 @@ pub mod tiny;
 pub mod vision;
 pub mod weights;
 
+pub use attention::set_prefill_query_block;
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Layout, LlavaConfig};
 pub use error::{ModelError, Result};

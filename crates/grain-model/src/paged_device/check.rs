@@ -3,13 +3,14 @@
 //! - the paged KV kernels against their CPU form (128-wide heads, 32 query heads, 32 or 8 KV
 //!   heads, blocks of 16), on scattered block tables and contexts around the kernels' partition
 //!   edges (1 … 3001);
-//! - the fused decoder kernels against the candle ops they replace, on the same device.
+//! - the fused decoder kernels against the candle ops they replace, on the same device (the
+//!   causal softmax through the whole blocked prefill attention, with and without a cached prefix).
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use super::{paged_attention, write_slots, PagedRows};
-use crate::attention::Heads;
+use crate::attention::{causal_blocked, CausalPlan, Heads};
 use crate::error::Result;
 use crate::test_util::values;
 
@@ -132,6 +133,29 @@ pub struct FusedCase {
     pub pass: bool,
 }
 
+/// A fused kernel's output `a` against its candle-op form's `b`.
+fn fused_case(
+    kernel: String,
+    dtype: DType,
+    rows: usize,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<FusedCase> {
+    let diff = max_abs(&(a - b)?)?;
+    let reference = max_abs(b)?;
+    let rel = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+    let tolerance = rel * reference.max(1.0);
+    Ok(FusedCase {
+        kernel,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        rows,
+        max_abs_diff: diff,
+        max_abs_reference: reference,
+        tolerance,
+        pass: diff <= tolerance,
+    })
+}
+
 /// Runs each fused kernel and its candle-op form on `device` ([`crate::set_fused_kernels`]
 /// switches between them; it is left on). On a device without fused kernels both sides are the
 /// candle ops, so every difference is 0.
@@ -214,20 +238,42 @@ pub fn check_fused_kernels(device: &Device) -> Result<Vec<FusedCase>> {
                     "qkv_rope:v_cache",
                 ];
                 for ((name, a), b) in names.iter().zip(&fused).zip(&plain) {
-                    let diff = max_abs(&(a - b)?)?;
-                    let reference = max_abs(b)?;
-                    let rel = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
-                    let tolerance = rel * reference.max(1.0);
-                    cases.push(FusedCase {
-                        kernel: name.to_string(),
-                        dtype: format!("{dtype:?}").to_lowercase(),
-                        rows,
-                        max_abs_diff: diff,
-                        max_abs_reference: reference,
-                        tolerance,
-                        pass: diff <= tolerance,
-                    });
+                    cases.push(fused_case(name.to_string(), dtype, rows, a, b)?);
                 }
+            }
+            // The prefill attention (causal_softmax inside), 32 query heads over 32 or 8 KV heads:
+            // a first chunk, a chunk after 2700 cached positions (a prefix-cache hit or a later
+            // chunk), and a short one at the end of a 3000-token context.
+            for (kv, start, len) in [(32usize, 0usize, 300usize), (8, 2700, 300), (32, 2984, 16)] {
+                let heads = Heads {
+                    q: 32,
+                    kv,
+                    dim: 128,
+                };
+                let rand = |shape: (usize, usize, usize), seed: u64| -> Result<Tensor> {
+                    Ok(Tensor::from_vec(
+                        values(shape.0 * shape.1 * shape.2, seed, 1.0),
+                        shape,
+                        &Device::Cpu,
+                    )?
+                    .to_dtype(dtype)?
+                    .to_device(device)?)
+                };
+                let q = rand((len, heads.q, heads.dim), 21)?;
+                let (k, v) = (
+                    rand((kv, start + len, heads.dim), 22)?,
+                    rand((kv, start + len, heads.dim), 23)?,
+                );
+                let run = |fused: bool| -> Result<Tensor> {
+                    set_fused_kernels(fused);
+                    let plan = CausalPlan::new(start, len, device)?;
+                    Ok(causal_blocked(&q, &k, &v, &plan, heads)?
+                        .to_device(&Device::Cpu)?
+                        .to_dtype(DType::F32)?)
+                };
+                let (a, b) = (run(true)?, run(false)?);
+                let name = format!("causal_softmax:32/{kv} heads, {start} cached");
+                cases.push(fused_case(name, dtype, len, &a, &b)?);
             }
         }
         Ok(())

@@ -64,7 +64,8 @@ pub struct BenchArgs {
     /// Scratch directory for the random weights [default: a temporary directory].
     #[arg(long)]
     pub scratch: Option<PathBuf>,
-    /// Also time the decode steps with the fused CUDA kernels off (`decode_unfused`).
+    /// Also time the decode steps and prefills with the fused CUDA kernels off (`decode_unfused`,
+    /// `prefill_unfused`).
     #[arg(long)]
     pub ab_fused: bool,
     /// Also time them with single-row projections computed as weight × column
@@ -75,6 +76,10 @@ pub struct BenchArgs {
     /// (`decode_partition256`), against the per-launch choice.
     #[arg(long)]
     pub ab_fixed_partition: bool,
+    /// Also time the prefills with these query rows per attention block (comma-separated),
+    /// against the default 256 (`prefill_query_block`).
+    #[arg(long, value_delimiter = ',')]
+    pub ab_query_block: Vec<usize>,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -382,8 +387,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         grain_model::set_paged_partition(if on { 256 } else { 0 })
     })?;
 
-    let mut prefill = Vec::new();
-    for &n in &a.prefill {
+    let time_prefill = |n: usize| -> anyhow::Result<Vec<f64>> {
         let x = embeds(&c, n, dtype, dev)?;
         let chunk = [SeqChunk {
             start: 0,
@@ -400,6 +404,11 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
+        Ok(times)
+    };
+    let mut prefill = Vec::new();
+    for &n in &a.prefill {
+        let times = time_prefill(n)?;
         let ms = median(times.clone());
         let hf = is_7b
             .then(|| HF_PREFILL_MS.iter().find(|(k, _)| *k == n).map(|(_, v)| *v))
@@ -412,6 +421,35 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             hf_ms: hf,
             speedup_vs_hf: hf.map(|h| h / ms),
         });
+    }
+    // The prefills again with the fused kernels (the causal softmax among them) off.
+    let mut prefill_unfused = Vec::new();
+    if a.ab_fused {
+        grain_model::set_fused_kernels(false);
+        let runs = a
+            .prefill
+            .iter()
+            .map(|&n| time_prefill(n))
+            .collect::<Vec<_>>();
+        grain_model::set_fused_kernels(true);
+        for (&n, times) in a.prefill.iter().zip(runs) {
+            prefill_unfused.push(json!({ "tokens": n, "ms_median": median(times?) }));
+        }
+    }
+    // And with other query blocks for the prefill attention.
+    let mut prefill_query_block = Vec::new();
+    for &rows in &a.ab_query_block {
+        grain_model::set_prefill_query_block(rows);
+        let runs = a
+            .prefill
+            .iter()
+            .map(|&n| time_prefill(n))
+            .collect::<Vec<_>>();
+        grain_model::set_prefill_query_block(0);
+        for (&n, times) in a.prefill.iter().zip(runs) {
+            prefill_query_block
+                .push(json!({ "query_block": rows, "tokens": n, "ms_median": median(times?) }));
+        }
     }
     Ok(json!({
         "check": "bench",
@@ -430,6 +468,8 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "decode_row_gemv": decode_row_gemv,
         "decode_partition256": decode_part256,
         "prefill": prefill,
+        "prefill_unfused": prefill_unfused,
+        "prefill_query_block": prefill_query_block,
     }))
 }
 

@@ -61,6 +61,7 @@ fn the_dry_run_reports_every_batch_and_prefill_and_cleans_up() {
         ab_fused: true,
         ab_row_gemv: true,
         ab_fixed_partition: true,
+        ab_query_block: vec![4],
         json: None,
     };
     let r = bench::bench(&args).unwrap();
@@ -96,6 +97,26 @@ fn the_dry_run_reports_every_batch_and_prefill_and_cleans_up() {
         .map(|p| p["tokens"].as_u64().unwrap())
         .collect();
     assert_eq!(lens, [33, 5]);
+    // `--ab-fused` times every prefill again.
+    let unfused: Vec<u64> = r["prefill_unfused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["tokens"].as_u64().unwrap())
+        .collect();
+    assert_eq!(unfused, [33, 5]);
+    let blocks: Vec<(u64, u64)> = r["prefill_query_block"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["query_block"].as_u64().unwrap(),
+                p["tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(blocks, [(4, 33), (4, 5)]);
     assert!(
         !scratch.path().join("grain-bench-weights").exists(),
         "the random weights are removed"
@@ -119,6 +140,7 @@ fn the_bench_refuses_more_than_the_context() {
         ab_fused: false,
         ab_row_gemv: false,
         ab_fixed_partition: false,
+        ab_query_block: vec![],
         json: None,
     };
     assert!(bench::bench(&args).is_err());
@@ -221,7 +243,15 @@ fn the_kernel_checks_run_on_the_cpu_with_zero_difference() {
         .all(|c| c.pass && c.write_exact && c.max_abs_diff == 0.0));
     assert!(paged.iter().any(|c| c.partition == 64));
     let fused = grain_model::check_fused_kernels(&Device::Cpu).unwrap();
-    assert_eq!(fused.len(), 2 * 3 * 8);
+    // Per dtype: 3 row counts × 8 outputs, and 3 prefill attention cases.
+    assert_eq!(fused.len(), 2 * (3 * 8 + 3));
+    assert_eq!(
+        fused
+            .iter()
+            .filter(|c| c.kernel.starts_with("causal_softmax"))
+            .count(),
+        6
+    );
     assert!(fused.iter().all(|c| c.pass && c.max_abs_diff == 0.0));
     // The references are not all zero: the comparisons compare something.
     assert!(fused.iter().all(|c| c.max_abs_reference > 0.0));
