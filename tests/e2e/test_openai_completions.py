@@ -51,6 +51,17 @@ def test_logprobs_and_n(client, model_id):
     assert [c.index for c in two.choices] == [0, 1]
 
 
+def test_token_id_prompts_are_used_as_sent(client, model_id):
+    """Token ids (one list, or a list of lists as evaluation harnesses send) are the prompt as is."""
+    ids = [1, 40, 41, 42, 43]
+    one = client.completions.create(model=model_id, prompt=ids, max_tokens=6, temperature=0)
+    assert one.usage.prompt_tokens == len(ids), "no BOS or template added"
+    two = client.completions.create(model=model_id, prompt=[ids, ids[:3]], max_tokens=6, temperature=0)
+    assert [c.index for c in two.choices] == [0, 1]
+    assert two.choices[0].text == one.choices[0].text
+    assert two.usage.prompt_tokens == len(ids) + 3
+
+
 def test_seeded_sampling_reproduces(client, model_id):
     args = dict(model=model_id, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=99)
     assert client.completions.create(**args).choices[0].text == client.completions.create(**args).choices[0].text
@@ -59,12 +70,13 @@ def test_seeded_sampling_reproduces(client, model_id):
 @pytest.mark.parametrize(
     "kwargs, param",
     [
-        (dict(prompt=[1, 2, 3]), "prompt"),
+        (dict(prompt=[1, 2, 10**6]), "prompt"),
+        (dict(prompt=[1, 2], echo=True), "echo"),
         (dict(prompt=["a", "<image>"]), "prompt"),
         (dict(prompt=PROMPT, suffix="!"), "suffix"),
         (dict(prompt="<image> what is this?"), "prompt"),
     ],
-    ids=["token-ids", "second-prompt-refused", "suffix", "image-placeholder"],
+    ids=["token-id-past-vocabulary", "echo-of-token-ids", "second-prompt-refused", "suffix", "image-placeholder"],
 )
 def test_what_grain_cannot_serve_is_a_bad_request(client, model_id, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:

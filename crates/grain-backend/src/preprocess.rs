@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use grain_engine::{ChatRequest, EngineError, ImageInput, Part, Preprocessor, Role, ValidRequest};
+use grain_engine::{
+    ChatRequest, EngineError, ImageInput, Part, Preprocessor, RawPrompt, Role, ValidRequest,
+};
 use grain_model::image::{decode_rgb, DecodeLimits};
 use grain_model::llava::preprocess_image;
 use grain_model::LlavaConfig;
@@ -49,7 +51,7 @@ impl LlavaPreprocessor {
     }
 
     fn render(&self, req: &ChatRequest) -> Result<(String, Vec<RawImage>), EngineError> {
-        if let Some(text) = &req.raw_prompt {
+        if let Some(RawPrompt::Text(text)) = &req.raw_prompt {
             // A text completion: the prompt as sent, without the chat template or images.
             if text.contains(IMAGE_PLACEHOLDER) {
                 return Err(EngineError::invalid(
@@ -139,12 +141,39 @@ impl Preprocessor for LlavaPreprocessor {
                 Some("logit_bias"),
             ));
         }
+        let image_id = self.image_token_id();
+        if let Some(RawPrompt::Ids(ids)) = &req.raw_prompt {
+            // Used as they are: no BOS added, no images.
+            if let Some(bad) = ids
+                .iter()
+                .find(|&&id| id as usize >= vocab || id == image_id)
+            {
+                return Err(EngineError::invalid(
+                    match *bad == image_id {
+                        true => format!(
+                            "token id {bad} is the image token; images need /v1/chat/completions"
+                        ),
+                        false => format!(
+                            "token id {bad} is not in the model's vocabulary (0 .. {vocab})"
+                        ),
+                    },
+                    Some("prompt"),
+                ));
+            }
+            return Ok(ValidRequest {
+                request_id: req.request_id,
+                text_tokens: ids.len(),
+                prompt_ids: ids.clone(),
+                images: Vec::new(),
+                params: req.params,
+                granularity: req.granularity,
+            });
+        }
         let (text, raw_images) = self.render(&req)?;
         let prompt_ids = self
             .tokenizer
             .encode_prompt(&text, IMAGE_PLACEHOLDER)
             .map_err(|e| EngineError::Internal(format!("tokenizer: {e}")))?;
-        let image_id = self.image_token_id();
         let placeholders = prompt_ids.iter().filter(|&&i| i == image_id).count();
         if placeholders != raw_images.len() {
             return Err(EngineError::invalid(

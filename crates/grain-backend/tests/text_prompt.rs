@@ -1,10 +1,11 @@
-//! `/v1/completions`' raw prompts through the real tiny model: tokenized as sent, without the chat
-//! template, and refused where they would smuggle in an image placeholder.
+//! `/v1/completions`' raw prompts through the real tiny model: tokenized as sent (or given as token
+//! ids), without the chat template, and refused where they would smuggle in an image placeholder
+//! or an id past the vocabulary.
 
 use grain_backend::BackendConfig;
 use grain_engine::{
     ChatRequest, EngineConfig, EngineError, EngineHandle, Event, GenerationParams,
-    GranularityChoice, Message, Part, Role, Usage,
+    GranularityChoice, Message, Part, RawPrompt, Role, Usage,
 };
 use grain_model::tiny::{write_tiny, TinyLayout, TinySize, SYSTEM_PROMPT};
 
@@ -88,6 +89,33 @@ async fn a_raw_prompt_skips_the_template_and_equals_the_rendered_chat() {
     );
     // The engine keeps serving after the refusal.
     assert!(run(&engine, raw(question)).await.is_ok());
+
+    // The same prompt as token ids (the checkpoint's tokenizer, BOS included): used as they are,
+    // so the same prompt length and the same greedy tokens.
+    let tokenizer = grain_tokenizer::Tokenizer::from_dir(&dir).unwrap();
+    let ids = tokenizer.encode_prompt(&rendered, "<image>").unwrap();
+    let by_ids = |ids: Vec<u32>| ChatRequest {
+        raw_prompt: Some(RawPrompt::Ids(ids)),
+        ..raw("")
+    };
+    let (id_tokens, id_usage) = run(&engine, by_ids(ids.clone())).await.unwrap();
+    assert_eq!(id_usage.prompt_tokens as usize, ids.len());
+    assert_eq!(id_usage.prompt_tokens, chat_usage.prompt_tokens);
+    assert_eq!(
+        id_tokens, chat_tokens,
+        "same prompt ids, same greedy tokens"
+    );
+    // Without the leading BOS it is another prompt: nothing is added to token ids.
+    let (_, no_bos) = run(&engine, by_ids(ids[1..].to_vec())).await.unwrap();
+    assert_eq!(no_bos.prompt_tokens as usize, ids.len() - 1);
+    // An id past the vocabulary is refused before it reaches the model.
+    let vocab = grain_model::LlavaConfig::from_dir(&dir)
+        .unwrap()
+        .text
+        .vocab_size as u32;
+    let err = run(&engine, by_ids(vec![1, vocab])).await.unwrap_err();
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+    assert!(run(&engine, by_ids(vec![1, vocab - 1])).await.is_ok());
 }
 
 /// The prefix cache through the real model: a second prompt that shares the first's leading

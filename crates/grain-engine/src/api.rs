@@ -12,13 +12,34 @@ pub struct ChatRequest {
     /// Unique id, used in logs and echoed in responses.
     pub request_id: String,
     pub messages: Vec<Message>,
-    /// `/v1/completions`: the whole prompt as text, tokenized as it is (no chat template, no
-    /// images). `messages` is then empty.
-    pub raw_prompt: Option<String>,
+    /// `/v1/completions`: the whole prompt, as text tokenized as it is or as token ids (no chat
+    /// template, no images). `messages` is then empty.
+    pub raw_prompt: Option<RawPrompt>,
     pub params: GenerationParams,
     /// Request-level granularity (the `granularity` extension field). Per-image `detail` is applied
     /// only when this is [`GranularityChoice::Auto`].
     pub granularity: GranularityChoice,
+}
+
+/// A `/v1/completions` prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawPrompt {
+    /// Tokenized as sent (the tokenizer adds BOS as it is configured to).
+    Text(String),
+    /// Token ids, used as they are; the preprocessor checks them against the vocabulary.
+    Ids(Vec<u32>),
+}
+
+impl From<&str> for RawPrompt {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+impl From<String> for RawPrompt {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::api::{
     ChatRequest, Detail, EngineError, GranularityChoice, GranularitySource, ImageUsage, ModelCard,
-    Part, Role,
+    Part, RawPrompt, Role,
 };
 use crate::config::{ConfigError, EngineConfig};
 use crate::handle::EngineHandle;
@@ -59,8 +59,19 @@ impl Preprocessor for ToyPreprocessor {
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
         let mut prompt_ids = vec![BOS];
         let mut images = Vec::new();
-        if let Some(text) = &req.raw_prompt {
-            prompt_ids.extend(text.bytes().map(u32::from));
+        match &req.raw_prompt {
+            Some(RawPrompt::Text(text)) => prompt_ids.extend(text.bytes().map(u32::from)),
+            // Token ids are the whole prompt, BOS included if the caller wants one.
+            Some(RawPrompt::Ids(ids)) => {
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= VOCAB || id == IMAGE) {
+                    return Err(EngineError::invalid(
+                        format!("token id {bad} is not a text token of the toy vocabulary"),
+                        Some("prompt"),
+                    ));
+                }
+                prompt_ids.clone_from(ids);
+            }
+            None => {}
         }
         for m in &req.messages {
             let role = match m.role {

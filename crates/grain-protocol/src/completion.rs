@@ -2,13 +2,14 @@
 //! images. The request is checked in the same three passes as chat (`validate.rs`) and shares its
 //! sampling rules; the response has `text` choices and the legacy `logprobs` object.
 //!
-//! Supported: `model`, `prompt` (a string, or an array of up to [`MAX_PROMPTS`] strings: choice
-//! `j` of prompt `i` is choice `i·n + j` of the response), `max_tokens`
+//! Supported: `model`, `prompt` (a string, an array of token ids, or an array of up to
+//! [`MAX_PROMPTS`] strings or token-id arrays: choice `j` of prompt `i` is choice `i·n + j` of the
+//! response), `max_tokens`
 //! (default 16, as OpenAI's), `temperature`, `top_p`, `top_k`, `seed`, `stop`, `n`,
 //! `presence_penalty`, `frequency_penalty`, `logprobs` (0 ..= `max_top_logprobs`), `echo`,
 //! `best_of` (only equal to `n`), `logit_bias`, `stream`, `stream_options`, `user`, and the
-//! extensions `top_k`, `ignore_eos` and `min_tokens` (vLLM's). `suffix` is
-//! refused by name; token-id prompts get a 400 that says so.
+//! extensions `top_k`, `ignore_eos` and `min_tokens` (vLLM's). `suffix` is refused by name, and so
+//! is `echo` with a token-id prompt.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +35,8 @@ pub const DEFAULT_COMPLETION_MAX_TOKENS: u32 = 16;
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     pub model: String,
-    /// A string or a list; [`parse_completion_request`] checks that it holds one string.
+    /// A string, an array of token ids, or an array of strings or of token-id arrays;
+    /// [`parse_completion_request`] checks which.
     pub prompt: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<i64>,
@@ -82,11 +84,21 @@ pub struct CompletionRequest {
 }
 
 impl CompletionRequest {
-    /// The prompts, in order (validation guarantees one or more non-empty strings).
-    pub fn prompt_texts(&self) -> Vec<&str> {
+    /// The prompts, in order (validation guarantees one or more, none empty).
+    pub fn prompts(&self) -> Vec<Prompt<'_>> {
         match &self.prompt {
-            Value::String(s) => vec![s],
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            Value::String(s) => vec![Prompt::Text(s)],
+            Value::Array(items) if items.iter().all(Value::is_number) => {
+                vec![Prompt::Ids(token_ids(items))]
+            }
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|item| match item {
+                    Value::String(s) => Some(Prompt::Text(s)),
+                    Value::Array(ids) => Some(Prompt::Ids(token_ids(ids))),
+                    _ => None,
+                })
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -127,6 +139,23 @@ impl CompletionRequest {
     }
 }
 
+/// One prompt of a text completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt<'a> {
+    /// Text, tokenized as sent.
+    Text(&'a str),
+    /// Token ids, used as they are (no BOS added).
+    Ids(Vec<u32>),
+}
+
+/// The ids of a validated token-id array.
+fn token_ids(items: &[Value]) -> Vec<u32> {
+    items
+        .iter()
+        .filter_map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
+        .collect()
+}
+
 const SUPPORTED: &[Field] = &[
     ("model", Kind::String, true),
     ("prompt", Kind::StringOrAnyArray, true),
@@ -162,6 +191,12 @@ pub fn parse_completion_request(
         return Err(RequestError::invalid_value("model", "must not be empty"));
     }
     check_prompt(&req.prompt)?;
+    if req.echo() && req.prompts().iter().any(|p| matches!(p, Prompt::Ids(_))) {
+        return Err(RequestError::invalid_value(
+            "echo",
+            "echo is only supported for text prompts, not token ids",
+        ));
+    }
     check_max_tokens("max_tokens", req.max_tokens)?;
     let max_tokens = Some(i64::from(req.max_new_tokens()));
     validate_sampling(&req.sampling(), max_tokens, limits)?;
@@ -194,40 +229,76 @@ pub fn parse_completion_request(
 }
 
 fn check_prompt(prompt: &Value) -> Result<(), RequestError> {
-    let texts: Vec<&Value> = match prompt {
-        Value::Array(items) => items.iter().collect(),
-        other => vec![other],
+    let shape_error = || {
+        RequestError::invalid_value(
+            "prompt",
+            "must be a string, an array of strings, an array of token ids, or an array of \
+             token-id arrays",
+        )
     };
-    if texts.is_empty() {
+    let prompts: Vec<&Value> = match prompt {
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
+            vec![prompt]
+        }
+        Value::Array(items) => items.iter().collect(),
+        Value::String(_) => vec![prompt],
+        _ => return Err(shape_error()),
+    };
+    if prompts.is_empty() {
         return Err(RequestError::invalid_value("prompt", "must not be empty"));
     }
-    if texts.len() > MAX_PROMPTS {
+    if prompts.len() > MAX_PROMPTS {
         return Err(RequestError::invalid_value(
             "prompt",
             format!(
                 "at most {MAX_PROMPTS} prompts per request, got {}",
-                texts.len()
+                prompts.len()
             ),
         ));
     }
-    for (i, text) in texts.iter().enumerate() {
-        match text {
+    let several = !std::ptr::eq(prompts[0], prompt);
+    let which = |i: usize| match several {
+        true => format!(" (prompt {i} is)"),
+        false => String::new(),
+    };
+    if several && !(prompts.iter().all(|p| p.is_string()) || prompts.iter().all(|p| p.is_array())) {
+        return Err(shape_error());
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        match p {
             Value::String(s) if s.is_empty() => {
                 return Err(RequestError::invalid_value(
                     "prompt",
-                    match prompt {
-                        Value::Array(_) => format!("must not be empty (prompt {i} is)"),
-                        _ => "must not be empty".to_owned(),
-                    },
+                    format!("must not be empty{}", which(i)),
                 ))
             }
             Value::String(_) => {}
-            _ => {
+            Value::Array(ids) if ids.is_empty() => {
                 return Err(RequestError::invalid_value(
                     "prompt",
-                    "token-id prompts are not supported; send the prompt as text",
+                    format!("must not be empty{}", which(i)),
                 ))
             }
+            Value::Array(ids) => {
+                if let Some((j, bad)) = ids
+                    .iter()
+                    .enumerate()
+                    .find(|(_, v)| v.as_u64().and_then(|id| u32::try_from(id).ok()).is_none())
+                {
+                    return Err(RequestError::invalid_value(
+                        "prompt",
+                        format!(
+                            "token ids must be integers from 0 to {}; token {j}{} is {bad}",
+                            u32::MAX,
+                            match several {
+                                true => format!(" of prompt {i}"),
+                                false => String::new(),
+                            }
+                        ),
+                    ));
+                }
+            }
+            _ => return Err(shape_error()),
         }
     }
     Ok(())
@@ -285,13 +356,28 @@ mod tests {
     #[test]
     fn a_string_or_one_string_in_a_list_is_the_prompt() {
         let a = parse(json!({"model": "m", "prompt": "Once upon"})).unwrap();
-        assert_eq!(a.prompt_texts(), vec!["Once upon"]);
+        assert_eq!(a.prompts(), vec![Prompt::Text("Once upon")]);
         assert_eq!(a.max_new_tokens(), DEFAULT_COMPLETION_MAX_TOKENS);
         let b = parse(json!({"model": "m", "prompt": ["Once upon"], "max_tokens": 5})).unwrap();
-        assert_eq!(b.prompt_texts(), vec!["Once upon"]);
+        assert_eq!(b.prompts(), vec![Prompt::Text("Once upon")]);
         let c = parse(json!({"model": "m", "prompt": ["a", "b c"]})).unwrap();
-        assert_eq!(c.prompt_texts(), vec!["a", "b c"]);
+        assert_eq!(c.prompts(), vec![Prompt::Text("a"), Prompt::Text("b c")]);
         assert_eq!(b.max_new_tokens(), 5);
+    }
+
+    #[test]
+    fn token_ids_are_one_prompt_and_arrays_of_them_several() {
+        let a = parse(json!({"model": "m", "prompt": [1, 2, 4294967295u32]})).unwrap();
+        assert_eq!(a.prompts(), vec![Prompt::Ids(vec![1, 2, u32::MAX])]);
+        let b = parse(json!({"model": "m", "prompt": [[5], [0, 7]]})).unwrap();
+        assert_eq!(
+            b.prompts(),
+            vec![Prompt::Ids(vec![5]), Prompt::Ids(vec![0, 7])]
+        );
+        // echo needs the prompt's text.
+        let e = parse(json!({"model": "m", "prompt": [1, 2], "echo": true})).unwrap_err();
+        assert_eq!(e.param(), Some("echo"), "{e}");
+        assert!(parse(json!({"model": "m", "prompt": "a", "echo": true})).is_ok());
     }
 
     #[test]
@@ -304,8 +390,23 @@ mod tests {
                 json!({"model": "m", "prompt": vec!["a"; MAX_PROMPTS + 1]}),
                 "at most",
             ),
-            (json!({"model": "m", "prompt": [1, 2, 3]}), "token-id"),
-            (json!({"model": "m", "prompt": [[1, 2]]}), "token-id"),
+            (json!({"model": "m", "prompt": [[1, 2], []]}), "prompt 1 is"),
+            (json!({"model": "m", "prompt": [1, -2]}), "token 1 is -2"),
+            (json!({"model": "m", "prompt": [1.5]}), "token 0 is 1.5"),
+            (
+                json!({"model": "m", "prompt": [4294967296u64]}),
+                "from 0 to",
+            ),
+            (
+                json!({"model": "m", "prompt": [[1], [2, "x"]]}),
+                "token 1 of prompt 1",
+            ),
+            (
+                json!({"model": "m", "prompt": ["a", [1]]}),
+                "token-id arrays",
+            ),
+            (json!({"model": "m", "prompt": [1, "a"]}), "token-id arrays"),
+            (json!({"model": "m", "prompt": [null]}), "token-id arrays"),
             (json!({"model": "m", "prompt": 7}), "a string or an array"),
         ] {
             let e = parse(body.clone()).unwrap_err();

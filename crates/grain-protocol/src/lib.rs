@@ -31,7 +31,7 @@ mod validate;
 
 pub use completion::{
     parse_completion_request, CompletionChoice, CompletionLogprobs, CompletionRequest,
-    CompletionResponse, DEFAULT_COMPLETION_MAX_TOKENS,
+    CompletionResponse, Prompt, DEFAULT_COMPLETION_MAX_TOKENS,
 };
 pub use error::{ErrorBody, ErrorDetail, RequestError};
 pub use request::{

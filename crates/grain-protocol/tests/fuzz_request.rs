@@ -9,7 +9,7 @@
 //! `PROPTEST_CASES=20000 cargo test --release -p grain-protocol --test fuzz_request`.
 
 use grain_protocol::{
-    parse_chat_request, parse_completion_request, ChatCompletionRequest, RequestError,
+    parse_chat_request, parse_completion_request, ChatCompletionRequest, Prompt, RequestError,
     RequestLimits,
 };
 use proptest::prelude::*;
@@ -173,7 +173,24 @@ proptest! {
         let mut body = json!({"model": "m", "prompt": "Once", "max_tokens": 4, "n": 1});
         body[field] = replacement;
         match parse_completion_request(&serde_json::to_vec(&body).expect("json"), &limits()) {
-            Ok(req) => prop_assert!(req.prompt_texts().iter().all(|p| !p.is_empty())),
+            Ok(req) => {
+                // An accepted prompt is one or more non-empty texts or token-id lists, and
+                // `prompts()` gives every one of them.
+                let prompts = req.prompts();
+                prop_assert!(!prompts.is_empty());
+                let none_empty = prompts.iter().all(|p| match p {
+                    Prompt::Text(t) => !t.is_empty(),
+                    Prompt::Ids(ids) => !ids.is_empty(),
+                });
+                prop_assert!(none_empty);
+                let expected = match &req.prompt {
+                    serde_json::Value::Array(items) if !items.iter().all(|v| v.is_number()) => {
+                        items.len()
+                    }
+                    _ => 1,
+                };
+                prop_assert_eq!(prompts.len(), expected);
+            }
             Err(e) => check_error(&e),
         }
     }

@@ -138,7 +138,14 @@ async fn streaming_sends_text_chunks_then_usage_then_done() {
 async fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let h = harness(ServerConfig::default()).await;
     for (body, param) in [
-        (json!({"model": MODEL, "prompt": [1, 2, 3]}), "prompt"),
+        (json!({"model": MODEL, "prompt": [1, 2, 3.5]}), "prompt"),
+        // Past the vocabulary: refused by the preprocessor, before admission.
+        (json!({"model": MODEL, "prompt": [1, 2, 999]}), "prompt"),
+        (json!({"model": MODEL, "prompt": [[1], [IMAGE]]}), "prompt"),
+        (
+            json!({"model": MODEL, "prompt": [1, 2], "echo": true}),
+            "echo",
+        ),
         (json!({"model": MODEL, "prompt": ["a", ""]}), "prompt"),
         (
             json!({"model": MODEL, "prompt": "a", "suffix": "b"}),
@@ -217,4 +224,32 @@ async fn several_prompts_are_answered_as_prompts_times_n_choices() {
         .map(|c| c["text"].as_str().unwrap())
         .collect();
     assert_eq!(texts, want);
+}
+
+#[tokio::test]
+async fn a_token_id_prompt_is_answered_as_its_text() {
+    let h = harness(ServerConfig::default()).await;
+    let ids = |text: &str| -> Vec<u32> {
+        std::iter::once(BOS)
+            .chain(text.bytes().map(u32::from))
+            .collect()
+    };
+    let (hi, yo) = (
+        complete(&h, &prompt("hi")).await.json(),
+        complete(&h, &prompt("yo")).await.json(),
+    );
+    assert_ne!(hi["choices"][0]["text"], yo["choices"][0]["text"]);
+    let mut body = prompt("");
+    body["prompt"] = json!(ids("hi"));
+    let by_ids = complete(&h, &body).await;
+    assert_eq!(by_ids.status, 200, "{}", by_ids.text());
+    let by_ids = by_ids.json();
+    assert_eq!(by_ids["choices"][0]["text"], hi["choices"][0]["text"]);
+    assert_eq!(by_ids["usage"], hi["usage"]);
+    // Several token-id prompts: one choice each, in order.
+    body["prompt"] = json!([ids("hi"), ids("yo")]);
+    let both = complete(&h, &body).await.json();
+    assert_eq!(both["choices"][0]["text"], hi["choices"][0]["text"]);
+    assert_eq!(both["choices"][1]["text"], yo["choices"][0]["text"]);
+    assert_eq!(both["choices"][1]["index"], 1);
 }

@@ -1,5 +1,5 @@
-//! `POST /v1/completions`: OpenAI's legacy text completions. The prompt is tokenized as sent, with
-//! no chat template and no images; generation, streaming, limits and errors are chat's.
+//! `POST /v1/completions`: OpenAI's legacy text completions. The prompt is tokenized as sent (or
+//! given as token ids), with no chat template and no images; generation, streaming, limits and errors are chat's.
 
 use std::time::Instant;
 
@@ -50,14 +50,21 @@ async fn handle(
         |r| &r.model,
     )
     .await?;
-    let prompts = req.prompt_texts();
+    let prompts = req.prompts();
     let sampling = req.sampling();
     let n = sampling.n_or_default();
-    // One echo per choice: choice `j` of prompt `i` is choice `i·n + j`.
+    // One echo per choice: choice `j` of prompt `i` is choice `i·n + j`. Validation allows `echo`
+    // only with text prompts.
     let echo = if req.echo() {
         prompts
             .iter()
-            .flat_map(|p| std::iter::repeat_n(p.to_string(), n as usize))
+            .flat_map(|p| {
+                let text = match p {
+                    wire::Prompt::Text(t) => t.to_string(),
+                    wire::Prompt::Ids(_) => String::new(),
+                };
+                std::iter::repeat_n(text, n as usize)
+            })
             .collect()
     } else {
         Vec::new()
@@ -78,7 +85,7 @@ async fn handle(
         req.logprobs_count().unwrap_or(0),
     );
     let engine_reqs = prompts
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, prompt)| engine::ChatRequest {
             // The request id names the HTTP request; a second prompt's engine request gets `-1`.
@@ -87,7 +94,10 @@ async fn handle(
                 _ => format!("{request_id}-{i}"),
             },
             messages: Vec::new(),
-            raw_prompt: Some(prompt.to_string()),
+            raw_prompt: Some(match prompt {
+                wire::Prompt::Text(t) => engine::RawPrompt::Text(t.to_owned()),
+                wire::Prompt::Ids(ids) => engine::RawPrompt::Ids(ids),
+            }),
             params: params.clone(),
             granularity: engine::GranularityChoice::Auto,
         })

@@ -19,7 +19,7 @@ use axum::Router;
 use grain_engine::{
     ChatRequest, Detail, EngineConfig, EngineError, EngineHandle, GranularityChoice,
     GranularitySource, ImageInput, ImageUsage, ModelCard, ModelRunner, Part, PrepareItem,
-    PreparedPrompt, Preprocessor, Role, SeqId, StepBatch, TokenDecoder, ValidRequest,
+    PreparedPrompt, Preprocessor, RawPrompt, Role, SeqId, StepBatch, TokenDecoder, ValidRequest,
 };
 use grain_metrics::Metrics;
 use grain_server::{AppState, ServerConfig};
@@ -53,8 +53,19 @@ impl Preprocessor for MockPreprocessor {
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
         let mut prompt_ids = vec![BOS];
         let mut images = Vec::new();
-        if let Some(text) = &req.raw_prompt {
-            prompt_ids.extend(text.bytes().map(u32::from));
+        match &req.raw_prompt {
+            Some(RawPrompt::Text(text)) => prompt_ids.extend(text.bytes().map(u32::from)),
+            // Token ids are the whole prompt, as a real preprocessor takes them.
+            Some(RawPrompt::Ids(ids)) => {
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= VOCAB || id == IMAGE) {
+                    return Err(EngineError::invalid(
+                        format!("token id {bad} is not in the vocabulary"),
+                        Some("prompt"),
+                    ));
+                }
+                prompt_ids.clone_from(ids);
+            }
+            None => {}
         }
         for message in &req.messages {
             let role = match message.role {
