@@ -126,6 +126,19 @@ impl LlavaPreprocessor {
 }
 
 impl Preprocessor for LlavaPreprocessor {
+    fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        let vocab = self.config.text.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(EngineError::invalid(
+                format!("token id {bad} is not in the model's vocabulary (0 .. {vocab})"),
+                Some("tokens"),
+            ));
+        }
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| EngineError::Internal(format!("tokenizer: {e}")))
+    }
+
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
         let vocab = self.config.text.vocab_size;
         if let Some((token, _)) = req

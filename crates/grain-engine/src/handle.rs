@@ -172,22 +172,10 @@ impl EngineHandle {
         let overloaded = || EngineError::Overloaded {
             retry_after_s: inner.retry_after_s,
         };
-        let permit = inner
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| overloaded())?;
+        let permit = self.admission_permit()?;
         let ticket = Ticket::new(permit, inner.shared.clone());
 
-        let preprocessor = inner.preprocessor.clone();
-        let request = tokio::task::spawn_blocking(move || {
-            catch_unwind(AssertUnwindSafe(|| preprocessor.preprocess(req)))
-        })
-        .await
-        .map_err(|e| EngineError::Internal(format!("preprocessing task failed: {e}")))?
-        .map_err(|panic| {
-            EngineError::Internal(format!("preprocessing panicked: {}", panic_message(&panic)))
-        })??;
+        let request = self.preprocess_with(move |p| p.preprocess(req)).await?;
 
         let (events, rx) = mpsc::channel(inner.channel_capacity);
         let (accepted, ack) = oneshot::channel();
@@ -214,6 +202,51 @@ impl EngineHandle {
                 "the scheduler stopped before accepting the request".to_owned(),
             )),
         }
+    }
+
+    /// The prompt ids `req` would be admitted with (chat template, tokenizer, one placeholder id
+    /// per image), without running it. Takes an admission slot while it works.
+    pub async fn tokenize(&self, req: ChatRequest) -> Result<Vec<u32>, EngineError> {
+        let _permit = self.admission_permit()?;
+        Ok(self
+            .preprocess_with(move |p| p.preprocess(req))
+            .await?
+            .prompt_ids)
+    }
+
+    /// The text of token ids, special tokens included. Takes an admission slot while it works.
+    pub async fn detokenize(&self, ids: Vec<u32>) -> Result<String, EngineError> {
+        let _permit = self.admission_permit()?;
+        self.preprocess_with(move |p| p.detokenize(&ids)).await
+    }
+
+    /// Most positions a sequence may have (prompt and completion), as the scheduler enforces it.
+    pub fn max_context(&self) -> usize {
+        self.inner.max_context
+    }
+
+    fn admission_permit(&self) -> Result<OwnedSemaphorePermit, EngineError> {
+        self.inner
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| EngineError::Overloaded {
+                retry_after_s: self.inner.retry_after_s,
+            })
+    }
+
+    /// Runs `f` on the preprocessor on tokio's blocking pool; a panic is an internal error.
+    async fn preprocess_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Preprocessor) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let preprocessor = self.inner.preprocessor.clone();
+        tokio::task::spawn_blocking(move || catch_unwind(AssertUnwindSafe(|| f(&*preprocessor))))
+            .await
+            .map_err(|e| EngineError::Internal(format!("preprocessing task failed: {e}")))?
+            .map_err(|panic| {
+                EngineError::Internal(format!("preprocessing panicked: {}", panic_message(&panic)))
+            })?
     }
 
     pub fn model_card(&self) -> &ModelCard {

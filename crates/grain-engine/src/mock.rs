@@ -105,6 +105,21 @@ impl Preprocessor for ToyPreprocessor {
             granularity: req.granularity,
         })
     }
+
+    /// Bytes as they are; EOS, BOS and the image id as `</s>`, `<s>` and `<image>`.
+    fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= VOCAB) {
+            return Err(EngineError::invalid(
+                format!("token id {bad} is not in the toy vocabulary (0 .. {VOCAB})"),
+                Some("tokens"),
+            ));
+        }
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| ToyDecoder.token_text(id).1)
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
 }
 
 /// An "image" whose crop count (1..=3) and content hash come from its bytes.

@@ -48,6 +48,16 @@ pub struct ValidRequest {
 /// Turns a wire-level request into token ids and pixels. Called on a blocking thread, concurrently.
 pub trait Preprocessor: Send + Sync + 'static {
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError>;
+
+    /// The text of token ids, special tokens included (`/detokenize`). Ids outside the vocabulary
+    /// are an [`EngineError::InvalidRequest`] naming `tokens`.
+    fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        let _ = ids;
+        Err(EngineError::invalid(
+            "this model's preprocessor cannot detokenize",
+            None,
+        ))
+    }
 }
 
 /// One request whose prompt the runner must prepare (encode images, route, build embeddings).

@@ -27,6 +27,7 @@ mod error;
 mod request;
 mod response;
 mod sampling;
+mod tokenize;
 mod validate;
 
 pub use completion::{
@@ -44,4 +45,8 @@ pub use response::{
     PromptTokensDetails, TokenLogprob, TopLogprob, Usage,
 };
 pub use sampling::{LogitBias, SamplingFields};
+pub use tokenize::{
+    parse_detokenize_request, parse_tokenize_request, DetokenizeRequest, DetokenizeResponse,
+    TokenizeInput, TokenizeRequest, TokenizeResponse, MAX_DETOKENIZE_TOKENS,
+};
 pub use validate::{parse_chat_request, RequestLimits};

@@ -132,7 +132,7 @@ async fn handle(
     guard: InFlight,
 ) -> Result<Response, ApiError> {
     let (req, model) = read_request(state, request, started, wire::parse_chat_request, |r| {
-        &r.model
+        Some(&r.model)
     })
     .await?;
     let engine_req = convert::to_engine_request(&req, request_id, state.images()).await?;
@@ -157,13 +157,14 @@ async fn handle(
 }
 
 /// Reads the body under the request's deadline, parses it with `parse`, and resolves the `model`
-/// it names (`model_of`) to the served model's id. Chat and text completions both start here.
+/// it names (`model_of`; `None` where the field is optional and absent) to the served model's id.
+/// Chat and text completions, `/tokenize` and `/detokenize` all start here.
 pub(crate) async fn read_request<T>(
     state: &AppState,
     request: Request,
     started: Instant,
     parse: fn(&[u8], &wire::RequestLimits) -> Result<T, wire::RequestError>,
-    model_of: fn(&T) -> &String,
+    model_of: fn(&T) -> Option<&String>,
 ) -> Result<(T, String), ApiError> {
     let deadline = tokio::time::Instant::from_std(started + state.config().request_timeout);
     let (parts, body) = request.into_parts();
@@ -177,11 +178,14 @@ pub(crate) async fn read_request<T>(
     .await?;
     let req = parse(&body, &state.config().limits)?;
     drop(body);
-    let requested = model_of(&req);
-    let model = state
-        .resolve_model(requested)
-        .ok_or_else(|| ApiError::ModelNotFound(requested.clone()))?
-        .to_owned();
+    // No `model` (allowed where vLLM allows it): the served one.
+    let model = match model_of(&req) {
+        None => state.engine().model_card().id.clone(),
+        Some(requested) => state
+            .resolve_model(requested)
+            .ok_or_else(|| ApiError::ModelNotFound(requested.clone()))?
+            .to_owned(),
+    };
     Ok((req, model))
 }
 

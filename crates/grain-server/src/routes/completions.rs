@@ -47,7 +47,7 @@ async fn handle(
         request,
         started,
         wire::parse_completion_request,
-        |r| &r.model,
+        |r| Some(&r.model),
     )
     .await?;
     let prompts = req.prompts();

@@ -50,6 +50,26 @@ pub fn png_data_url() -> String {
 pub struct MockPreprocessor;
 
 impl Preprocessor for MockPreprocessor {
+    /// Bytes as they are, BOS as `<s>`; ids past the vocabulary are refused.
+    fn detokenize(&self, ids: &[u32]) -> Result<String, EngineError> {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= VOCAB) {
+            return Err(EngineError::invalid(
+                format!("token id {bad} is not in the vocabulary"),
+                Some("tokens"),
+            ));
+        }
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| match id {
+                BOS => b"<s>".to_vec(),
+                EOS => b"</s>".to_vec(),
+                IMAGE => b"<image>".to_vec(),
+                b => vec![b as u8],
+            })
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     fn preprocess(&self, req: ChatRequest) -> Result<ValidRequest, EngineError> {
         let mut prompt_ids = vec![BOS];
         let mut images = Vec::new();
