@@ -88,6 +88,11 @@ pub struct BenchArgs {
     /// Replay dataset images unchanged at every run point (the server's encoder cache may then hit).
     #[arg(long)]
     pub no_unique_images: bool,
+    /// Start each request's first user text with a tag unique to the run point (`[run N] `), so
+    /// that a server's prefix cache shares only the chat template and system prompts between
+    /// points, not whole prompts.
+    #[arg(long)]
+    pub unique_prompts: bool,
 
     /// Write the full report (settings, per-point summaries, server deltas, every request) as JSON.
     #[arg(long)]
@@ -276,6 +281,7 @@ impl BenchArgs {
             temperature: self.temperature,
             ignore_eos: self.ignore_eos,
             unique_images: !self.no_unique_images,
+            unique_prompts: self.unique_prompts,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Request `i` of a workload is a pure function of (seed, i): every run point, every granularity
 //! mode and every peer server gets the same prompts, image sizes and output lengths. Only the image
 //! pixels change between run points (the `salt`), so that a server's encoder cache never serves a
-//! later run point from an earlier one.
+//! later run point from an earlier one; with `unique_prompts` the text gets a per-point tag too, so
+//! that a prefix cache shares only what real traffic would (the chat template, system prompts).
 
 use std::path::Path;
 
@@ -65,6 +66,8 @@ pub struct BodyOptions {
     pub ignore_eos: bool,
     /// Salt data-URL images from files too (synthetic images are always unique per salt).
     pub unique_images: bool,
+    /// Start the first user text with a tag unique to the run point (`[run N] `).
+    pub unique_prompts: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +229,9 @@ impl Workload {
         opts: &BodyOptions,
     ) -> Result<Vec<u8>, SpecError> {
         let mut m = self.request(index, salt, opts)?;
+        if opts.unique_prompts {
+            tag_first_user_text(&mut m, &format!("[run {salt}] "));
+        }
         m.insert("model".into(), json!(opts.model));
         m.insert("temperature".into(), json!(opts.temperature));
         m.insert("stream".into(), json!(opts.stream));
@@ -259,6 +265,34 @@ impl Workload {
             })?;
         }
         serde_json::to_vec(&Value::Object(m)).map_err(|e| SpecError::Invalid(e.to_string()))
+    }
+}
+
+/// Puts `tag` in front of the first text of the first user message (a string content, or its first
+/// text part); a request with no user text is left as it is.
+fn tag_first_user_text(m: &mut Map<String, Value>, tag: &str) {
+    let Some(Value::Array(messages)) = m.get_mut("messages") else {
+        return;
+    };
+    let Some(user) = messages
+        .iter_mut()
+        .find(|msg| msg.get("role").and_then(Value::as_str) == Some("user"))
+    else {
+        return;
+    };
+    let text = match user.get_mut("content") {
+        Some(Value::String(text)) => Some(text),
+        Some(Value::Array(parts)) => parts
+            .iter_mut()
+            .find(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+            .and_then(|p| match p.get_mut("text") {
+                Some(Value::String(text)) => Some(text),
+                _ => None,
+            }),
+        _ => None,
+    };
+    if let Some(text) = text {
+        text.insert_str(0, tag);
     }
 }
 
@@ -358,6 +392,7 @@ mod tests {
             temperature: 0.0,
             ignore_eos: false,
             unique_images: true,
+            unique_prompts: false,
         }
     }
 
@@ -408,6 +443,36 @@ mod tests {
             })
             .collect();
         assert_eq!(lens.into_iter().collect::<Vec<_>>(), vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn unique_prompts_tag_the_first_user_text_per_run_point() {
+        let w = synthetic(1);
+        let tagged = BodyOptions {
+            unique_prompts: true,
+            ..opts()
+        };
+        let text = |salt: u64, o: &BodyOptions| -> String {
+            let b = parse(&w.body(5, salt, Choice::default(), o).unwrap());
+            b["messages"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let plain = text(2, &opts());
+        assert_eq!(text(2, &tagged), format!("[run 2] {plain}"));
+        assert_eq!(text(3, &tagged), format!("[run 3] {plain}"));
+        // A dataset request with string content, after a system message.
+        let mut m = Map::new();
+        m.insert(
+            "messages".into(),
+            json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]),
+        );
+        tag_first_user_text(&mut m, "[run 0] ");
+        assert_eq!(
+            Value::Object(m)["messages"],
+            json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "[run 0] hi"}])
+        );
     }
 
     #[test]
