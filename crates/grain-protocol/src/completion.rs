@@ -148,12 +148,22 @@ pub enum Prompt<'a> {
     Ids(Vec<u32>),
 }
 
+/// A JSON token id: an integer from 0 to `u32::MAX`.
+fn token_id(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|id| u32::try_from(id).ok())
+}
+
 /// The ids of a validated token-id array.
-fn token_ids(items: &[Value]) -> Vec<u32> {
+pub(crate) fn token_ids(items: &[Value]) -> Vec<u32> {
+    items.iter().filter_map(token_id).collect()
+}
+
+/// The first entry of `items` that is not a token id, with its index.
+pub(crate) fn first_bad_token_id(items: &[Value]) -> Option<(usize, &Value)> {
     items
         .iter()
-        .filter_map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
-        .collect()
+        .enumerate()
+        .find(|(_, v)| token_id(v).is_none())
 }
 
 const SUPPORTED: &[Field] = &[
@@ -280,11 +290,7 @@ fn check_prompt(prompt: &Value) -> Result<(), RequestError> {
                 ))
             }
             Value::Array(ids) => {
-                if let Some((j, bad)) = ids
-                    .iter()
-                    .enumerate()
-                    .find(|(_, v)| v.as_u64().and_then(|id| u32::try_from(id).ok()).is_none())
-                {
+                if let Some((j, bad)) = first_bad_token_id(ids) {
                     return Err(RequestError::invalid_value(
                         "prompt",
                         format!(

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::completion::{first_bad_token_id, token_ids};
 use crate::error::RequestError;
 use crate::request::{ChatCompletionRequest, ContentPart, MessageContent};
 use crate::validate::{parse_chat_request, parse_fields, Field, Kind, RequestLimits};
@@ -99,10 +100,7 @@ pub struct DetokenizeRequest {
 impl DetokenizeRequest {
     /// The ids (validation guarantees each fits a `u32`).
     pub fn token_ids(&self) -> Vec<u32> {
-        self.tokens
-            .iter()
-            .filter_map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
-            .collect()
+        token_ids(&self.tokens)
     }
 }
 
@@ -123,12 +121,7 @@ pub fn parse_detokenize_request(
             format!("at most {MAX_DETOKENIZE_TOKENS} token ids per request"),
         ));
     }
-    if let Some((i, bad)) = req
-        .tokens
-        .iter()
-        .enumerate()
-        .find(|(_, v)| v.as_u64().and_then(|id| u32::try_from(id).ok()).is_none())
-    {
+    if let Some((i, bad)) = first_bad_token_id(&req.tokens) {
         return Err(RequestError::invalid_value(
             "tokens",
             format!(

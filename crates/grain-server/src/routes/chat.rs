@@ -109,13 +109,28 @@ pub async fn completions(
     Extension(RequestId(request_id)): Extension<RequestId>,
     request: Request,
 ) -> Response {
+    endpoint(&state, |guard, started| {
+        handle(&state, request_id, request, started, guard)
+    })
+    .await
+}
+
+/// The entry of every model endpoint: refuses while draining, runs `handle` with the in-flight
+/// guard and the time the request arrived, and answers its error as OpenAI's JSON (counted).
+pub(crate) async fn endpoint<Fut>(
+    state: &AppState,
+    handle: impl FnOnce(InFlight, Instant) -> Fut,
+) -> Response
+where
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
     let started = Instant::now();
     let Some(guard) = state.enter() else {
-        return fail(&state, ApiError::Draining);
+        return fail(state, ApiError::Draining);
     };
-    match handle(&state, request_id, request, started, guard).await {
+    match handle(guard, started).await {
         Ok(response) => response,
-        Err(e) => fail(&state, e),
+        Err(e) => fail(state, e),
     }
 }
 

@@ -11,7 +11,7 @@ use grain_metrics::Metrics;
 use grain_protocol as wire;
 
 use super::chat::{
-    fail, gather, read_request, run, unix_now, CompletionMeta, Format, Gathered, Timing,
+    endpoint, gather, read_request, run, unix_now, CompletionMeta, Format, Gathered, Timing,
 };
 use crate::convert;
 use crate::errors::ApiError;
@@ -25,14 +25,10 @@ pub async fn completions(
     Extension(RequestId(request_id)): Extension<RequestId>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
-    let Some(guard) = state.enter() else {
-        return fail(&state, ApiError::Draining);
-    };
-    match handle(&state, request_id, request, started, guard).await {
-        Ok(response) => response,
-        Err(e) => fail(&state, e),
-    }
+    endpoint(&state, |guard, started| {
+        handle(&state, request_id, request, started, guard)
+    })
+    .await
 }
 
 async fn handle(

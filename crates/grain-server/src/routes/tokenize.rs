@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use grain_engine as engine;
 use grain_protocol as wire;
 
-use super::chat::{fail, read_request};
+use super::chat::{endpoint, read_request};
 use crate::convert;
 use crate::errors::ApiError;
 use crate::middleware::RequestId;
@@ -20,14 +20,10 @@ pub async fn tokenize(
     Extension(RequestId(request_id)): Extension<RequestId>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
-    let Some(_guard) = state.enter() else {
-        return fail(&state, ApiError::Draining);
-    };
-    match handle_tokenize(&state, request_id, request, started).await {
-        Ok(response) => response,
-        Err(e) => fail(&state, e),
-    }
+    endpoint(&state, |_guard, started| {
+        handle_tokenize(&state, request_id, request, started)
+    })
+    .await
 }
 
 async fn handle_tokenize(
@@ -67,14 +63,10 @@ async fn handle_tokenize(
 }
 
 pub async fn detokenize(State(state): State<AppState>, request: Request) -> Response {
-    let started = Instant::now();
-    let Some(_guard) = state.enter() else {
-        return fail(&state, ApiError::Draining);
-    };
-    match handle_detokenize(&state, request, started).await {
-        Ok(response) => response,
-        Err(e) => fail(&state, e),
-    }
+    endpoint(&state, |_guard, started| {
+        handle_detokenize(&state, request, started)
+    })
+    .await
 }
 
 async fn handle_detokenize(

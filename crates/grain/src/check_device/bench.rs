@@ -422,33 +422,33 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             speedup_vs_hf: hf.map(|h| h / ms),
         });
     }
-    // The prefills again with the fused kernels (the causal softmax among them) off.
+    // The prefills again with one switch flipped (`set(true)`, then back with `set(false)`), in
+    // the same process: the fused kernels (the causal softmax among them) off, other query blocks.
+    let prefill_with = |set: &dyn Fn(bool)| -> anyhow::Result<Vec<(usize, f64)>> {
+        set(true);
+        let runs = a
+            .prefill
+            .iter()
+            .map(|&n| time_prefill(n))
+            .collect::<Vec<_>>();
+        set(false);
+        a.prefill
+            .iter()
+            .zip(runs)
+            .map(|(&n, times)| Ok((n, median(times?))))
+            .collect()
+    };
     let mut prefill_unfused = Vec::new();
     if a.ab_fused {
-        grain_model::set_fused_kernels(false);
-        let runs = a
-            .prefill
-            .iter()
-            .map(|&n| time_prefill(n))
-            .collect::<Vec<_>>();
-        grain_model::set_fused_kernels(true);
-        for (&n, times) in a.prefill.iter().zip(runs) {
-            prefill_unfused.push(json!({ "tokens": n, "ms_median": median(times?) }));
+        for (n, ms) in prefill_with(&|on| grain_model::set_fused_kernels(!on))? {
+            prefill_unfused.push(json!({ "tokens": n, "ms_median": ms }));
         }
     }
-    // And with other query blocks for the prefill attention.
     let mut prefill_query_block = Vec::new();
     for &rows in &a.ab_query_block {
-        grain_model::set_prefill_query_block(rows);
-        let runs = a
-            .prefill
-            .iter()
-            .map(|&n| time_prefill(n))
-            .collect::<Vec<_>>();
-        grain_model::set_prefill_query_block(0);
-        for (&n, times) in a.prefill.iter().zip(runs) {
-            prefill_query_block
-                .push(json!({ "query_block": rows, "tokens": n, "ms_median": median(times?) }));
+        let set = |on: bool| grain_model::set_prefill_query_block(if on { rows } else { 0 });
+        for (n, ms) in prefill_with(&set)? {
+            prefill_query_block.push(json!({ "query_block": rows, "tokens": n, "ms_median": ms }));
         }
     }
     Ok(json!({
