@@ -230,7 +230,9 @@ impl Workload {
     ) -> Result<Vec<u8>, SpecError> {
         let mut m = self.request(index, salt, opts)?;
         if opts.unique_prompts {
-            tag_first_user_text(&mut m, &format!("[run {salt}] "));
+            // The point's number: warm-up bodies (whose salt is the point's plus 2^40, for their
+            // own images) carry their point's tag too.
+            tag_first_user_text(&mut m, &format!("[run {}] ", salt as u32));
         }
         m.insert("model".into(), json!(opts.model));
         m.insert("temperature".into(), json!(opts.temperature));
@@ -462,6 +464,7 @@ mod tests {
         let plain = text(2, &opts());
         assert_eq!(text(2, &tagged), format!("[run 2] {plain}"));
         assert_eq!(text(3, &tagged), format!("[run 3] {plain}"));
+        assert_eq!(text(3 + (1 << 40), &tagged), format!("[run 3] {plain}"));
         // A dataset request with string content, after a system message.
         let mut m = Map::new();
         m.insert(
