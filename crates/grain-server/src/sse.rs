@@ -203,7 +203,7 @@ impl SseState {
                             self.push_json(&chunk);
                         }
                         Format::Text { .. } => {
-                            let chunk = self.text_chunk(Vec::new(), usage);
+                            let chunk = self.meta.text_response(Vec::new(), usage);
                             self.push_json(&chunk);
                         }
                     }
@@ -286,22 +286,6 @@ impl SseState {
         self.push_json(&chunk);
     }
 
-    fn text_chunk(
-        &self,
-        choices: Vec<wire::CompletionChoice>,
-        usage: Option<wire::Usage>,
-    ) -> wire::CompletionResponse {
-        wire::CompletionResponse {
-            id: self.meta.id.clone(),
-            object: wire::CompletionResponse::OBJECT.into(),
-            created: self.meta.created,
-            model: self.meta.model.clone(),
-            choices,
-            usage,
-            system_fingerprint: None,
-        }
-    }
-
     fn push_text(
         &mut self,
         index: u32,
@@ -315,7 +299,7 @@ impl SseState {
             logprobs,
             finish_reason,
         };
-        let chunk = self.text_chunk(vec![choice], None);
+        let chunk = self.meta.text_response(vec![choice], None);
         self.push_json(&chunk);
     }
 

@@ -92,6 +92,25 @@ pub(crate) struct CompletionMeta {
     pub format: Format,
 }
 
+impl CompletionMeta {
+    /// A `text_completion` object of this answer: the whole response, or one streamed chunk.
+    pub fn text_response(
+        &self,
+        choices: Vec<wire::CompletionChoice>,
+        usage: Option<wire::Usage>,
+    ) -> wire::CompletionResponse {
+        wire::CompletionResponse {
+            id: self.id.clone(),
+            object: wire::CompletionResponse::OBJECT.into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+            system_fingerprint: None,
+        }
+    }
+}
+
 /// Which API's shapes the response takes.
 #[derive(Debug, Clone)]
 pub(crate) enum Format {
@@ -253,14 +272,27 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// What a non-streamed answer gathered from the engine, per choice, and its usage.
+/// What a non-streamed answer gathered from the engine: its choices, in order, and its usage.
 pub(crate) struct Gathered {
-    pub texts: Vec<String>,
-    /// The tokens' log-probabilities (empty unless they were asked for).
-    pub logprobs: Vec<Vec<grain_engine::TokenLogprob>>,
-    /// A choice the engine did not mark finished ran out of budget: `Length`.
-    pub reasons: Vec<grain_engine::FinishReason>,
+    pub choices: Vec<GatheredChoice>,
     pub usage: grain_engine::Usage,
+}
+
+/// One choice of a non-streamed answer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GatheredChoice {
+    pub text: String,
+    /// The tokens' log-probabilities (empty unless they were asked for).
+    pub logprobs: Vec<grain_engine::TokenLogprob>,
+    /// `None` until the engine says; a choice it never marks finished ran out of budget.
+    reason: Option<grain_engine::FinishReason>,
+}
+
+impl GatheredChoice {
+    /// Why the choice ended: what the engine said, else `Length`.
+    pub fn reason(&self) -> grain_engine::FinishReason {
+        self.reason.unwrap_or(grain_engine::FinishReason::Length)
+    }
 }
 
 /// Reads the events of `meta.n` choices to the end, records the latencies and the success, and
@@ -272,9 +304,7 @@ pub(crate) async fn gather(
     mut timing: Timing,
 ) -> Result<Gathered, ApiError> {
     let n = meta.n as usize;
-    let mut texts = vec![String::new(); n];
-    let mut logprobs = vec![Vec::new(); n];
-    let mut reasons = vec![None; n];
+    let mut choices = vec![GatheredChoice::default(); n];
     let usage = loop {
         let Some(event) = stream.next().await else {
             return Err(ApiError::Internal(
@@ -289,33 +319,27 @@ pub(crate) async fn gather(
                 logprobs: lps,
             } => {
                 timing.on_tokens(metrics, index, token_ids.len());
-                let i = checked_index(index, n)?;
-                texts[i].push_str(&text);
+                let choice = &mut choices[checked_index(index, n)?];
+                choice.text.push_str(&text);
                 if meta.logprobs {
-                    logprobs[i].extend(lps);
+                    choice.logprobs.extend(lps);
                 }
             }
             Event::Finished { index, reason } => {
                 timing.on_finished(metrics);
-                reasons[checked_index(index, n)?] = Some(reason);
+                choices[checked_index(index, n)?].reason = Some(reason);
             }
             Event::Done { usage } => break usage,
             Event::Error(e) => return Err(ApiError::Engine(e)),
         }
     };
     timing.finish(metrics);
-    let reasons: Vec<_> = reasons
-        .into_iter()
-        .map(|r| r.unwrap_or(grain_engine::FinishReason::Length))
+    let labels: Vec<_> = choices
+        .iter()
+        .map(|c| convert::finish_label(c.reason()))
         .collect();
-    let labels: Vec<_> = reasons.iter().map(|&r| convert::finish_label(r)).collect();
     convert::record_success(metrics, &usage, &labels);
-    Ok(Gathered {
-        texts,
-        logprobs,
-        reasons,
-        usage,
-    })
+    Ok(Gathered { choices, usage })
 }
 
 /// Runs a non-streaming chat completion to the end and builds its JSON response.
@@ -325,24 +349,17 @@ async fn collect(
     metrics: &Metrics,
     timing: Timing,
 ) -> Result<Response, ApiError> {
-    let Gathered {
-        texts,
-        logprobs,
-        reasons,
-        usage,
-    } = gather(&mut stream, meta, metrics, timing).await?;
-    let choices = texts
+    let Gathered { choices, usage } = gather(&mut stream, meta, metrics, timing).await?;
+    let choices = choices
         .into_iter()
-        .zip(logprobs)
-        .zip(reasons)
         .enumerate()
-        .map(|(i, ((text, lps), reason))| wire::ChatChoice {
+        .map(|(i, c)| wire::ChatChoice {
             index: i as u32,
-            message: wire::AssistantMessage::new(text),
+            finish_reason: convert::finish_reason(c.reason()),
             logprobs: meta.logprobs.then(|| wire::ChoiceLogprobs {
-                content: lps.iter().map(convert::logprob).collect(),
+                content: c.logprobs.iter().map(convert::logprob).collect(),
             }),
-            finish_reason: convert::finish_reason(reason),
+            message: wire::AssistantMessage::new(c.text),
         })
         .collect();
     let body = wire::ChatCompletionResponse {

@@ -127,39 +127,23 @@ pub(crate) async fn collect(
             echo.len()
         )));
     }
-    let Gathered {
-        texts,
-        logprobs,
-        reasons,
-        usage,
-    } = gather(&mut stream, meta, metrics, timing).await?;
-    let choices = texts
+    let Gathered { choices, usage } = gather(&mut stream, meta, metrics, timing).await?;
+    let choices = choices
         .into_iter()
-        .zip(logprobs)
-        .zip(reasons)
         .enumerate()
-        .map(|(i, ((text, lps), reason))| {
+        .map(|(i, c)| {
             let prompt = echo.get(i).map_or("", String::as_str);
             // Offsets count from the start of the choice's text, echoed prompt included.
             let mut offset = prompt.chars().count() as u32;
             wire::CompletionChoice {
                 index: i as u32,
-                text: format!("{prompt}{text}"),
+                text: format!("{prompt}{}", c.text),
                 logprobs: meta
                     .logprobs
-                    .then(|| convert::text_logprobs(&lps, &mut offset)),
-                finish_reason: Some(convert::finish_reason(reason)),
+                    .then(|| convert::text_logprobs(&c.logprobs, &mut offset)),
+                finish_reason: Some(convert::finish_reason(c.reason())),
             }
         })
         .collect();
-    Ok(Json(wire::CompletionResponse {
-        id: meta.id.clone(),
-        object: wire::CompletionResponse::OBJECT.into(),
-        created: meta.created,
-        model: meta.model.clone(),
-        choices,
-        usage: Some(convert::usage(&usage)),
-        system_fingerprint: None,
-    })
-    .into_response())
+    Ok(Json(meta.text_response(choices, Some(convert::usage(&usage)))).into_response())
 }
