@@ -71,16 +71,17 @@ def test_seeded_sampling_reproduces(client, model_id):
     "kwargs, param",
     [
         (dict(prompt=[1, 2, 10**6]), "prompt"),
-        (dict(prompt=[1, 2], echo=True), "echo"),
+        (dict(prompt=[1, 2], max_tokens=0), "max_tokens"),
         (dict(prompt=["a", "<image>"]), "prompt"),
         (dict(prompt=PROMPT, suffix="!"), "suffix"),
         (dict(prompt="<image> what is this?"), "prompt"),
     ],
-    ids=["token-id-past-vocabulary", "echo-of-token-ids", "second-prompt-refused", "suffix", "image-placeholder"],
+    ids=["token-id-past-vocabulary", "nothing-to-generate-without-echo", "second-prompt-refused", "suffix",
+         "image-placeholder"],
 )
 def test_what_grain_cannot_serve_is_a_bad_request(client, model_id, kwargs, param):
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model=model_id, max_tokens=2, **kwargs)
+        client.completions.create(model=model_id, **{"max_tokens": 2, **kwargs})
     assert err.value.param == param
 
 

@@ -295,10 +295,20 @@ impl ModelRunner for LlavaRunner {
     fn forward(&mut self, batch: &StepBatch) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut parts = Vec::with_capacity(batch.entries.len() * 2);
         let mut chunks = Vec::with_capacity(batch.entries.len());
+        // Rows of the flat batch whose logits are wanted, in entry and position order.
+        let mut rows = Vec::with_capacity(batch.num_logits());
+        let mut offset = 0u32;
         for e in &batch.entries {
             if e.end <= e.start {
                 continue;
             }
+            let len = (e.end - e.start) as u32;
+            match e.logits_rows() {
+                0 => {}
+                1 if !e.all_logits => rows.push(offset + len - 1),
+                _ => rows.extend(offset..offset + len),
+            }
+            offset += len;
             if e.start < e.prompt_len {
                 let prompt = self.prompts.get(&e.seq).ok_or_else(|| {
                     EngineError::Internal(format!("no prompt stored for sequence {:?}", e.seq))
@@ -327,7 +337,7 @@ impl ModelRunner for LlavaRunner {
         let flat = Tensor::cat(&parts, 0).map_err(internal)?;
         let logits = self
             .model
-            .forward(&flat, &chunks, &self.cache)
+            .forward_rows(&flat, &chunks, &self.cache, &rows)
             .map_err(internal)?;
         let rows = logits.to_vec2::<f32>().map_err(internal)?;
         if let Some(m) = &self.metrics {

@@ -62,7 +62,7 @@ async fn run(engine: &EngineHandle, req: ChatRequest) -> Outcome {
     loop {
         match stream.next().await.expect("stream ends with Done") {
             Event::Delta { token_ids, .. } => tokens.extend(token_ids),
-            Event::Finished { .. } => {}
+            Event::Finished { .. } | Event::PromptLogprobs { .. } => {}
             Event::Done { usage } => return Outcome { tokens, usage },
             Event::Error(e) => panic!("request failed: {e}"),
         }

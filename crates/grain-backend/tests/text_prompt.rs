@@ -46,7 +46,7 @@ async fn run(engine: &EngineHandle, req: ChatRequest) -> Result<(Vec<u32>, Usage
     loop {
         match stream.next().await.expect("stream ends with Done") {
             Event::Delta { token_ids, .. } => tokens.extend(token_ids),
-            Event::Finished { .. } => {}
+            Event::Finished { .. } | Event::PromptLogprobs { .. } => {}
             Event::Done { usage } => return Ok((tokens, usage)),
             Event::Error(e) => return Err(e),
         }

@@ -89,6 +89,7 @@ pub enum GranularityChoice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
     /// `None` → the engine's `default_max_tokens`; always clamped to the context left after the prompt.
+    /// `Some(0)` generates nothing: the prompt is only evaluated (with `prompt_logprobs`, scored).
     pub max_tokens: Option<u32>,
     /// 0 means greedy.
     pub temperature: f32,
@@ -111,6 +112,12 @@ pub struct GenerationParams {
     /// a choice. The EOS tokens are masked out of sampling until then; stop strings still apply.
     pub ignore_eos: bool,
     pub min_tokens: u32,
+    /// `Some(k)`: also score the prompt. Every prompt token after the first gets its
+    /// log-probability under the model (raw logits: no penalty, bias or temperature) and the `k`
+    /// most likely alternatives, in one [`Event::PromptLogprobs`] per choice before its first
+    /// token (`echo` with `logprobs` on `/v1/completions`). Text-only prompts; such requests skip
+    /// the prefix cache, since a cached position has no logits.
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl Default for GenerationParams {
@@ -130,6 +137,7 @@ impl Default for GenerationParams {
             logit_bias: Vec::new(),
             ignore_eos: false,
             min_tokens: 0,
+            prompt_logprobs: None,
         }
     }
 }
@@ -158,6 +166,12 @@ pub enum Event {
         text: String,
         token_ids: Vec<u32>,
         logprobs: Vec<TokenLogprob>,
+    },
+    /// The prompt's tokens and scores for choice `index` (only with `prompt_logprobs`), before
+    /// any `Delta` of that choice: one entry per prompt token.
+    PromptLogprobs {
+        index: u32,
+        tokens: Vec<PromptLogprob>,
     },
     Finished {
         index: u32,
@@ -243,6 +257,18 @@ pub struct TokenLogprob {
     pub bytes: Vec<u8>,
     pub logprob: f32,
     /// `(token, bytes, logprob)`, most likely first; `top_logprobs` entries.
+    pub top: Vec<(String, Vec<u8>, f32)>,
+}
+
+/// One prompt token and the log-probability the model gave it after the tokens before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprob {
+    pub id: u32,
+    pub token: String,
+    pub bytes: Vec<u8>,
+    /// `None` for the first token: nothing precedes it.
+    pub logprob: Option<f32>,
+    /// `(token, bytes, logprob)`, most likely first; empty for the first token.
     pub top: Vec<(String, Vec<u8>, f32)>,
 }
 

@@ -176,6 +176,13 @@ impl EngineHandle {
         let ticket = Ticket::new(permit, inner.shared.clone());
 
         let request = self.preprocess_with(move |p| p.preprocess(req)).await?;
+        if request.params.prompt_logprobs.is_some() && !request.images.is_empty() {
+            // An image's positions are embeddings, not tokens: there is nothing to score there.
+            return Err(EngineError::invalid(
+                "prompt log-probabilities are only available for prompts without images",
+                Some("prompt_logprobs"),
+            ));
+        }
 
         let (events, rx) = mpsc::channel(inner.channel_capacity);
         let (accepted, ack) = oneshot::channel();

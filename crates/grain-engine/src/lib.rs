@@ -12,6 +12,7 @@ pub mod detok;
 mod handle;
 pub mod mock;
 mod prefix;
+mod prompt_logprobs;
 mod request;
 pub mod runner;
 pub mod sampling;

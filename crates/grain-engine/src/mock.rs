@@ -428,8 +428,11 @@ impl ModelRunner for ToyRunner {
                 h = mix(mix(h, input), pos as u64);
                 let slot = self.slot(&e.block_table, pos)?;
                 self.kv[slot] = Some((e.seq, pos, h));
+                if e.all_logits {
+                    rows.push(self.logits(h));
+                }
             }
-            if e.want_logits {
+            if e.want_logits && !e.all_logits {
                 rows.push(self.logits(h));
             }
         }

@@ -2,12 +2,14 @@
 //! state, its usage, and the events not yet delivered.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::api::{EngineError, Event, FinishReason, TokenLogprob, Usage};
 use crate::detok::IncrementalDecoder;
 use crate::handle::Ticket;
+use crate::prompt_logprobs::PromptScorer;
 use crate::runner::{SeqId, TokenDecoder};
 use crate::sampling::{ChoiceSampler, Sampled, SamplingParams};
 use crate::state::{Appended, State};
@@ -20,6 +22,8 @@ pub(crate) struct Choice {
     sampler: ChoiceSampler,
     detok: IncrementalDecoder,
     stop: StopChecker,
+    /// Scores the prompt until it is complete (`prompt_logprobs`).
+    scorer: Option<PromptScorer>,
     pub finished: bool,
 }
 
@@ -69,23 +73,37 @@ impl ActiveRequest {
         sampling: SamplingParams,
         stop: &[String],
         usage: Usage,
+        scored_prompt: Option<(Arc<[u32]>, u32)>,
+        decoder: &dyn TokenDecoder,
     ) -> Self {
+        let mut outbox = VecDeque::new();
         let choices = seqs
             .iter()
             .zip(0u32..)
-            .map(|(&seq, index)| Choice {
-                seq,
-                sampler: ChoiceSampler::new(seed, index),
-                detok: IncrementalDecoder::new(),
-                stop: StopChecker::new(stop),
-                finished: false,
+            .map(|(&seq, index)| {
+                let mut scorer = scored_prompt
+                    .as_ref()
+                    .map(|(ids, top)| PromptScorer::new(ids.clone(), *top));
+                if let Some(s) = scorer.as_ref().filter(|s| s.is_complete()) {
+                    // A one-token prompt has nothing to score.
+                    outbox.push_back(s.event(index, decoder));
+                    scorer = None;
+                }
+                Choice {
+                    seq,
+                    sampler: ChoiceSampler::new(seed, index),
+                    detok: IncrementalDecoder::new(),
+                    stop: StopChecker::new(stop),
+                    scorer,
+                    finished: false,
+                }
             })
             .collect();
         Self {
             id,
             span,
             events,
-            outbox: VecDeque::new(),
+            outbox,
             _ticket: ticket,
             choices,
             sampling,
@@ -104,6 +122,29 @@ impl ActiveRequest {
         self.events.is_closed()
     }
 
+    /// Scores choice `index`'s prompt with the logits rows of positions `start ..`; once every
+    /// token has its score, queues them and tells the scheduler to stop asking for rows.
+    pub fn on_prompt_rows(
+        &mut self,
+        index: usize,
+        start: usize,
+        rows: &mut [Vec<f32>],
+        state: &mut State,
+        ctx: &TokenCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let choice = &mut self.choices[index];
+        let Some(scorer) = &mut choice.scorer else {
+            return Ok(());
+        };
+        if scorer.record(start, rows)? {
+            self.outbox
+                .push_back(scorer.event(index as u32, ctx.decoder));
+            choice.scorer = None;
+            state.prompt_scored(choice.seq);
+        }
+        Ok(())
+    }
+
     /// Samples choice `index`'s next token from `row` and queues the events it causes. Returns
     /// whether the choice finished (the caller then ends its sequence).
     pub fn on_logits(
@@ -114,6 +155,11 @@ impl ActiveRequest {
         ctx: &TokenCtx<'_>,
     ) -> Result<bool, EngineError> {
         let choice = &mut self.choices[index];
+        if state.at_length_limit(choice.seq) {
+            // `max_tokens: 0`: the prompt was only evaluated.
+            self.finish_choice(index as u32, FinishReason::Length);
+            return Ok(true);
+        }
         let generated = state.generated(choice.seq).map_or(0, <[u32]>::len);
         if !self.sampling.allows_eos(generated) {
             for &eos in ctx.eos {
@@ -166,6 +212,12 @@ impl ActiveRequest {
         let Some(reason) = reason else {
             return Ok(false);
         };
+        self.finish_choice(index, reason);
+        Ok(true)
+    }
+
+    /// Queues choice `index`'s end, and the request's when it was the last choice running.
+    fn finish_choice(&mut self, index: u32, reason: FinishReason) {
         self.choices[index as usize].finished = true;
         self.outbox.push_back(Event::Finished { index, reason });
         if self.choices.iter().all(|c| c.finished) {
@@ -175,7 +227,6 @@ impl ActiveRequest {
             self.ended = true;
             tracing::debug!(parent: &self.span, completion_tokens = self.usage.completion_tokens, "request finished");
         }
-        Ok(true)
     }
 
     /// Ends the request with an error event after whatever was already queued.

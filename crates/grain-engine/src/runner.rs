@@ -104,6 +104,20 @@ pub struct StepEntry {
     pub block_table: Vec<u32>,
     /// Whether the logits of position `end - 1` are wanted.
     pub want_logits: bool,
+    /// Whether the logits of every position in `[start, end)` are wanted (to score the prompt).
+    /// The last of them then doubles as the `want_logits` row.
+    pub all_logits: bool,
+}
+
+impl StepEntry {
+    /// Logits rows [`ModelRunner::forward`] returns for this entry.
+    pub fn logits_rows(&self) -> usize {
+        if self.all_logits {
+            self.end.saturating_sub(self.start)
+        } else {
+            usize::from(self.want_logits && self.end > self.start)
+        }
+    }
 }
 
 /// A flat batch mixing prefill chunks and single decode tokens.
@@ -118,7 +132,7 @@ impl StepBatch {
     }
 
     pub fn num_logits(&self) -> usize {
-        self.entries.iter().filter(|e| e.want_logits).count()
+        self.entries.iter().map(StepEntry::logits_rows).sum()
     }
 }
 
@@ -129,8 +143,8 @@ pub trait ModelRunner: Send + 'static {
     fn prepare(&mut self, items: &[PrepareItem]) -> Vec<Result<PreparedPrompt, EngineError>>;
 
     /// One forward over the batch, writing K/V for every computed position into the blocks of each
-    /// entry's table. Returns one logits row (vocabulary-sized) per entry with `want_logits`, in
-    /// entry order. An error fails every request in the batch.
+    /// entry's table. Returns the logits rows (vocabulary-sized) [`StepEntry::logits_rows`] asks
+    /// for, in entry order and position order within an entry. An error fails every request in the batch.
     fn forward(&mut self, batch: &StepBatch) -> Result<Vec<Vec<f32>>, EngineError>;
 
     /// Forgets a sequence's stored prompt embeddings. Never called for a preempted sequence (it will

@@ -124,6 +124,27 @@ impl ChoiceSampler {
     }
 }
 
+/// A token's log-probability under the raw `logits` (NaN counts as -inf, changed in place) and
+/// the `top` most likely tokens', most likely first: how a prompt token is scored.
+pub(crate) fn score(logits: &mut [f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    for l in logits.iter_mut() {
+        if l.is_nan() {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    let lse = log_sum_exp(logits);
+    let logprob = |t: u32| {
+        logits
+            .get(t as usize)
+            .map_or(f32::NEG_INFINITY, |&l| l - lse)
+    };
+    let top = top_n(logits, top)
+        .into_iter()
+        .map(|t| (t, logprob(t)))
+        .collect();
+    (logprob(token), top)
+}
+
 /// NaN → -inf, the logit bias, then OpenAI's penalties over the generated tokens, then
 /// temperature. Bias entries past the row (checked against the model's vocabulary before the
 /// request is admitted) are ignored here.

@@ -23,12 +23,20 @@
 //! are cached by [`State::finish_step`], once their K/V exists. A sequence whose next block is
 //! being filled in the step being built (the `n` choices of one request, identical prompts
 //! arriving together) waits for that step rather than computing the block a second time.
+//!
+//! Prompt scoring: after [`State::score_prompt`] a sequence's prompt steps ask for every
+//! position's logits (`StepEntry::all_logits`), at most [`SCORE_CHUNK`] positions per step, and
+//! it never touches the prefix cache.
 
 use std::collections::{HashMap, VecDeque};
 
 use crate::api::EngineError;
 use crate::blocks::{blocks_for, BlockAllocator};
 use crate::runner::{SeqId, StepBatch, StepEntry};
+
+/// Most positions per step of a sequence whose prompt is being scored: each comes back as a
+/// vocabulary-sized logits row (512 rows of a 32k vocabulary: 64 MiB of f32).
+pub const SCORE_CHUNK: usize = 512;
 
 /// Per-step limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +58,8 @@ struct Seq {
     max_len: usize,
     /// Content key of each cacheable full prompt block (possibly none).
     prefix_keys: Vec<u64>,
+    /// Positions below this one are computed with every row's logits (to score the prompt).
+    score_until: usize,
 }
 
 impl Seq {
@@ -153,10 +163,43 @@ impl State {
                 blocks: Vec::new(),
                 max_len: prompt_len + allowed,
                 prefix_keys,
+                score_until: 0,
             },
         );
         self.waiting.push_back(id);
         Ok(allowed)
+    }
+
+    /// Asks for the logits of every prompt position of a queued sequence, in chunks of at most
+    /// [`SCORE_CHUNK`] positions, until [`Self::prompt_scored`]: row `p` scores prompt token
+    /// `p + 1`. The sequence then skips the prefix cache (a cached position has no logits).
+    pub fn score_prompt(&mut self, id: SeqId) {
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            seq.score_until = seq.prompt_len - 1;
+            seq.prefix_keys.clear();
+        }
+    }
+
+    /// The prompt is scored: a recompute after a preemption needs no more rows.
+    pub fn prompt_scored(&mut self, id: SeqId) {
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            seq.score_until = 0;
+        }
+    }
+
+    /// Positions of `seq` the next step may compute within `budget`.
+    fn chunk(seq: &Seq, budget: usize) -> usize {
+        let cap = if seq.computed < seq.score_until {
+            SCORE_CHUNK
+        } else {
+            usize::MAX
+        };
+        (seq.len() - seq.computed).min(budget).min(cap)
+    }
+
+    /// Whether `id` may not grow: it holds its `max_tokens` (zero, for a prompt only evaluated).
+    pub fn at_length_limit(&self, id: SeqId) -> bool {
+        self.seqs.get(&id).is_some_and(|s| s.len() >= s.max_len)
     }
 
     /// Builds the next step. Advances each scheduled sequence's computed length, so the caller must
@@ -169,13 +212,12 @@ impl State {
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
-            let seq = &self.seqs[&id];
-            let take = (seq.len() - seq.computed).min(budget);
+            let take = Self::chunk(&self.seqs[&id], budget);
             if take == 0 {
                 i += 1;
                 continue;
             }
-            let end = seq.computed + take;
+            let end = self.seqs[&id].computed + take;
             let mut self_preempted = false;
             while self.blocks.missing(&self.seqs[&id].blocks, end) > self.blocks.free() {
                 // Newest first: it has the least work to lose and arrived last.
@@ -221,7 +263,7 @@ impl State {
             if hits > 0 {
                 self.prefix_hits.push((id, seq.computed));
             }
-            let end = seq.computed + (seq.len() - seq.computed).min(budget);
+            let end = seq.computed + Self::chunk(seq, budget);
             budget -= end - seq.computed;
             self.waiting.pop_front();
             self.running.push(id);
@@ -252,6 +294,7 @@ impl State {
             tokens: seq.generated[first_gen..last_gen].to_vec(),
             block_table: seq.blocks.clone(),
             want_logits: end == seq.len(),
+            all_logits: start < seq.score_until,
         }
     }
 

@@ -12,9 +12,6 @@ pub const MAX_LOGIT_BIAS: usize = 1024;
 
 pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
     let fail = |message: String, param: &str| Err(EngineError::invalid(message, Some(param)));
-    if p.max_tokens == Some(0) {
-        return fail("max_tokens must be at least 1".into(), "max_tokens");
-    }
     if !(0.0..=2.0).contains(&p.temperature) {
         return fail(
             format!("temperature must be in [0, 2], got {}", p.temperature),
@@ -51,6 +48,12 @@ pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
         return fail(
             "top_logprobs requires logprobs to be true".into(),
             "top_logprobs",
+        );
+    }
+    if let Some(k) = p.prompt_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+        return fail(
+            format!("prompt_logprobs must be at most {MAX_TOP_LOGPROBS}, got {k}"),
+            "prompt_logprobs",
         );
     }
     if p.stop.len() > MAX_STOP_STRINGS {
@@ -104,6 +107,13 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(validate_params(&GenerationParams::default()).is_ok());
+        // Nothing generated: the prompt is only evaluated (scored, with `prompt_logprobs`).
+        let score_only = GenerationParams {
+            max_tokens: Some(0),
+            prompt_logprobs: Some(MAX_TOP_LOGPROBS),
+            ..GenerationParams::default()
+        };
+        assert!(validate_params(&score_only).is_ok());
     }
 
     #[test]
@@ -112,10 +122,10 @@ mod tests {
         let cases = [
             (
                 GenerationParams {
-                    max_tokens: Some(0),
+                    prompt_logprobs: Some(21),
                     ..d()
                 },
-                "max_tokens",
+                "prompt_logprobs",
             ),
             (
                 GenerationParams {

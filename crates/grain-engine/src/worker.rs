@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvError, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::{EngineError, ModelCard, Usage};
 use crate::config::EngineConfig;
-use crate::controller::{CeilingDriver, Controller, TICK};
+use crate::controller::{CeilingDriver, Controller};
 use crate::handle::{panic_message, Shared, Status, Submission};
 use crate::prefix::PrefixKeyer;
 use crate::request::{ActiveRequest, Delivery, TokenCtx};
@@ -260,14 +260,14 @@ impl<R: ModelRunner> Worker<R> {
                 (Ok(p), Some(keyer)) => keyer.prompt_keys(&item.prompt_ids, &item.images, p),
                 _ => Vec::new(),
             };
-            self.enqueue(sub, item.seqs, result, keys, picked_up);
+            self.enqueue(sub, item, result, keys, picked_up);
         }
     }
 
     fn enqueue(
         &mut self,
         sub: Submission,
-        seqs: Vec<SeqId>,
+        item: PrepareItem,
         prepared: Result<PreparedPrompt, EngineError>,
         prefix_keys: Vec<u64>,
         picked_up: Instant,
@@ -279,6 +279,7 @@ impl<R: ModelRunner> Worker<R> {
             ticket,
             span,
         } = sub;
+        let seqs = item.seqs;
         let max_new = request
             .params
             .max_tokens
@@ -291,6 +292,9 @@ impl<R: ModelRunner> Worker<R> {
                         self.state.remove(s);
                     });
                     return Err(e);
+                }
+                if request.params.prompt_logprobs.is_some() {
+                    self.state.score_prompt(seq);
                 }
             }
             Ok(p)
@@ -337,6 +341,11 @@ impl<R: ModelRunner> Worker<R> {
             SamplingParams::from(&request.params),
             &request.params.stop,
             usage,
+            request
+                .params
+                .prompt_logprobs
+                .map(|top| (item.prompt_ids.into(), top)),
+            &*self.decoder,
         );
         self.requests.insert(key, req);
         if let Some(c) = &mut self.ceiling {
@@ -404,13 +413,29 @@ impl<R: ModelRunner> Worker<R> {
         };
         let mut finished = Vec::new();
         let mut failed = Vec::new();
-        for (entry, mut row) in batch.entries.iter().filter(|e| e.want_logits).zip(rows) {
+        let mut rows = rows.into_iter();
+        for entry in &batch.entries {
+            let mut mine: Vec<Vec<f32>> = rows.by_ref().take(entry.logits_rows()).collect();
+            if mine.is_empty() {
+                continue;
+            }
             let owner = self.owners.get(&entry.seq).copied();
             let Some((key, index, req)) =
                 owner.and_then(|(k, i)| self.requests.get_mut(&k).map(|r| (k, i, r)))
             else {
                 // Nobody will read this sequence: drop it rather than let it wait forever.
                 finished.push(entry.seq);
+                continue;
+            };
+            if entry.all_logits {
+                let scored =
+                    req.on_prompt_rows(index, entry.start, &mut mine, &mut self.state, &ctx);
+                if let Err(e) = scored {
+                    failed.push((key, e));
+                    continue;
+                }
+            }
+            let Some(mut row) = mine.pop().filter(|_| entry.want_logits) else {
                 continue;
             };
             match req.on_logits(index, &mut row, &mut self.state, &ctx) {
@@ -504,78 +529,6 @@ impl<R: ModelRunner> Worker<R> {
             .store(self.state.preemptions(), Ordering::Relaxed);
     }
 
-    /// Blocks for the next submission, waking every [`TICK`] while the ceiling must still climb.
-    fn wait_for_work(
-        &self,
-        submissions: &Receiver<Submission>,
-    ) -> Result<Option<Submission>, RecvError> {
-        if !self
-            .ceiling
-            .as_ref()
-            .is_some_and(CeilingDriver::needs_ticks)
-        {
-            return submissions.recv().map(Some);
-        }
-        match submissions.recv_timeout(TICK) {
-            Ok(s) => Ok(Some(s)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(RecvError),
-        }
-    }
-
-    /// Feeds the ceiling controller: a request's first step ends its queue wait, its first
-    /// logits (after the forward) end its time to first token.
-    fn observe_step(&mut self, batch: &StepBatch, forwarded: bool) {
-        let Some(c) = &mut self.ceiling else {
-            return;
-        };
-        let now = Instant::now();
-        for e in &batch.entries {
-            let Some(&(key, _)) = self.owners.get(&e.seq) else {
-                continue;
-            };
-            if !forwarded {
-                c.scheduled(key, now);
-            } else if e.want_logits {
-                c.first_token(key, now);
-            }
-        }
-    }
-
-    fn tick_ceiling(&mut self) {
-        let Some(c) = &mut self.ceiling else {
-            return;
-        };
-        let total = self.state.blocks_total();
-        let kv_usage = if total == 0 {
-            0.0
-        } else {
-            self.state.blocks_used() as f64 / total as f64
-        };
-        if let Some(g) = c.tick(Instant::now(), self.state.num_waiting(), kv_usage) {
-            tracing::info!(
-                ceiling = g,
-                waiting = self.state.num_waiting(),
-                kv_usage,
-                "granularity ceiling changed"
-            );
-            self.push_ceiling();
-        }
-    }
-
-    /// Hands the current ceiling to the runner (`None` when the controller is off).
-    fn push_ceiling(&mut self) {
-        let ceiling = self.ceiling.as_ref().map(CeilingDriver::ceiling);
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| {
-            self.runner.set_granularity_ceiling(ceiling)
-        })) {
-            tracing::error!(
-                "model panicked while setting the ceiling: {}",
-                panic_message(&*p)
-            );
-        }
-    }
-
     /// The model keeps panicking: fail everything, report not ready, and stop.
     fn shut_down_broken(mut self) {
         let why = format!("model panicked {MAX_CONSECUTIVE_PANICS} times in a row; worker stopped");
@@ -596,3 +549,6 @@ impl<R: ModelRunner> Worker<R> {
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
+
+#[path = "worker_ceiling.rs"]
+mod ceiling;

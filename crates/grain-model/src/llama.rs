@@ -266,8 +266,6 @@ impl Llama {
         chunks: &[SeqChunk<'_>],
         cache: &KvCache,
     ) -> Result<Tensor> {
-        let c = &self.config;
-        let x = self.hidden_states(embeds, chunks, cache)?;
         let mut rows = Vec::new();
         let mut offset = 0u32;
         for s in chunks {
@@ -276,17 +274,29 @@ impl Llama {
                 rows.push(offset - 1);
             }
         }
+        self.forward_rows(embeds, chunks, cache, &rows)
+    }
+
+    /// Like [`Llama::forward`], but the logits `(rows.len(), vocab)` are those of the given rows
+    /// of the flat batch, in that order (e.g. every position of a prompt being scored).
+    pub fn forward_rows(
+        &self,
+        embeds: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+        rows: &[u32],
+    ) -> Result<Tensor> {
+        let x = self.hidden_states(embeds, chunks, cache)?;
         if rows.is_empty() {
             return Ok(Tensor::zeros(
-                (0, c.vocab_size),
+                (0, self.config.vocab_size),
                 DType::F32,
                 embeds.device(),
             )?);
         }
-        let n = rows.len();
-        let idx = Tensor::from_vec(rows, n, embeds.device())?;
-        let last = self.norm.forward(&x.index_select(&idx, 0)?)?;
-        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+        let idx = Tensor::from_slice(rows, rows.len(), embeds.device())?;
+        let picked = self.norm.forward(&x.index_select(&idx, 0)?)?;
+        Ok(self.lm_head.forward(&picked)?.to_dtype(DType::F32)?)
     }
 
     /// Like [`Llama::forward`] but with f32 logits for every row of the flat batch

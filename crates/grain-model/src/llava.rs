@@ -221,6 +221,17 @@ impl LlavaModel {
         self.on_pool(|| self.lm.forward(embeds, chunks, cache))
     }
 
+    /// Logits of the given rows of the flat batch (see [`Llama::forward_rows`]).
+    pub fn forward_rows(
+        &self,
+        embeds: &Tensor,
+        chunks: &[SeqChunk<'_>],
+        cache: &KvCache,
+        rows: &[u32],
+    ) -> Result<Tensor> {
+        self.on_pool(|| self.lm.forward_rows(embeds, chunks, cache, rows))
+    }
+
     /// Logits for every row of the flat batch (see [`Llama::forward_all_logits`]).
     pub fn forward_all_logits(
         &self,

@@ -8,8 +8,11 @@
 //! (default 16, as OpenAI's), `temperature`, `top_p`, `top_k`, `seed`, `stop`, `n`,
 //! `presence_penalty`, `frequency_penalty`, `logprobs` (0 ..= `max_top_logprobs`), `echo`,
 //! `best_of` (only equal to `n`), `logit_bias`, `stream`, `stream_options`, `user`, and the
-//! extensions `top_k`, `ignore_eos` and `min_tokens` (vLLM's). `suffix` is refused by name, and so
-//! is `echo` with a token-id prompt.
+//! extensions `top_k`, `ignore_eos` and `min_tokens` (vLLM's). `suffix` is refused by name.
+//!
+//! `echo` with `logprobs` scores the prompt too: its tokens come first in the `logprobs` lists,
+//! the first one with `null` scores (nothing precedes it). With `echo`, `max_tokens` may be 0:
+//! the prompt is only evaluated, as evaluation harnesses ask for a loglikelihood.
 
 use std::collections::BTreeMap;
 
@@ -201,13 +204,9 @@ pub fn parse_completion_request(
         return Err(RequestError::invalid_value("model", "must not be empty"));
     }
     check_prompt(&req.prompt)?;
-    if req.echo() && req.prompts().iter().any(|p| matches!(p, Prompt::Ids(_))) {
-        return Err(RequestError::invalid_value(
-            "echo",
-            "echo is only supported for text prompts, not token ids",
-        ));
+    if !(req.echo() && req.max_tokens == Some(0)) {
+        check_max_tokens("max_tokens", req.max_tokens)?;
     }
-    check_max_tokens("max_tokens", req.max_tokens)?;
     let max_tokens = Some(i64::from(req.max_new_tokens()));
     validate_sampling(&req.sampling(), max_tokens, limits)?;
     if let Some(b) = req.best_of {
@@ -226,12 +225,6 @@ pub fn parse_completion_request(
             return Err(RequestError::invalid_value(
                 "logprobs",
                 format!("must be between 0 and {}, got {k}", limits.max_top_logprobs),
-            ));
-        }
-        if req.echo() {
-            return Err(RequestError::invalid_value(
-                "logprobs",
-                "log-probabilities of an echoed prompt are not implemented; drop 'echo' or 'logprobs'",
             ));
         }
     }
@@ -339,13 +332,16 @@ pub struct CompletionChoice {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// The legacy log-probability object: parallel lists, one entry per generated token.
+/// The legacy log-probability object: parallel lists, one entry per token (the echoed prompt's,
+/// then the generated ones).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    /// Per token: the `logprobs` most likely tokens and the sampled one, token → log-probability.
-    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    /// `null` for an echoed prompt's first token.
+    pub token_logprobs: Vec<Option<f32>>,
+    /// Per token: the `logprobs` most likely tokens and the sampled (or prompt) one, token →
+    /// log-probability; `null` for an echoed prompt's first token.
+    pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
     /// Per token: its character offset in the choice's text (`echo` included).
     pub text_offset: Vec<u32>,
 }
@@ -380,9 +376,8 @@ mod tests {
             b.prompts(),
             vec![Prompt::Ids(vec![5]), Prompt::Ids(vec![0, 7])]
         );
-        // echo needs the prompt's text.
-        let e = parse(json!({"model": "m", "prompt": [1, 2], "echo": true})).unwrap_err();
-        assert_eq!(e.param(), Some("echo"), "{e}");
+        // Token-id prompts echo too (their text is the detokenized ids).
+        assert!(parse(json!({"model": "m", "prompt": [1, 2], "echo": true})).is_ok());
         assert!(parse(json!({"model": "m", "prompt": "a", "echo": true})).is_ok());
     }
 
@@ -447,8 +442,17 @@ mod tests {
                 "best_of",
             ),
             (
-                json!({"model": "m", "prompt": "a", "echo": true, "logprobs": 1}),
-                "logprobs",
+                json!({"model": "m", "prompt": "a", "echo": false, "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "echo": true, "max_tokens": -1}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "prompt": "a", "echo": true, "max_tokens": 0,
+                       "min_tokens": 1}),
+                "min_tokens",
             ),
             (
                 json!({"model": "m", "prompt": "a", "suffix": "z"}),
@@ -474,6 +478,16 @@ mod tests {
         assert_eq!(ok.logprobs_count(), Some(0));
         assert_eq!(ok.sampling().n_or_default(), 2);
         assert_eq!(ok.sampling().stop_sequences(), vec!["\n".to_owned()]);
+        // lm-eval's loglikelihood request (token ids, echo, one alternative), and scoring alone.
+        let score = json!({"model": "m", "prompt": [[1, 5, 9]], "echo": true, "logprobs": 1,
+                           "max_tokens": 1, "temperature": 0, "seed": 1234});
+        assert_eq!(parse(score).unwrap().logprobs_count(), Some(1));
+        let only = parse(
+            json!({"model": "m", "prompt": "a b", "echo": true, "logprobs": 0,
+                                "max_tokens": 0}),
+        )
+        .unwrap();
+        assert_eq!(only.max_new_tokens(), 0);
     }
 
     #[test]
@@ -489,10 +503,10 @@ mod tests {
                 index: 0,
                 text: "a".into(),
                 logprobs: Some(CompletionLogprobs {
-                    tokens: vec!["a".into()],
-                    token_logprobs: vec![-0.5],
-                    top_logprobs: vec![top],
-                    text_offset: vec![0],
+                    tokens: vec!["<s>".into(), "a".into()],
+                    token_logprobs: vec![None, Some(-0.5)],
+                    top_logprobs: vec![None, Some(top)],
+                    text_offset: vec![0, 3],
                 }),
                 finish_reason: Some(FinishReason::Length),
             }],
@@ -503,8 +517,9 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"id": "cmpl-1", "object": "text_completion", "created": 3, "model": "m",
                    "choices": [{"index": 0, "text": "a", "finish_reason": "length",
-                                "logprobs": {"tokens": ["a"], "token_logprobs": [-0.5],
-                                             "top_logprobs": [{"a": -0.5}], "text_offset": [0]}}]})
+                                "logprobs": {"tokens": ["<s>", "a"], "token_logprobs": [null, -0.5],
+                                             "top_logprobs": [null, {"a": -0.5}],
+                                             "text_offset": [0, 3]}}]})
         );
     }
 }

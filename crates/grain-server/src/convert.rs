@@ -97,6 +97,7 @@ pub fn generation_params(
         logit_bias: s.logit_bias_entries(),
         ignore_eos: s.ignores_eos(),
         min_tokens: s.min_tokens_value(),
+        prompt_logprobs: None,
     }
 }
 
@@ -211,23 +212,35 @@ pub fn record_success(
     metrics.record_prefix_cache_hits(u64::from(u.cached_tokens));
 }
 
-/// Text completions' legacy log-probabilities: parallel lists, each token's alternatives as a
-/// map that always holds the sampled token, and character offsets counted on from `offset`
-/// (which advances past these tokens).
-pub fn text_logprobs(lps: &[engine::TokenLogprob], offset: &mut u32) -> wire::CompletionLogprobs {
+/// Text completions' legacy log-probabilities of an echoed prompt's tokens (`prompt`, possibly
+/// none) and then of generated ones: parallel lists, each token's alternatives as a map that
+/// always holds the token itself (`null` for the prompt's first token, which has no score), and
+/// character offsets that count the tokens' texts on from `offset` (which advances past them).
+pub fn text_logprobs(
+    prompt: &[engine::PromptLogprob],
+    generated: &[engine::TokenLogprob],
+    offset: &mut u32,
+) -> wire::CompletionLogprobs {
     let mut out = wire::CompletionLogprobs::default();
-    for l in lps {
-        let mut top: std::collections::BTreeMap<String, f32> = l
-            .top
+    let tokens = prompt.iter().map(|p| (&p.token, p.logprob, &p.top)).chain(
+        generated
             .iter()
-            .map(|(token, _, logprob)| (token.clone(), *logprob))
-            .collect();
-        top.insert(l.token.clone(), l.logprob);
-        out.tokens.push(l.token.clone());
-        out.token_logprobs.push(l.logprob);
+            .map(|l| (&l.token, Some(l.logprob), &l.top)),
+    );
+    for (token, logprob, top) in tokens {
+        let top = logprob.map(|lp| {
+            let mut map: std::collections::BTreeMap<String, f32> = top
+                .iter()
+                .map(|(alt, _, alt_lp)| (alt.clone(), *alt_lp))
+                .collect();
+            map.insert(token.clone(), lp);
+            map
+        });
+        out.tokens.push(token.clone());
+        out.token_logprobs.push(logprob);
         out.top_logprobs.push(top);
         out.text_offset.push(*offset);
-        *offset = offset.saturating_add(l.token.chars().count() as u32);
+        *offset = offset.saturating_add(token.chars().count() as u32);
     }
     out
 }

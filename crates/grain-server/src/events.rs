@@ -68,6 +68,12 @@ impl Events {
                         logprobs,
                     })
                 }
+                Some(Event::PromptLogprobs { index, tokens }) => {
+                    return Some(Event::PromptLogprobs {
+                        index: index + offset,
+                        tokens,
+                    })
+                }
                 Some(Event::Finished { index, reason }) => {
                     return Some(Event::Finished {
                         index: index + offset,

@@ -42,12 +42,17 @@ pub(crate) async fn respond(
         Format::Text { echo } => echo.clone(),
         Format::Chat => Vec::new(),
     };
-    let text_offsets = (0..meta.n as usize)
-        .map(|i| echo.get(i).map_or(0, |e| e.chars().count() as u32))
-        .collect();
+    // With `logprobs`, an echoed prompt waits for its scores (the engine sends them before the
+    // choice's first token) and goes out with them.
+    let (echo, held_echo) = if meta.logprobs {
+        (Vec::new(), echo)
+    } else {
+        (echo, Vec::new())
+    };
     let mut sse = SseState {
         reasons: vec![None; meta.n as usize],
-        text_offsets,
+        text_offsets: vec![0; meta.n as usize],
+        held_echo,
         state,
         stream,
         meta,
@@ -91,8 +96,11 @@ struct SseState {
     timeout_s: u64,
     pending: VecDeque<SseEvent>,
     reasons: Vec<Option<FinishReason>>,
-    /// Per choice, the characters sent so far (text completions' `text_offset`).
+    /// Per choice, the characters of the tokens' texts so far (text completions' `text_offset`).
     text_offsets: Vec<u32>,
+    /// Per choice, the echoed prompt that goes out with the prompt's scores (`echo` and
+    /// `logprobs`); empty otherwise.
+    held_echo: Vec<String>,
     /// `[DONE]` is queued; nothing follows.
     finished: bool,
     /// Success or failure was counted; a stream dropped before that was cancelled.
@@ -148,7 +156,7 @@ impl SseState {
                 };
                 if let Format::Text { .. } = self.meta.format {
                     let logprobs = (self.meta.logprobs && !logprobs.is_empty())
-                        .then(|| convert::text_logprobs(&logprobs, &mut self.text_offsets[i]));
+                        .then(|| convert::text_logprobs(&[], &logprobs, &mut self.text_offsets[i]));
                     if !text.is_empty() || logprobs.is_some() {
                         self.push_text(index, text, logprobs, None);
                     }
@@ -168,6 +176,17 @@ impl SseState {
                     self.push_choice(index, delta, logprobs, None);
                 }
             }
+            Some(Event::PromptLogprobs { index, tokens }) => match checked_index(index, n) {
+                Ok(i) => {
+                    let text = self.held_echo.get(i).cloned().unwrap_or_default();
+                    let logprobs = self
+                        .meta
+                        .logprobs
+                        .then(|| convert::text_logprobs(&tokens, &[], &mut self.text_offsets[i]));
+                    self.push_text(index, text, logprobs, None);
+                }
+                Err(e) => self.fail(e),
+            },
             Some(Event::Finished { index, reason }) => match checked_index(index, n) {
                 Ok(i) => {
                     let metrics = self.state.metrics().clone();

@@ -39,7 +39,7 @@ fn workload(n: usize) -> Vec<ChatRequest> {
         .collect()
 }
 
-async fn solo(reqs: &[ChatRequest], toy: ToyConfig) -> Vec<Output> {
+pub(crate) async fn solo(reqs: &[ChatRequest], toy: ToyConfig) -> Vec<Output> {
     let (h, _) = ready(EngineConfig::default(), toy).await;
     let mut out = Vec::new();
     for r in reqs {
@@ -50,7 +50,11 @@ async fn solo(reqs: &[ChatRequest], toy: ToyConfig) -> Vec<Output> {
 
 /// Submits every request while the model is held at its gate, so they are all queued together,
 /// then lets the model run and collects the outputs.
-async fn together(h: &EngineHandle, probe: &Arc<ToyProbe>, reqs: &[ChatRequest]) -> Vec<Output> {
+pub(crate) async fn together(
+    h: &EngineHandle,
+    probe: &Arc<ToyProbe>,
+    reqs: &[ChatRequest],
+) -> Vec<Output> {
     probe.close_gate();
     let tasks: Vec<_> = reqs
         .iter()
@@ -72,7 +76,7 @@ async fn together(h: &EngineHandle, probe: &Arc<ToyProbe>, reqs: &[ChatRequest])
     out
 }
 
-async fn assert_drained(h: &EngineHandle, probe: &ToyProbe) {
+pub(crate) async fn assert_drained(h: &EngineHandle, probe: &ToyProbe) {
     assert!(h.wait_idle(std::time::Duration::from_secs(20)).await);
     until("stats to settle", || h.stats().kv_blocks_used == 0).await;
     let s = h.stats();

@@ -111,7 +111,15 @@ async fn prompt_level_errors_come_back_before_streaming() {
     );
 
     let err = h
-        .generate(request("d", "hi", &[], greedy(0)))
+        .generate(request(
+            "d",
+            "hi",
+            &[],
+            grain_engine::GenerationParams {
+                top_p: 0.0,
+                ..greedy(5)
+            },
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::InvalidRequest { .. }), "{err:?}");

@@ -3,4 +3,5 @@
 mod batching;
 mod lifecycle;
 mod output;
+mod scoring;
 mod support;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use grain_engine::mock::{start_toy, ToyConfig, ToyProbe};
 use grain_engine::{
     ChatRequest, Detail, EngineConfig, EngineError, EngineHandle, Event, FinishReason,
-    GenerationParams, GenerationStream, GranularityChoice, Message, Part, Role, Usage,
+    GenerationParams, GenerationStream, GranularityChoice, Message, Part, PromptLogprob, Role,
+    TokenLogprob, Usage,
 };
 use std::sync::Arc;
 
@@ -72,6 +73,10 @@ pub struct Output {
     /// Every non-empty text delta, per choice, in order.
     pub deltas: Vec<Vec<String>>,
     pub logprob_counts: Vec<usize>,
+    /// Sampled tokens' logprobs, per choice.
+    pub logprobs: Vec<Vec<TokenLogprob>>,
+    /// The prompt's tokens and scores, per choice (`prompt_logprobs`).
+    pub prompt: Vec<Option<Vec<PromptLogprob>>>,
     pub usage: Option<Usage>,
     pub error: Option<EngineError>,
 }
@@ -96,6 +101,8 @@ pub async fn collect(mut s: GenerationStream, n: usize) -> Output {
         finish: vec![None; n],
         deltas: vec![Vec::new(); n],
         logprob_counts: vec![0; n],
+        logprobs: vec![Vec::new(); n],
+        prompt: vec![None; n],
         ..Output::default()
     };
     while let Some(ev) = s.next().await {
@@ -118,6 +125,16 @@ pub async fn collect(mut s: GenerationStream, n: usize) -> Output {
                 }
                 o.tokens[i].extend(token_ids);
                 o.logprob_counts[i] += logprobs.len();
+                o.logprobs[i].extend(logprobs);
+            }
+            Event::PromptLogprobs { index, tokens } => {
+                let i = index as usize;
+                assert!(o.prompt[i].is_none(), "choice {i}'s prompt scored twice");
+                assert!(
+                    o.tokens[i].is_empty() && o.finish[i].is_none(),
+                    "choice {i}'s prompt scores came after its tokens"
+                );
+                o.prompt[i] = Some(tokens);
             }
             Event::Finished { index, reason } => {
                 let i = index as usize;

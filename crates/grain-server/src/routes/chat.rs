@@ -119,6 +119,7 @@ pub(crate) enum Format {
     /// `text_completion` (`/v1/completions`): plain `text`, legacy log-probabilities.
     Text {
         /// Per choice, its prompt, sent in front of its text (`echo: true`); empty without echo.
+        /// With `logprobs` too, the prompt's tokens come first in the log-probabilities.
         echo: Vec<String>,
     },
 }
@@ -284,6 +285,8 @@ pub(crate) struct GatheredChoice {
     pub text: String,
     /// The tokens' log-probabilities (empty unless they were asked for).
     pub logprobs: Vec<grain_engine::TokenLogprob>,
+    /// The prompt's tokens and scores (text completions with `echo` and `logprobs`).
+    pub prompt: Vec<grain_engine::PromptLogprob>,
     /// `None` until the engine says; a choice it never marks finished ran out of budget.
     reason: Option<grain_engine::FinishReason>,
 }
@@ -323,6 +326,11 @@ pub(crate) async fn gather(
                 choice.text.push_str(&text);
                 if meta.logprobs {
                     choice.logprobs.extend(lps);
+                }
+            }
+            Event::PromptLogprobs { index, tokens } => {
+                if meta.logprobs {
+                    choices[checked_index(index, n)?].prompt = tokens;
                 }
             }
             Event::Finished { index, reason } => {

@@ -49,37 +49,36 @@ async fn handle(
     let prompts = req.prompts();
     let sampling = req.sampling();
     let n = sampling.n_or_default();
-    // One echo per choice: choice `j` of prompt `i` is choice `i·n + j`. Validation allows `echo`
-    // only with text prompts.
-    let echo = if req.echo() {
-        prompts
-            .iter()
-            .flat_map(|p| {
-                let text = match p {
-                    wire::Prompt::Text(t) => t.to_string(),
-                    wire::Prompt::Ids(_) => String::new(),
-                };
-                std::iter::repeat_n(text, n as usize)
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // One echo per choice: choice `j` of prompt `i` is choice `i·n + j`. Token ids echo as their
+    // text, special tokens included (what `/detokenize` answers).
+    let mut echo = Vec::new();
+    if req.echo() {
+        for p in &prompts {
+            let text = match p {
+                wire::Prompt::Text(t) => t.to_string(),
+                wire::Prompt::Ids(ids) => state.engine().detokenize(ids.clone()).await?,
+            };
+            echo.extend(std::iter::repeat_n(text, n as usize));
+        }
+    }
+    let logprobs = req.logprobs_count();
     let meta = CompletionMeta {
         id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
         created: unix_now(),
         model,
         n: n * prompts.len() as u32,
-        logprobs: req.logprobs_count().is_some(),
+        logprobs: logprobs.is_some(),
         include_usage: sampling.include_usage(),
         format: Format::Text { echo },
     };
-    let params = convert::generation_params(
+    let mut params = convert::generation_params(
         &sampling,
         Some(req.max_new_tokens()),
-        req.logprobs_count().is_some(),
-        req.logprobs_count().unwrap_or(0),
+        logprobs.is_some(),
+        logprobs.unwrap_or(0),
     );
+    // An echoed prompt's tokens get their log-probabilities too.
+    params.prompt_logprobs = logprobs.filter(|_| req.echo());
     let engine_reqs = prompts
         .into_iter()
         .enumerate()
@@ -133,14 +132,15 @@ pub(crate) async fn collect(
         .enumerate()
         .map(|(i, c)| {
             let prompt = echo.get(i).map_or("", String::as_str);
-            // Offsets count from the start of the choice's text, echoed prompt included.
-            let mut offset = prompt.chars().count() as u32;
+            // Offsets count the tokens' texts from the start of the choice, the echoed prompt's
+            // tokens first.
+            let mut offset = 0;
             wire::CompletionChoice {
                 index: i as u32,
                 text: format!("{prompt}{}", c.text),
                 logprobs: meta
                     .logprobs
-                    .then(|| convert::text_logprobs(&c.logprobs, &mut offset)),
+                    .then(|| convert::text_logprobs(&c.prompt, &c.logprobs, &mut offset)),
                 finish_reason: Some(convert::finish_reason(c.reason())),
             }
         })

@@ -293,20 +293,25 @@ impl ModelRunner for MockRunner {
                     "mock device fault at /dev/secret".into(),
                 ));
             }
-            if !entry.want_logits {
-                continue;
-            }
-            let mut row = vec![f32::NEG_INFINITY; VOCAB];
-            if generated >= seq.answer_len {
-                row[EOS as usize] = 0.0;
-            } else {
-                let h = mix(seq.prompt_hash, entry.end as u64);
-                for (k, id) in (b'a'..=b'z').chain([b' ']).enumerate() {
-                    // Spread of a few nats: sampling at temperature 1 is genuinely random.
-                    row[id as usize] = (mix(h, k as u64) % 1000) as f32 / 250.0;
+            // The row after position `end - 1`.
+            let row_at = |end: usize| {
+                let mut row = vec![f32::NEG_INFINITY; VOCAB];
+                if end.saturating_sub(seq.prompt_len) >= seq.answer_len {
+                    row[EOS as usize] = 0.0;
+                } else {
+                    let h = mix(seq.prompt_hash, end as u64);
+                    for (k, id) in (b'a'..=b'z').chain([b' ']).enumerate() {
+                        // Spread of a few nats: sampling at temperature 1 is genuinely random.
+                        row[id as usize] = (mix(h, k as u64) % 1000) as f32 / 250.0;
+                    }
                 }
+                row
+            };
+            if entry.all_logits {
+                rows.extend((entry.start + 1..=entry.end).map(row_at));
+            } else if entry.want_logits {
+                rows.push(row_at(entry.end));
             }
-            rows.push(row);
         }
         Ok(rows)
     }
@@ -344,6 +349,8 @@ impl TokenDecoder for ByteDecoder {
         if id < 256 {
             let b = vec![id as u8];
             (String::from_utf8_lossy(&b).into_owned(), b)
+        } else if id == BOS {
+            ("<s>".into(), b"<s>".to_vec())
         } else {
             ("</s>".into(), Vec::new())
         }
