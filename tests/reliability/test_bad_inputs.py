@@ -131,6 +131,12 @@ CASES = [
     Case("unknown-top-level-field", msg(temprature=0.5), code="unknown_parameter"),
     Case("unsupported-openai-field", msg(tools=[{"type": "function", "function": {"name": "f"}}]),
          code="unsupported_parameter"),
+    Case("response-format-json-schema", msg(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object"}}}), code="unsupported_parameter"),
+    Case("response-format-unknown-type", msg(response_format={"type": "yaml"}), code="invalid_value"),
+    Case("response-format-a-string", msg(response_format="json_object"), code="invalid_type"),
+    Case("response-format-json-with-ignore-eos", msg(response_format={"type": "json_object"}, ignore_eos=True),
+         code="invalid_value"),
     Case("unknown-message-field", messages({"role": "user", "content": "hi", "mood": "happy"}),
          code="unknown_parameter"),
     Case("image-in-assistant-message", messages(

@@ -118,6 +118,18 @@ pub struct GenerationParams {
     /// token (`echo` with `logprobs` on `/v1/completions`). Text-only prompts; such requests skip
     /// the prefix cache, since a cached position has no logits.
     pub prompt_logprobs: Option<u32>,
+    /// OpenAI's `response_format`: free text, or one JSON object (every token is constrained to
+    /// continue it, and the choice ends when it is complete).
+    pub response_format: ResponseFormat,
+}
+
+/// The shape a choice's text must take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    /// `{"type": "json_object"}`: one JSON object (RFC 8259), nothing after it.
+    JsonObject,
 }
 
 impl Default for GenerationParams {
@@ -138,6 +150,7 @@ impl Default for GenerationParams {
             ignore_eos: false,
             min_tokens: 0,
             prompt_logprobs: None,
+            response_format: ResponseFormat::Text,
         }
     }
 }

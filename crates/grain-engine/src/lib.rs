@@ -10,6 +10,8 @@ pub mod config;
 pub mod controller;
 pub mod detok;
 mod handle;
+pub mod json_grammar;
+mod json_mode;
 pub mod mock;
 mod prefix;
 mod prompt_logprobs;

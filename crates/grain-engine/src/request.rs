@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use crate::api::ResponseFormat;
 use crate::api::{EngineError, Event, FinishReason, TokenLogprob, Usage};
 use crate::detok::IncrementalDecoder;
 use crate::handle::Ticket;
+use crate::json_mode::{JsonConstraint, TokenTable};
 use crate::prompt_logprobs::PromptScorer;
 use crate::runner::{SeqId, TokenDecoder};
 use crate::sampling::{ChoiceSampler, Sampled, SamplingParams};
@@ -24,6 +26,8 @@ pub(crate) struct Choice {
     stop: StopChecker,
     /// Scores the prompt until it is complete (`prompt_logprobs`).
     scorer: Option<PromptScorer>,
+    /// Keeps the text a JSON object (`response_format: json_object`).
+    json: Option<JsonConstraint>,
     pub finished: bool,
 }
 
@@ -42,6 +46,8 @@ pub(crate) enum Delivery {
 pub(crate) struct TokenCtx<'a> {
     pub decoder: &'a dyn TokenDecoder,
     pub eos: &'a [u32],
+    /// Every token's text, built on first use (JSON mode).
+    pub tokens: &'a std::cell::OnceCell<TokenTable>,
 }
 
 #[derive(Debug)]
@@ -95,6 +101,8 @@ impl ActiveRequest {
                     detok: IncrementalDecoder::new(),
                     stop: StopChecker::new(stop),
                     scorer,
+                    json: (sampling.response_format == ResponseFormat::JsonObject)
+                        .then(JsonConstraint::default),
                     finished: false,
                 }
             })
@@ -160,6 +168,13 @@ impl ActiveRequest {
             self.finish_choice(index as u32, FinishReason::Length);
             return Ok(true);
         }
+        let table = choice.json.map(|_| {
+            ctx.tokens
+                .get_or_init(|| TokenTable::build(ctx.decoder, row.len()))
+        });
+        if let (Some(json), Some(table)) = (&choice.json, table) {
+            json.mask(row, table, ctx.eos)?;
+        }
         let generated = state.generated(choice.seq).map_or(0, <[u32]>::len);
         if !self.sampling.allows_eos(generated) {
             for &eos in ctx.eos {
@@ -171,6 +186,9 @@ impl ActiveRequest {
         let sampled = choice.sampler.sample(&self.sampling, row)?;
         let token = sampled.token;
         let appended = state.append_token(choice.seq, token)?;
+        if let (Some(json), Some(table)) = (&mut choice.json, table) {
+            json.advance(token, table);
+        }
         self.usage.completion_tokens += 1;
 
         let mut text = String::new();

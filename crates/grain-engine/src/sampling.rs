@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::api::{EngineError, GenerationParams};
+use crate::api::{EngineError, GenerationParams, ResponseFormat};
 
 /// Temperatures at or below this are greedy: dividing by ~0 would only amplify float noise.
 const GREEDY_EPS: f32 = 1e-5;
@@ -30,6 +30,8 @@ pub struct SamplingParams {
     /// EOS may not be sampled (`ignore_eos`), or not before this many tokens.
     pub ignore_eos: bool,
     pub min_tokens: usize,
+    /// Free text or one JSON object (the mask is applied before sampling, see `json_mode`).
+    pub response_format: ResponseFormat,
 }
 
 impl From<&GenerationParams> for SamplingParams {
@@ -44,6 +46,7 @@ impl From<&GenerationParams> for SamplingParams {
             logit_bias: p.logit_bias.clone(),
             ignore_eos: p.ignore_eos,
             min_tokens: p.min_tokens as usize,
+            response_format: p.response_format,
         }
     }
 }

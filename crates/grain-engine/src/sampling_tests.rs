@@ -11,6 +11,7 @@ fn params(temperature: f32) -> SamplingParams {
         logit_bias: Vec::new(),
         ignore_eos: false,
         min_tokens: 0,
+        response_format: ResponseFormat::Text,
     }
 }
 

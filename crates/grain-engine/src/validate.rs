@@ -1,7 +1,7 @@
 //! Range checks on generation parameters. The server validates the wire format first; these
 //! guard the engine against any caller, with OpenAI's limits and parameter names.
 
-use crate::api::{EngineError, GenerationParams};
+use crate::api::{EngineError, GenerationParams, ResponseFormat};
 
 /// OpenAI's limits.
 pub const MAX_N: u32 = 128;
@@ -54,6 +54,14 @@ pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
         return fail(
             format!("prompt_logprobs must be at most {MAX_TOP_LOGPROBS}, got {k}"),
             "prompt_logprobs",
+        );
+    }
+    if p.response_format == ResponseFormat::JsonObject && (p.ignore_eos || p.min_tokens > 0) {
+        return fail(
+            "a JSON object ends where it closes: response_format json_object cannot be combined \
+             with ignore_eos or min_tokens"
+                .into(),
+            "response_format",
         );
     }
     if p.stop.len() > MAX_STOP_STRINGS {
@@ -178,6 +186,14 @@ mod tests {
                     ..d()
                 },
                 "top_logprobs",
+            ),
+            (
+                GenerationParams {
+                    response_format: ResponseFormat::JsonObject,
+                    ignore_eos: true,
+                    ..d()
+                },
+                "response_format",
             ),
             (
                 GenerationParams {

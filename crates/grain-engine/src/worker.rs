@@ -5,6 +5,7 @@
 //! publish stats. The runner is called only here, and every call is wrapped in `catch_unwind`: a
 //! panicking model fails the requests involved instead of taking the thread down silently.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use crate::api::{EngineError, ModelCard, Usage};
 use crate::config::EngineConfig;
 use crate::controller::{CeilingDriver, Controller};
 use crate::handle::{panic_message, Shared, Status, Submission};
+use crate::json_mode::TokenTable;
 use crate::prefix::PrefixKeyer;
 use crate::request::{ActiveRequest, Delivery, TokenCtx};
 use crate::runner::{ModelRunner, PrepareItem, PreparedPrompt, SeqId, StepBatch, TokenDecoder};
@@ -85,6 +87,8 @@ struct Worker<R> {
     ceiling: Option<CeilingDriver>,
     /// Keys prompts' blocks for the prefix cache (`None`: prefix caching off).
     prefix_keyer: Option<PrefixKeyer>,
+    /// Every token's text, for JSON mode; built by the first request that needs it.
+    token_table: OnceCell<TokenTable>,
 }
 
 impl<R: ModelRunner> Worker<R> {
@@ -137,6 +141,7 @@ impl<R: ModelRunner> Worker<R> {
             prefix_keyer: config
                 .prefix_caching
                 .then(|| PrefixKeyer::new(config.block_size)),
+            token_table: OnceCell::new(),
         })
     }
 
@@ -410,6 +415,7 @@ impl<R: ModelRunner> Worker<R> {
         let ctx = TokenCtx {
             decoder: &*self.decoder,
             eos: &self.eos,
+            tokens: &self.token_table,
         };
         let mut finished = Vec::new();
         let mut failed = Vec::new();

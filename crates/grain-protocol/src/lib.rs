@@ -10,11 +10,12 @@
 //! `assistant`; content a string or `text` / `image_url` parts), `max_tokens`,
 //! `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`, `presence_penalty`,
 //! `frequency_penalty`, `logprobs`, `top_logprobs`, `logit_bias`, `stream`,
-//! `stream_options.include_usage`, `user`, and the extensions `top_k`, `granularity` (`"auto"`
-//! or a candidate token count), `ignore_eos` and `min_tokens` (vLLM's).
+//! `stream_options.include_usage`, `user`, `response_format` (`text` or `json_object`), and the
+//! extensions `top_k`, `granularity` (`"auto"` or a candidate token count), `ignore_eos` and
+//! `min_tokens` (vLLM's).
 //!
 //! Every other top-level field is rejected with a 400 that names it: OpenAI fields that Grain does
-//! not implement (`tools`, `response_format`, ...) get an "unsupported parameter"
+//! not implement (`tools`, `response_format` of type `json_schema`, ...) get an "unsupported parameter"
 //! error, anything else an "unrecognized argument" error. Silently ignoring a field would make a
 //! client believe that, say, JSON mode or a logit bias was applied. The one leniency: an
 //! unsupported OpenAI field whose value is `null` is treated as absent, because several client
@@ -37,7 +38,7 @@ pub use completion::{
 pub use error::{ErrorBody, ErrorDetail, RequestError};
 pub use request::{
     ChatCompletionRequest, ChatMessage, ContentPart, Detail, GranularityRequest, ImageUrl,
-    MessageContent, Role, StopSequences, StreamOptions,
+    MessageContent, ResponseFormat, Role, StopSequences, StreamOptions,
 };
 pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,

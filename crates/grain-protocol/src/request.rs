@@ -61,6 +61,9 @@ pub struct ChatCompletionRequest {
     /// Extension (vLLM's): no EOS before this many tokens per choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tokens: Option<i64>,
+    /// `{"type": "text"}` or `{"type": "json_object"}` (JSON mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl ChatCompletionRequest {
@@ -88,6 +91,7 @@ impl ChatCompletionRequest {
             logit_bias: None,
             ignore_eos: None,
             min_tokens: None,
+            response_format: None,
         }
     }
 
@@ -116,6 +120,13 @@ impl ChatCompletionRequest {
             ignore_eos: self.ignore_eos,
             min_tokens: self.min_tokens,
         }
+    }
+
+    /// Whether `response_format` asks for one JSON object.
+    pub fn wants_json_object(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .is_some_and(|f| f.kind == ResponseFormat::JSON_OBJECT)
     }
 
     pub fn wants_logprobs(&self) -> bool {
@@ -294,6 +305,23 @@ pub enum Detail {
 pub enum StopSequences {
     One(String),
     Many(Vec<String>),
+}
+
+/// OpenAI's `response_format`. Validation accepts `text` and `json_object`; `json_schema`
+/// (structured outputs) is refused by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
+}
+
+impl ResponseFormat {
+    pub const TEXT: &'static str = "text";
+    pub const JSON_OBJECT: &'static str = "json_object";
+    pub const JSON_SCHEMA: &'static str = "json_schema";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

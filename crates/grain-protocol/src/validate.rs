@@ -11,7 +11,9 @@
 use serde_json::{Map, Value};
 
 use crate::error::RequestError;
-use crate::request::{ChatCompletionRequest, ContentPart, MessageContent, Role, StopSequences};
+use crate::request::{
+    ChatCompletionRequest, ContentPart, MessageContent, ResponseFormat, Role, StopSequences,
+};
 use crate::sampling::{LogitBias, SamplingFields};
 
 /// Server-configurable bounds on a request.
@@ -112,6 +114,7 @@ const SUPPORTED: &[Field] = &[
     ("logit_bias", Kind::Object, false),
     ("ignore_eos", Kind::Bool, false),
     ("min_tokens", Kind::Integer, false),
+    ("response_format", Kind::Object, false),
 ];
 
 /// OpenAI chat-completions fields that Grain does not implement, with a hint for the message.
@@ -121,10 +124,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("parallel_tool_calls", " (tool calling is not implemented)"),
     ("functions", " (function calling is not implemented)"),
     ("function_call", " (function calling is not implemented)"),
-    (
-        "response_format",
-        " (JSON mode and structured outputs are not implemented)",
-    ),
     ("audio", " (audio output is not implemented)"),
     ("modalities", " (only text output is implemented)"),
     ("prediction", ""),
@@ -262,6 +261,7 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
     }
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     validate_sampling(&req.sampling(), max_tokens, limits)?;
+    validate_response_format(req)?;
     if let Some(t) = req.top_logprobs {
         if t < 0 || t > i64::from(limits.max_top_logprobs) {
             return Err(RequestError::invalid_value(
@@ -277,6 +277,43 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
         }
     }
     Ok(())
+}
+
+/// `response_format`: `text`, or `json_object` without the knobs that would keep a choice going
+/// past the object's end.
+fn validate_response_format(req: &ChatCompletionRequest) -> Result<(), RequestError> {
+    let Some(format) = &req.response_format else {
+        return Ok(());
+    };
+    match format.kind.as_str() {
+        ResponseFormat::TEXT | ResponseFormat::JSON_OBJECT if format.json_schema.is_some() => {
+            Err(RequestError::invalid_value(
+                "response_format.json_schema",
+                "is only valid with type 'json_schema'",
+            ))
+        }
+        ResponseFormat::TEXT => Ok(()),
+        ResponseFormat::JSON_OBJECT => {
+            let s = req.sampling();
+            if s.ignores_eos() || s.min_tokens_value() > 0 {
+                return Err(RequestError::invalid_value(
+                    "response_format",
+                    "a JSON object ends where it closes: json_object cannot be combined with \
+                     ignore_eos or min_tokens",
+                ));
+            }
+            Ok(())
+        }
+        ResponseFormat::JSON_SCHEMA => Err(RequestError::UnsupportedField {
+            param: "response_format".to_owned(),
+            hint: " with type 'json_schema' (structured outputs are not implemented; \
+                   {\"type\": \"json_object\"} is)",
+        }),
+        other => Err(RequestError::invalid_value(
+            "response_format.type",
+            format!("must be 'text', 'json_object' or 'json_schema', got '{other}'"),
+        )),
+    }
 }
 
 /// `max_tokens` (or its newer name) in `1 ..= u32::MAX` when present.

@@ -154,7 +154,6 @@ fn unsupported_openai_fields_are_refused_by_name() {
     for field in [
         "tools",
         "tool_choice",
-        "response_format",
         "functions",
         "audio",
         "modalities",
@@ -209,6 +208,42 @@ fn min_tokens_and_ignore_eos_are_checked() {
         "invalid_value",
     );
     refused(&with("ignore_eos", json!(1)), "ignore_eos", "invalid_type");
+}
+
+#[test]
+fn response_format_takes_text_and_json_object_and_names_what_it_refuses() {
+    for kind in ["text", "json_object"] {
+        let req = parse(&with("response_format", json!({"type": kind}))).unwrap();
+        assert_eq!(req.wants_json_object(), kind == "json_object");
+    }
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}});
+    let msg = refused(
+        &with("response_format", schema),
+        "response_format",
+        "unsupported_parameter",
+    );
+    assert!(msg.contains("json_object"), "{msg}");
+    refused(
+        &with("response_format", json!({"type": "yaml"})),
+        "response_format.type",
+        "invalid_value",
+    );
+    refused(
+        &with(
+            "response_format",
+            json!({"type": "json_object", "strict": true}),
+        ),
+        "response_format.strict",
+        "unknown_parameter",
+    );
+    refused(
+        &with("response_format", json!("json_object")),
+        "response_format",
+        "invalid_type",
+    );
+    let mut body = with("response_format", json!({"type": "json_object"}));
+    body["ignore_eos"] = json!(true);
+    refused(&body, "response_format", "invalid_value");
 }
 
 #[test]

@@ -62,12 +62,19 @@ pub async fn to_engine_request(
         request_id,
         messages,
         raw_prompt: None,
-        params: generation_params(
-            &req.sampling(),
-            req.max_new_tokens(),
-            req.wants_logprobs(),
-            req.top_logprobs_or_default(),
-        ),
+        params: engine::GenerationParams {
+            response_format: if req.wants_json_object() {
+                engine::ResponseFormat::JsonObject
+            } else {
+                engine::ResponseFormat::Text
+            },
+            ..generation_params(
+                &req.sampling(),
+                req.max_new_tokens(),
+                req.wants_logprobs(),
+                req.top_logprobs_or_default(),
+            )
+        },
         granularity: match req.granularity {
             None | Some(wire::GranularityRequest::Auto) => engine::GranularityChoice::Auto,
             Some(wire::GranularityRequest::Tokens(n)) => engine::GranularityChoice::Fixed(n),
@@ -98,6 +105,7 @@ pub fn generation_params(
         ignore_eos: s.ignores_eos(),
         min_tokens: s.min_tokens_value(),
         prompt_logprobs: None,
+        response_format: engine::ResponseFormat::Text,
     }
 }
 

@@ -505,3 +505,27 @@ async fn an_answer_that_is_only_eos_has_a_time_to_first_token() {
         2.0
     );
 }
+
+/// JSON mode on the mock model, which can only write letters and spaces: the grammar lets it
+/// write leading whitespace, then nothing; the answer is a 400 naming `response_format`, or an
+/// error event once streaming has begun, and the server keeps serving.
+#[tokio::test]
+async fn json_mode_on_a_model_that_cannot_write_json_is_a_clear_error() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["response_format"] = json!({"type": "json_object"});
+    body["max_tokens"] = json!(100);
+    let resp = chat(&h.app, &body).await;
+    let err = assert_error(&resp, 400, "invalid_request_error", "invalid_value");
+    assert_eq!(err["param"], "response_format");
+    body["stream"] = json!(true);
+    let events = chat(&h.app, &body).await.sse_events();
+    let (event, data) = &events[events.len() - 2];
+    assert_eq!(event.as_deref(), Some("error"));
+    let err: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(err["error"]["param"], "response_format");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    body["response_format"] = json!({"type": "text"});
+    body["stream"] = json!(false);
+    assert_eq!(chat(&h.app, &body).await.status, 200);
+}

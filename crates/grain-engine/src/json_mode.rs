@@ -1,0 +1,137 @@
+//! `response_format: {"type": "json_object"}`: before each sampled token, every token that cannot
+//! continue the choice's text as one JSON object ([`JsonState`]) gets a -inf logit; once the object
+//! is complete, only EOS may follow. The choice's text is therefore always a prefix of a JSON object
+//! and, when it ends with `stop`, a whole one.
+
+use crate::api::EngineError;
+use crate::json_grammar::JsonState;
+use crate::runner::TokenDecoder;
+
+/// Each vocabulary token's bytes as they appear in the text, `None` for tokens that add no text
+/// (special tokens, which decoding skips): what the mask tests against the grammar.
+#[derive(Debug)]
+pub(crate) struct TokenTable {
+    bytes: Vec<Option<Box<[u8]>>>,
+}
+
+impl TokenTable {
+    pub fn build(decoder: &dyn TokenDecoder, vocab: usize) -> Self {
+        let bytes = (0..vocab as u32)
+            .map(|id| {
+                let (_, bytes) = decoder.token_text(id);
+                let adds_text = !bytes.is_empty() && !decoder.decode(&[id]).is_empty();
+                adds_text.then(|| bytes.into_boxed_slice())
+            })
+            .collect();
+        Self { bytes }
+    }
+
+    fn bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize)?.as_deref()
+    }
+}
+
+/// One choice's progress through its JSON object.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JsonConstraint {
+    state: JsonState,
+}
+
+impl JsonConstraint {
+    /// Sets the logit of every token that cannot come next to -inf. Fails when none that the
+    /// model gives a chance can (a vocabulary or model that cannot write the object).
+    pub fn mask(
+        &self,
+        row: &mut [f32],
+        table: &TokenTable,
+        eos: &[u32],
+    ) -> Result<(), EngineError> {
+        let mut any = false;
+        for (id, logit) in (0u32..).zip(row.iter_mut()) {
+            let allowed = if eos.contains(&id) {
+                self.state.is_done()
+            } else if self.state.is_done() {
+                false
+            } else {
+                table.bytes(id).is_some_and(|b| {
+                    let mut next = self.state;
+                    next.feed(b)
+                })
+            };
+            if !allowed {
+                *logit = f32::NEG_INFINITY;
+            } else if *logit > f32::NEG_INFINITY {
+                any = true;
+            }
+        }
+        if any {
+            Ok(())
+        } else {
+            Err(EngineError::invalid(
+                "the model has no token that continues the JSON object here",
+                Some("response_format"),
+            ))
+        }
+    }
+
+    /// Reads the sampled token's text.
+    pub fn advance(&mut self, token: u32, table: &TokenTable) {
+        if let Some(b) = table.bytes(token) {
+            // The mask only let through tokens that continue the object.
+            let ok = self.state.feed(b);
+            debug_assert!(ok, "a masked-out token was sampled");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::{ToyDecoder, BOS, EOS, VOCAB};
+
+    fn allowed(c: &JsonConstraint, table: &TokenTable) -> Vec<u32> {
+        let mut row = vec![0.0; VOCAB];
+        c.mask(&mut row, table, &[EOS]).unwrap();
+        (0..VOCAB as u32)
+            .filter(|&i| row[i as usize] == 0.0)
+            .collect()
+    }
+
+    #[test]
+    fn only_continuations_of_the_object_and_then_only_eos_survive() {
+        let table = TokenTable::build(&ToyDecoder, VOCAB);
+        assert!(table.bytes(BOS).is_none(), "special tokens add no text");
+        let mut c = JsonConstraint::default();
+        let ws: Vec<u32> = b" \t\n\r".iter().map(|&b| u32::from(b)).collect();
+        let mut start = ws.clone();
+        start.push(u32::from(b'{'));
+        start.sort_unstable();
+        assert_eq!(allowed(&c, &table), start);
+        for &b in b"{\"k\": [1, true]" {
+            c.advance(u32::from(b), &table);
+        }
+        let mut next = ws.clone();
+        next.extend([u32::from(b','), u32::from(b'}')]);
+        next.sort_unstable();
+        assert_eq!(
+            allowed(&c, &table),
+            next,
+            "a comma or the end of the object"
+        );
+        c.advance(u32::from(b'}'), &table);
+        assert_eq!(allowed(&c, &table), vec![EOS]);
+    }
+
+    #[test]
+    fn a_model_that_rules_out_every_continuation_is_an_error() {
+        let table = TokenTable::build(&ToyDecoder, VOCAB);
+        let mut row = vec![f32::NEG_INFINITY; VOCAB];
+        row[b'a' as usize] = 1.0;
+        let e = JsonConstraint::default()
+            .mask(&mut row, &table, &[EOS])
+            .unwrap_err();
+        assert!(
+            matches!(&e, EngineError::InvalidRequest { param: Some(p), .. } if p == "response_format")
+        );
+    }
+}
