@@ -122,6 +122,48 @@ mod tests {
         assert_eq!(allowed(&c, &table), vec![EOS]);
     }
 
+    /// What the mask costs per sampled token on a LLaMA-sized vocabulary of random 1–8-byte
+    /// tokens (`cargo test --release -p grain-engine --lib json_mode -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn mask_speed_on_a_32k_vocabulary() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz {}[]\":,0123456789\n";
+        let bytes = (0..32_000)
+            .map(|_| {
+                let n = rng.random_range(1..=8);
+                Some(
+                    (0..n)
+                        .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                        .collect(),
+                )
+            })
+            .collect();
+        let table = TokenTable { bytes };
+        let toy = TokenTable::build(&ToyDecoder, VOCAB);
+        let mut in_string = JsonConstraint::default();
+        for &b in b"{\"name\": \"a cat" {
+            in_string.advance(u32::from(b), &toy);
+        }
+        for (what, c) in [
+            ("inside a string", in_string),
+            ("at the start", JsonConstraint::default()),
+        ] {
+            let mut row = vec![0.0f32; 32_000];
+            let started = std::time::Instant::now();
+            for _ in 0..100 {
+                row.fill(0.0);
+                c.mask(&mut row, &table, &[2]).unwrap();
+                std::hint::black_box(&row);
+            }
+            eprintln!(
+                "{what}: {:.3} ms per mask",
+                started.elapsed().as_secs_f64() * 10.0
+            );
+        }
+    }
+
     #[test]
     fn a_model_that_rules_out_every_continuation_is_an_error() {
         let table = TokenTable::build(&ToyDecoder, VOCAB);
