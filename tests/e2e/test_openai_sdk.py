@@ -251,3 +251,20 @@ def test_a_repeated_image_is_served_from_the_prefix_cache(client, model_id):
     visual = details(first.usage)["visual_tokens"]
     assert details(again.usage)["cached_tokens"] >= visual > details(first.usage)["cached_tokens"]
     assert again.choices[0].message.content == first.choices[0].message.content
+
+
+def test_vllm_sampling_extensions(client, model_id):
+    """`min_p` 1 keeps only the most likely token: sampling then equals greedy decoding.
+    `repetition_penalty` is checked against transformers' processor in the engine's tests."""
+    greedy = client.chat.completions.create(model=model_id, messages=HELLO, max_tokens=16, temperature=0)
+    only_best = client.chat.completions.create(
+        model=model_id, messages=HELLO, max_tokens=16, temperature=1.0, seed=9, extra_body={"min_p": 1.0}
+    )
+    assert only_best.choices[0].message.content == greedy.choices[0].message.content
+    penalised = client.chat.completions.create(
+        model=model_id, messages=HELLO, max_tokens=16, temperature=0, extra_body={"repetition_penalty": 1.5}
+    )
+    assert penalised.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model_id, messages=HELLO, extra_body={"repetition_penalty": 0})
+    assert err.value.param == "repetition_penalty"

@@ -2,7 +2,7 @@
 # Regenerate the HF transformers parity fixtures under tests/fixtures/ (see tests/parity/README.md).
 #
 #   tests/parity/regen.sh           rewrite tokenizer/, hf-tiny/, hf-tiny-sharded/, images/, hf-tiny-ref/,
-#                                   prompt-logprobs/,
+#                                   prompt-logprobs/, sampling/,
 #                                   then rerun the fixture scripts of other owners that depend on them
 #   tests/parity/regen.sh --check   regenerate into a temporary folder and compare byte for byte with
 #                                   the committed fixtures (exit 1 on any difference)
@@ -14,7 +14,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 py="${PYTHON:-$root/.venv-parity/bin/python}"
 fixtures="$root/tests/fixtures"
-owned=(tokenizer hf-tiny hf-tiny-sharded images hf-tiny-ref prompt-logprobs)
+owned=(tokenizer hf-tiny hf-tiny-sharded images hf-tiny-ref prompt-logprobs sampling)
 
 # One thread and no tokenizers parallelism: identical bytes on every run.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
@@ -26,6 +26,7 @@ generate() {
     "$py" "$here/make_hf_tiny.py" --fixtures "$out"
     "$py" "$here/make_hf_reference.py" --fixtures "$out"
     "$py" "$here/make_prompt_logprobs.py" --fixtures "$out"
+    "$py" "$here/make_sampling_reference.py" --fixtures "$out"
 }
 
 case "${1:-}" in

@@ -102,6 +102,12 @@ pub struct GenerationParams {
     pub n: u32,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// HF's and vLLM's multiplicative penalty (1 = off) on every token already in the prompt or
+    /// the choice: a positive logit is divided by it, a negative one multiplied.
+    pub repetition_penalty: f32,
+    /// vLLM's `min_p` (0 = off): after temperature, tokens less likely than `min_p` times the
+    /// most likely one are not drawn.
+    pub min_p: f32,
     pub logprobs: bool,
     /// How many alternatives per token (0..=20); only meaningful with `logprobs`.
     pub top_logprobs: u32,
@@ -144,6 +150,8 @@ impl Default for GenerationParams {
             n: 1,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            min_p: 0.0,
             logprobs: false,
             top_logprobs: 0,
             logit_bias: Vec::new(),

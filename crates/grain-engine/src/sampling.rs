@@ -23,6 +23,12 @@ pub struct SamplingParams {
     pub top_k: usize,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// 1 disables; applies to `prompt_tokens` and every generated token.
+    pub repetition_penalty: f32,
+    /// The distinct ids of the prompt, ascending (only kept when `repetition_penalty` is on).
+    pub prompt_tokens: Vec<u32>,
+    /// 0 disables.
+    pub min_p: f32,
     /// `Some(n)`: report the sampled token's logprob and the `n` most likely alternatives.
     pub logprobs: Option<usize>,
     /// `(token, bias)` added to the logits first.
@@ -42,6 +48,9 @@ impl From<&GenerationParams> for SamplingParams {
             top_k: p.top_k.unwrap_or(0) as usize,
             presence_penalty: p.presence_penalty,
             frequency_penalty: p.frequency_penalty,
+            repetition_penalty: p.repetition_penalty,
+            prompt_tokens: Vec::new(),
+            min_p: p.min_p,
             logprobs: p.logprobs.then_some(p.top_logprobs as usize),
             logit_bias: p.logit_bias.clone(),
             ignore_eos: p.ignore_eos,
@@ -52,6 +61,15 @@ impl From<&GenerationParams> for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Notes the prompt's ids, which the repetition penalty covers.
+    pub fn set_prompt(&mut self, prompt: &[u32]) {
+        if self.repetition_penalty != 1.0 {
+            self.prompt_tokens = prompt.to_vec();
+            self.prompt_tokens.sort_unstable();
+            self.prompt_tokens.dedup();
+        }
+    }
+
     pub fn is_greedy(&self) -> bool {
         self.temperature <= GREEDY_EPS
     }
@@ -148,8 +166,8 @@ pub(crate) fn score(logits: &mut [f32], token: u32, top: usize) -> (f32, Vec<(u3
     (logprob(token), top)
 }
 
-/// NaN → -inf, the logit bias, then OpenAI's penalties over the generated tokens, then
-/// temperature. Bias entries past the row (checked against the model's vocabulary before the
+/// NaN → -inf, the logit bias, the repetition penalty over the prompt and the generated tokens,
+/// OpenAI's penalties over the generated tokens, then temperature (vLLM's order). Bias entries past the row (checked against the model's vocabulary before the
 /// request is admitted) are ignored here.
 fn process(params: &SamplingParams, counts: &HashMap<u32, u32>, logits: &mut [f32]) {
     for l in logits.iter_mut() {
@@ -160,6 +178,19 @@ fn process(params: &SamplingParams, counts: &HashMap<u32, u32>, logits: &mut [f3
     for &(token, bias) in &params.logit_bias {
         if let Some(l) = logits.get_mut(token as usize) {
             *l += bias;
+        }
+    }
+    if params.repetition_penalty != 1.0 {
+        let seen_in_prompt = |t: &u32| params.prompt_tokens.binary_search(t).is_ok();
+        let generated_only = counts.keys().filter(|t| !seen_in_prompt(t));
+        for &token in params.prompt_tokens.iter().chain(generated_only) {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l = if *l > 0.0 {
+                    *l / params.repetition_penalty
+                } else {
+                    *l * params.repetition_penalty
+                };
+            }
         }
     }
     if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
@@ -220,8 +251,18 @@ fn log_sum_exp(logits: &[f32]) -> f32 {
     max + sum.ln() as f32
 }
 
-/// A seeded draw from the softmax of `logits`, restricted by top-k and then top-p.
+/// A seeded draw from the softmax of `logits`, restricted by min-p, then top-k, then top-p.
 fn draw(params: &SamplingParams, logits: &[f32], rng: &mut ChaCha20Rng) -> Option<u32> {
+    let floor = min_p_floor(params.min_p, logits);
+    let logits: std::borrow::Cow<'_, [f32]> = if floor > f32::NEG_INFINITY {
+        logits
+            .iter()
+            .map(|&l| if l < floor { f32::NEG_INFINITY } else { l })
+            .collect()
+    } else {
+        logits.into()
+    };
+    let logits = &*logits;
     let truncate = params.top_k > 0 || params.top_p < 1.0;
     // Without truncation, candidates stay in id order: no sort over the vocabulary needed.
     let candidates: Vec<u32> = if truncate {
@@ -275,6 +316,16 @@ fn draw(params: &SamplingParams, logits: &[f32], rng: &mut ChaCha20Rng) -> Optio
         .iter()
         .rposition(|&w| w > 0.0)
         .map(|i| candidates[i])
+}
+
+/// The lowest logit `min_p` keeps: probability at least `min_p` times the largest one's, i.e. a
+/// logit at least the largest plus ln(min_p). -inf when `min_p` is 0.
+fn min_p_floor(min_p: f32, logits: &[f32]) -> f32 {
+    if min_p <= 0.0 {
+        return f32::NEG_INFINITY;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + min_p.ln()
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@ fn params(temperature: f32) -> SamplingParams {
         top_k: 0,
         presence_penalty: 0.0,
         frequency_penalty: 0.0,
+        repetition_penalty: 1.0,
+        prompt_tokens: Vec::new(),
+        min_p: 0.0,
         logprobs: None,
         logit_bias: Vec::new(),
         ignore_eos: false,
@@ -189,4 +192,68 @@ fn logit_bias_shifts_the_distribution_as_exp_of_the_bias() {
         frequencies(&force, &logits_of(&[0.001, 0.999]), 1000),
         vec![1.0, 0.0]
     );
+}
+
+/// Transformers' `RepetitionPenaltyLogitsProcessor` and `MinPLogitsWarper` on 24 random rows
+/// (`tests/parity/make_sampling_reference.py`): the penalised logits to 1e-6, and the ids min-p
+/// leaves to be drawn, exactly.
+#[test]
+fn repetition_penalty_and_min_p_match_transformers() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/sampling/processors.json"
+    );
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for (i, case) in fixture["cases"].as_array().unwrap().iter().enumerate() {
+        let mut p = params(case["temperature"].as_f64().unwrap() as f32);
+        p.repetition_penalty = case["repetition_penalty"].as_f64().unwrap() as f32;
+        p.min_p = case["min_p"].as_f64().unwrap() as f32;
+        p.set_prompt(&ids(&case["prompt"]));
+        let mut counts = HashMap::new();
+        for t in ids(&case["generated"]) {
+            *counts.entry(t).or_insert(0) += 1;
+        }
+        // The penalty alone (temperature 1).
+        let mut penalised = floats(&case["logits"]);
+        let untempered = SamplingParams {
+            temperature: 1.0,
+            ..p.clone()
+        };
+        process(&untempered, &counts, &mut penalised);
+        for (k, (got, want)) in penalised.iter().zip(floats(&case["penalised"])).enumerate() {
+            assert!(
+                (got - want).abs() <= 1e-6,
+                "case {i}, token {k}: {got} vs {want}"
+            );
+        }
+        // Then temperature and min-p: the ids a draw may return.
+        let mut logits = floats(&case["logits"]);
+        process(&p, &counts, &mut logits);
+        let floor = min_p_floor(p.min_p, &logits);
+        let kept: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&t| logits[t as usize] >= floor)
+            .collect();
+        assert_eq!(kept, ids(&case["kept"]), "case {i}");
+        // And draws stay among them.
+        let mut rng = ChaCha20Rng::seed_from_u64(i as u64);
+        for _ in 0..50 {
+            let t = draw(&p, &logits, &mut rng).unwrap();
+            assert!(kept.contains(&t), "case {i}: drew {t}");
+        }
+    }
 }

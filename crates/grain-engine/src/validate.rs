@@ -7,6 +7,8 @@ use crate::api::{EngineError, GenerationParams, ResponseFormat};
 pub const MAX_N: u32 = 128;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Largest `repetition_penalty` (vLLM sets none; past this a penalty only breaks the text).
+pub const MAX_REPETITION_PENALTY: f32 = 10.0;
 /// Entries in `logit_bias` (OpenAI documents none; a bound keeps a request's work bounded).
 pub const MAX_LOGIT_BIAS: usize = 1024;
 
@@ -34,6 +36,18 @@ pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
         if !(-2.0..=2.0).contains(&value) {
             return fail(format!("{name} must be in [-2, 2], got {value}"), name);
         }
+    }
+    if !(p.repetition_penalty > 0.0 && p.repetition_penalty <= MAX_REPETITION_PENALTY) {
+        return fail(
+            format!(
+                "repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}], got {}",
+                p.repetition_penalty
+            ),
+            "repetition_penalty",
+        );
+    }
+    if !(0.0..=1.0).contains(&p.min_p) {
+        return fail(format!("min_p must be in [0, 1], got {}", p.min_p), "min_p");
     }
     if p.top_logprobs > MAX_TOP_LOGPROBS {
         return fail(
@@ -158,6 +172,21 @@ mod tests {
                 "top_k",
             ),
             (GenerationParams { n: 0, ..d() }, "n"),
+            (
+                GenerationParams {
+                    repetition_penalty: 0.0,
+                    ..d()
+                },
+                "repetition_penalty",
+            ),
+            (
+                GenerationParams {
+                    repetition_penalty: f32::NAN,
+                    ..d()
+                },
+                "repetition_penalty",
+            ),
+            (GenerationParams { min_p: 1.5, ..d() }, "min_p"),
             (
                 GenerationParams {
                     presence_penalty: -3.0,

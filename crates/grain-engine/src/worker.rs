@@ -336,6 +336,8 @@ impl<R: ModelRunner> Worker<R> {
             self.owners.insert(s, (key, i));
         }
         let seed = request.params.seed.unwrap_or_else(rand::random);
+        let mut sampling = SamplingParams::from(&request.params);
+        sampling.set_prompt(&item.prompt_ids);
         let req = ActiveRequest::new(
             request.request_id,
             span,
@@ -343,7 +345,7 @@ impl<R: ModelRunner> Worker<R> {
             ticket,
             &seqs,
             seed,
-            SamplingParams::from(&request.params),
+            sampling,
             &request.params.stop,
             usage,
             request

@@ -8,7 +8,8 @@
 //! (default 16, as OpenAI's), `temperature`, `top_p`, `top_k`, `seed`, `stop`, `n`,
 //! `presence_penalty`, `frequency_penalty`, `logprobs` (0 ..= `max_top_logprobs`), `echo`,
 //! `best_of` (only equal to `n`), `logit_bias`, `stream`, `stream_options`, `user`, and the
-//! extensions `top_k`, `ignore_eos` and `min_tokens` (vLLM's). `suffix` is refused by name.
+//! extensions `top_k`, `ignore_eos`, `min_tokens`, `repetition_penalty` and `min_p` (vLLM's).
+//! `suffix` is refused by name.
 //!
 //! `echo` with `logprobs` scores the prompt too: its tokens come first in the `logprobs` lists,
 //! the first one with `null` scores (nothing precedes it). With `echo`, `max_tokens` may be 0:
@@ -84,6 +85,12 @@ pub struct CompletionRequest {
     /// Extension (vLLM's): no EOS before this many tokens per choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tokens: Option<i64>,
+    /// Extension (vLLM's, HF's): multiplicative penalty on tokens already in the prompt or output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    /// Extension (vLLM's): drop tokens less likely than `min_p` times the most likely one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
 }
 
 impl CompletionRequest {
@@ -129,6 +136,8 @@ impl CompletionRequest {
             logit_bias: self.logit_bias.as_ref(),
             ignore_eos: self.ignore_eos,
             min_tokens: self.min_tokens,
+            repetition_penalty: self.repetition_penalty,
+            min_p: self.min_p,
         }
     }
 
@@ -190,6 +199,8 @@ const SUPPORTED: &[Field] = &[
     ("logit_bias", Kind::Object, false),
     ("ignore_eos", Kind::Bool, false),
     ("min_tokens", Kind::Integer, false),
+    ("repetition_penalty", Kind::Number, false),
+    ("min_p", Kind::Number, false),
 ];
 
 const UNSUPPORTED: &[(&str, &str)] = &[("suffix", " (insertion is not implemented)")];

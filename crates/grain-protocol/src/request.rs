@@ -61,6 +61,12 @@ pub struct ChatCompletionRequest {
     /// Extension (vLLM's): no EOS before this many tokens per choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_tokens: Option<i64>,
+    /// Extension (vLLM's, HF's): multiplicative penalty on tokens already in the prompt or output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f64>,
+    /// Extension (vLLM's): drop tokens less likely than `min_p` times the most likely one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
     /// `{"type": "text"}` or `{"type": "json_object"}` (JSON mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
@@ -91,6 +97,8 @@ impl ChatCompletionRequest {
             logit_bias: None,
             ignore_eos: None,
             min_tokens: None,
+            repetition_penalty: None,
+            min_p: None,
             response_format: None,
         }
     }
@@ -119,6 +127,8 @@ impl ChatCompletionRequest {
             logit_bias: self.logit_bias.as_ref(),
             ignore_eos: self.ignore_eos,
             min_tokens: self.min_tokens,
+            repetition_penalty: self.repetition_penalty,
+            min_p: self.min_p,
         }
     }
 

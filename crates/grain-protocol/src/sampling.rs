@@ -23,6 +23,8 @@ pub struct SamplingFields<'a> {
     pub logit_bias: Option<&'a LogitBias>,
     pub ignore_eos: Option<bool>,
     pub min_tokens: Option<i64>,
+    pub repetition_penalty: Option<f64>,
+    pub min_p: Option<f64>,
 }
 
 impl SamplingFields<'_> {
@@ -63,6 +65,16 @@ impl SamplingFields<'_> {
 
     pub fn frequency_penalty_or_default(&self) -> f32 {
         self.frequency_penalty.unwrap_or(0.0) as f32
+    }
+
+    /// 1 (off) unless set.
+    pub fn repetition_penalty_or_default(&self) -> f32 {
+        self.repetition_penalty.unwrap_or(1.0) as f32
+    }
+
+    /// 0 (off) unless set.
+    pub fn min_p_or_default(&self) -> f32 {
+        self.min_p.unwrap_or(0.0) as f32
     }
 
     pub fn is_stream(&self) -> bool {

@@ -114,6 +114,8 @@ const SUPPORTED: &[Field] = &[
     ("logit_bias", Kind::Object, false),
     ("ignore_eos", Kind::Bool, false),
     ("min_tokens", Kind::Integer, false),
+    ("repetition_penalty", Kind::Number, false),
+    ("min_p", Kind::Number, false),
     ("response_format", Kind::Object, false),
 ];
 
@@ -361,6 +363,15 @@ pub(crate) fn validate_sampling(
     }
     check_range("presence_penalty", s.presence_penalty, -2.0, 2.0)?;
     check_range("frequency_penalty", s.frequency_penalty, -2.0, 2.0)?;
+    if let Some(p) = s.repetition_penalty {
+        if !(p > 0.0 && p <= 10.0) {
+            return Err(RequestError::invalid_value(
+                "repetition_penalty",
+                format!("must be greater than 0 and at most 10 (1 is off), got {p}"),
+            ));
+        }
+    }
+    check_range("min_p", s.min_p, 0.0, 1.0)?;
     if let Some(n) = s.n {
         if n < 1 || n > i64::from(limits.max_n) {
             return Err(RequestError::invalid_value(

@@ -533,3 +533,30 @@ fn requests_round_trip_through_serde() {
     let back = serde_json::to_value(&req).unwrap();
     assert_eq!(back, body);
 }
+
+#[test]
+fn repetition_penalty_and_min_p_are_vllms_with_their_ranges() {
+    let mut body = with("repetition_penalty", json!(1.3));
+    body["min_p"] = json!(0.05);
+    let s = parse(&body).unwrap();
+    assert_eq!(s.sampling().repetition_penalty_or_default(), 1.3);
+    assert_eq!(s.sampling().min_p_or_default(), 0.05);
+    let d = parse(&base()).unwrap();
+    assert_eq!(
+        d.sampling().repetition_penalty_or_default(),
+        1.0,
+        "off by default"
+    );
+    assert_eq!(d.sampling().min_p_or_default(), 0.0, "off by default");
+    for bad in [json!(0), json!(-1.0), json!(10.5)] {
+        refused(
+            &with("repetition_penalty", bad),
+            "repetition_penalty",
+            "invalid_value",
+        );
+    }
+    for bad in [json!(-0.1), json!(1.5)] {
+        refused(&with("min_p", bad), "min_p", "invalid_value");
+    }
+    refused(&with("min_p", json!("0.1")), "min_p", "invalid_type");
+}

@@ -99,6 +99,8 @@ pub fn generation_params(
         n: s.n_or_default(),
         presence_penalty: s.presence_penalty_or_default(),
         frequency_penalty: s.frequency_penalty_or_default(),
+        repetition_penalty: s.repetition_penalty_or_default(),
+        min_p: s.min_p_or_default(),
         logprobs,
         top_logprobs,
         logit_bias: s.logit_bias_entries(),
