@@ -15,7 +15,9 @@
 //! projections give the same bits alone or batched with others.
 //!
 //! x86-64 with AVX2 and FMA only (checked at run time); [`Panels::new`] returns `None` elsewhere,
-//! or when `n` is not a multiple of 16, and the caller keeps the `gemm` crate.
+//! or when `n` is not a multiple of 16, and the caller keeps the `gemm` crate. Where the CPU has
+//! AVX-512F the same tiles run 16 lanes wide (`panel_gemm_avx512.rs`, same bits; `GRAIN_AVX512=off`
+//! keeps the AVX2 ones).
 //!
 //! The workspace denies `unsafe`; this module is the exception, for the SIMD intrinsics.
 #![allow(unsafe_code)]
@@ -74,11 +76,34 @@ impl Panels {
     pub(crate) fn apply(&self, x: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [f32]) {
         let (m, k, n) = self.shape_of(x, bias, out);
         let all = 0..n / PANEL;
+        // SAFETY: shapes asserted above; `out` is ours alone.
+        unsafe { self.tiles(x, bias, (m, k, n), relu, out.as_mut_ptr(), all) };
+    }
+
+    /// Panels `ps` against every row of `x`, with the widest tiles the CPU runs.
+    ///
+    /// # Safety
+    /// `x` `m × k`, `bias` `n`, `out` valid for `m × n` writes with nothing else touching the
+    /// columns of panels `ps`.
+    unsafe fn tiles(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        shape: (usize, usize, usize),
+        relu: bool,
+        out: *mut f32,
+        ps: std::ops::Range<usize>,
+    ) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` only builds panels where AVX2/FMA are available; shapes asserted above.
+        // SAFETY: `new` only builds panels where AVX2/FMA are available, and the AVX-512 tiles
+        // run only where `avx512::available` found AVX-512F; the caller vouches for the shapes.
         unsafe {
-            avx2::apply(x, &self.data, bias, (m, k, n), relu, out.as_mut_ptr(), all)
-        };
+            if avx512::available() {
+                avx512::apply(x, &self.data, bias, shape, relu, out, ps)
+            } else {
+                avx2::apply(x, &self.data, bias, shape, relu, out, ps)
+            }
+        }
     }
 
     /// `(m, k, n)` of a product, after asserting that `x` is `(m, k)`, `out` `(m, n)` and the
@@ -117,15 +142,16 @@ impl Panels {
         use rayon::prelude::*;
         (0..panels.div_ceil(per)).into_par_iter().for_each(|t| {
             let range = t * per..((t + 1) * per).min(panels);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2/FMA as in `apply`; shapes asserted above; each task writes only the
-            // columns of its own panels, and `out` outlives the parallel loop.
-            unsafe {
-                avx2::apply(x, &self.data, bias, (m, k, n), false, dst.get(), range)
-            };
+            // SAFETY: shapes asserted above; each task writes only the columns of its own
+            // panels, and `out` outlives the parallel loop.
+            unsafe { self.tiles(x, bias, (m, k, n), false, dst.get(), range) };
         });
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+#[path = "panel_gemm_avx512.rs"]
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -247,13 +273,13 @@ mod tests {
 
     #[test]
     fn matches_an_f64_product_on_every_row_remainder() {
-        for (n, k) in [(16usize, 1usize), (64, 64), (192, 64), (32, 37)] {
+        for (n, k) in [(16usize, 1usize), (64, 64), (192, 64), (32, 37), (48, 20)] {
             let w = values(n * k, (n + k) as u64, 1.0);
             let Some(panels) = Panels::new(&w, n, k) else {
                 return; // No AVX2/FMA: callers keep the gemm crate.
             };
             let bias = values(n, 7, 1.0);
-            for m in [1usize, 2, 3, 4, 5, 6, 7, 13, 256] {
+            for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 256] {
                 let x = values(m * k, (m * 31 + k) as u64, 1.0);
                 for (relu, with_bias) in [(false, false), (false, true), (true, true)] {
                     let mut got = vec![f32::NAN; m * n];
@@ -273,6 +299,57 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 tiles against the AVX2 ones, bit for bit, on odd panel counts and every row
+    /// remainder of both tile heights.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_tiles_give_the_avx2_bits() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return; // Nothing to compare on this CPU.
+        }
+        for (n, k) in [(16usize, 5usize), (48, 64), (80, 33), (192, 64)] {
+            let w = values(n * k, (n * k) as u64, 1.0);
+            let Some(panels) = Panels::new(&w, n, k) else {
+                return;
+            };
+            let bias = values(n, 3, 1.0);
+            for m in [1usize, 2, 7, 8, 9, 15, 16, 17, 48, 49, 100] {
+                let x = values(m * k, (m + 7 * k) as u64, 2.0);
+                for relu in [false, true] {
+                    let mut wide = vec![f32::NAN; m * n];
+                    let mut narrow = vec![f32::NAN; m * n];
+                    let shape = (m, k, n);
+                    // SAFETY: AVX-512F and AVX2/FMA detected; shapes as asserted by `apply`.
+                    unsafe {
+                        avx512::apply(
+                            &x,
+                            &panels.data,
+                            Some(&bias),
+                            shape,
+                            relu,
+                            wide.as_mut_ptr(),
+                            0..n / PANEL,
+                        );
+                        avx2::apply(
+                            &x,
+                            &panels.data,
+                            Some(&bias),
+                            shape,
+                            relu,
+                            narrow.as_mut_ptr(),
+                            0..n / PANEL,
+                        );
+                    }
+                    let same = wide
+                        .iter()
+                        .zip(&narrow)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "n={n} k={k} m={m} relu={relu}");
                 }
             }
         }

@@ -1,0 +1,136 @@
+//! The AVX-512 form of [`super::avx2`]'s tiles: a panel's 16 outputs fill one 16-lane register,
+//! and a tile of up to 8 rows × 2 panels keeps sixteen FMA accumulators busy with two weight loads
+//! and eight broadcasts per channel (a lone last panel gets 1-panel tiles). Each output is still
+//! one FMA chain over `k` in channel order with the bias added last, so the results are the same
+//! bits as the AVX2 tiles', on any row count.
+
+use std::arch::x86_64::*;
+
+use super::{PANEL, ROW_CHUNK};
+
+/// Whether the AVX-512 tiles run: the CPU has AVX-512F and `GRAIN_AVX512=off` is not set (for
+/// side-by-side runs against the AVX2 tiles).
+pub(super) fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let wanted = std::env::var("GRAIN_AVX512").map_or(true, |v| v != "off");
+        wanted && std::is_x86_feature_detected!("avx512f")
+    })
+}
+
+/// Panels `ps` against every row, as [`super::avx2::apply`] does.
+///
+/// # Safety
+/// AVX-512F; `x` `m × k`, `panels` `n × k`, `bias` `n`, `out` valid for `m × n` writes with
+/// nothing else touching the columns of panels `ps`, `n % 16 == 0`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn apply(
+    x: &[f32],
+    panels: &[f32],
+    bias: Option<&[f32]>,
+    (m, k, n): (usize, usize, usize),
+    relu: bool,
+    out: *mut f32,
+    ps: std::ops::Range<usize>,
+) {
+    let mut chunk = 0;
+    while chunk < m {
+        let end = (chunk + ROW_CHUNK).min(m);
+        let mut p = ps.start;
+        while p < ps.end {
+            let pair = p + 1 < ps.end;
+            let mut r = chunk;
+            while r < end {
+                let rows = tile_rows(end - r);
+                let at = Tile { r, p, k, n, relu };
+                // SAFETY: AVX-512F enabled; rows `r..r+rows` and panels `p..p+1(+1)` in bounds.
+                unsafe {
+                    if pair {
+                        match rows {
+                            8 => tile::<8, 2>(x, panels, bias, at, out),
+                            7 => tile::<7, 2>(x, panels, bias, at, out),
+                            6 => tile::<6, 2>(x, panels, bias, at, out),
+                            5 => tile::<5, 2>(x, panels, bias, at, out),
+                            4 => tile::<4, 2>(x, panels, bias, at, out),
+                            3 => tile::<3, 2>(x, panels, bias, at, out),
+                            2 => tile::<2, 2>(x, panels, bias, at, out),
+                            _ => tile::<1, 2>(x, panels, bias, at, out),
+                        }
+                    } else {
+                        match rows {
+                            8 => tile::<8, 1>(x, panels, bias, at, out),
+                            7 => tile::<7, 1>(x, panels, bias, at, out),
+                            6 => tile::<6, 1>(x, panels, bias, at, out),
+                            5 => tile::<5, 1>(x, panels, bias, at, out),
+                            4 => tile::<4, 1>(x, panels, bias, at, out),
+                            3 => tile::<3, 1>(x, panels, bias, at, out),
+                            2 => tile::<2, 1>(x, panels, bias, at, out),
+                            _ => tile::<1, 1>(x, panels, bias, at, out),
+                        }
+                    }
+                }
+                r += rows;
+            }
+            p += if pair { 2 } else { 1 };
+        }
+        chunk = end;
+    }
+}
+
+/// Rows for the next tile when `left` remain: eight, the last tiles sharing what is left evenly.
+fn tile_rows(left: usize) -> usize {
+    let tiles = left.div_ceil(8);
+    left.div_ceil(tiles)
+}
+
+#[derive(Clone, Copy)]
+struct Tile {
+    r: usize,
+    p: usize,
+    k: usize,
+    n: usize,
+    relu: bool,
+}
+
+/// Rows `r .. r + R` against panels `p .. p + P`: `R × 16P` outputs.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile<const R: usize, const P: usize>(
+    x: &[f32],
+    panels: &[f32],
+    bias: Option<&[f32]>,
+    Tile { r, p, k, n, relu }: Tile,
+    out: *mut f32,
+) {
+    debug_assert!((r + R) * k <= x.len() && (p + P) * PANEL * k <= panels.len());
+    let xp = x.as_ptr();
+    let wp: [*const f32; P] =
+        std::array::from_fn(|j| panels.as_ptr().wrapping_add((p + j) * k * PANEL));
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    // SAFETY: channel `c < k` of rows `r + i < m` and of panels `p + j`, all inside the slices.
+    unsafe {
+        for c in 0..k {
+            let w: [__m512; P] = std::array::from_fn(|j| _mm512_loadu_ps(wp[j].add(c * PANEL)));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xp.add((r + i) * k + c));
+                for j in 0..P {
+                    a[j] = _mm512_fmadd_ps(xv, w[j], a[j]);
+                }
+            }
+        }
+        let b: [__m512; P] = std::array::from_fn(|j| match bias {
+            Some(b) => _mm512_loadu_ps(b.as_ptr().add((p + j) * PANEL)),
+            None => _mm512_setzero_ps(),
+        });
+        let zero = _mm512_setzero_ps();
+        for (i, a) in acc.iter().enumerate() {
+            for j in 0..P {
+                let mut v = _mm512_add_ps(a[j], b[j]);
+                if relu {
+                    v = _mm512_max_ps(v, zero);
+                }
+                _mm512_storeu_ps(out.add((r + i) * n + (p + j) * PANEL), v);
+            }
+        }
+    }
+}
