@@ -19,7 +19,7 @@ pub(crate) fn gelu_weighted_sum(rows: &[f32], weights: &[f32], acc: &mut [f32]) 
     let d = acc.len();
     assert_eq!(rows.len(), weights.len() * d, "one weight per row of {d}");
     #[cfg(target_arch = "x86_64")]
-    if d % 8 == 0 && crate::small_gemm::available() {
+    if d.is_multiple_of(8) && crate::small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA; lengths checked above.
         unsafe { avx2::gelu_weighted_sum(rows, weights, acc) };
         return;

@@ -24,7 +24,10 @@ pub fn pool_window(g: u32, side: usize) -> Result<(usize, usize)> {
         let k = (l as f64 / g as f64).sqrt().round() as usize;
         (k, k)
     };
-    if win.0 == 0 || side % win.0 != 0 || side % win.1 != 0 || (side / win.0) * (side / win.1) != g
+    if win.0 == 0
+        || !side.is_multiple_of(win.0)
+        || !side.is_multiple_of(win.1)
+        || (side / win.0) * (side / win.1) != g
     {
         return Err(ModelError::Input(format!(
             "granularity {g} does not tile a {side}x{side} map"

@@ -203,12 +203,12 @@ impl NormF32 {
     pub(crate) fn residual_rows(&self, x: &mut [f32], h: &[f32]) {
         let d = self.weight.len();
         assert!(
-            x.len() == h.len() && x.len() % d == 0,
+            x.len() == h.len() && x.len().is_multiple_of(d),
             "x and h are rows of {d}"
         );
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
-        if d % 8 == 0 && crate::small_gemm::available() {
+        if d.is_multiple_of(8) && crate::small_gemm::available() {
             // SAFETY: `available()` checked AVX2 and FMA; lengths checked above.
             #[allow(unsafe_code)]
             {

@@ -57,7 +57,7 @@ impl Panels {
     /// Packs a row-major `(n, k)` weight, or `None` where this kernel cannot run.
     pub(crate) fn new(w: &[f32], n: usize, k: usize) -> Option<Self> {
         assert_eq!(w.len(), n * k, "weight is not n × k");
-        if !crate::small_gemm::available() || n % PANEL != 0 || n == 0 || k == 0 {
+        if !crate::small_gemm::available() || !n.is_multiple_of(PANEL) || n == 0 || k == 0 {
             return None;
         }
         let mut data = vec![0f32; n * k];

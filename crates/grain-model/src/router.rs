@@ -80,7 +80,7 @@ impl Router {
             .map(|&g| g as usize)
             .sum::<usize>()
             + rc.text_queries;
-        if d % rc.merger_heads != 0 {
+        if !d.is_multiple_of(rc.merger_heads) {
             return Err(ModelError::Input(format!(
                 "router width {d} is not divisible by {} heads",
                 rc.merger_heads

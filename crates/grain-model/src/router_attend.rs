@@ -48,7 +48,7 @@ impl AttendScratch {
 pub(crate) fn attend(qkv: &[f32], d: usize, heads: usize, sc: &mut AttendScratch, out: &mut [f32]) {
     let n = qkv.len() / (3 * d);
     assert!(
-        qkv.len() == n * 3 * d && out.len() == n * d && d % heads == 0,
+        qkv.len() == n * 3 * d && out.len() == n * d && d.is_multiple_of(heads),
         "attend: {n} rows of q, k, v and of output, {heads} heads dividing {d}"
     );
     assert!(sc.s.len() >= n * n * heads && sc.max.len() == heads && sc.sum.len() == heads);
@@ -149,7 +149,7 @@ mod avx2 {
         out: &mut [f32],
     ) {
         let n = qkv.len() / (3 * d);
-        if heads % 8 != 0 {
+        if !heads.is_multiple_of(8) {
             scores_body(qkv, d, heads, &mut sc.s);
             softmax_body(n, heads, d / heads, sc);
             weighted_body(qkv, d, heads, &sc.s, out);

@@ -64,7 +64,7 @@ impl PoolPlan {
         let cell = wins
             .iter()
             .fold((1, 1), |(a, b), &((kh, kw), _)| (lcm(a, kh), lcm(b, kw)));
-        debug_assert!(side % cell.0 == 0 && side % cell.1 == 0);
+        debug_assert!(side.is_multiple_of(cell.0) && side.is_multiple_of(cell.1));
         let mut levels: Vec<Level> = Vec::with_capacity(wins.len());
         let mut at = 0;
         for &((kh, kw), first) in &wins {

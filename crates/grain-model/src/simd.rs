@@ -26,7 +26,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `out[g · at.len() + p] = scale · (q[g·hd .. (g+1)·hd] · kc[at[p] .. at[p] + hd])`.
 pub(crate) fn scores(q: &[f32], hd: usize, kc: &[f32], at: &[usize], scale: f32, out: &mut [f32]) {
     let ctx = at.len();
-    assert!(hd > 0 && q.len() % hd == 0, "q is not whole heads");
+    assert!(hd > 0 && q.len().is_multiple_of(hd), "q is not whole heads");
     assert_eq!(
         out.len(),
         q.len() / hd * ctx,
@@ -39,7 +39,7 @@ pub(crate) fn scores(q: &[f32], hd: usize, kc: &[f32], at: &[usize], scale: f32,
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if hd % 8 == 0 && small_gemm::available() {
+    if hd.is_multiple_of(8) && small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA; every key row is in bounds (checked above).
         unsafe { avx2::scores(q, hd, kc, at, scale, out) };
         return;
@@ -66,7 +66,7 @@ pub(crate) fn weighted_sum(
         assert!(a + offset + len <= vc.len(), "value row out of bounds");
     }
     #[cfg(target_arch = "x86_64")]
-    if len % 8 == 0 && len <= 64 && small_gemm::available() {
+    if len.is_multiple_of(8) && len <= 64 && small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA; every row is in bounds (checked above).
         unsafe { avx2::weighted_sum(weights, vc, at, offset, out) };
         return;

@@ -24,7 +24,7 @@ fn dataset(dir: &Path, n: usize) -> PathBuf {
     for (i, (w, h, rgb, q, a)) in specs.iter().take(n).enumerate() {
         let img = image::RgbImage::from_fn(*w, *h, |x, y| {
             // A checkerboard of small cells over the base colour: fine detail for the encoder.
-            let on = ((x / (7 + i as u32)) + (y / 5)) % 2 == 0;
+            let on = ((x / (7 + i as u32)) + (y / 5)).is_multiple_of(2);
             if on {
                 image::Rgb(*rgb)
             } else {

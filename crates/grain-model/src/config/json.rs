@@ -138,13 +138,13 @@ pub(super) fn vision_config(
         layer_norm_eps: f64_or(v, "layer_norm_eps", d.layer_norm_eps)?,
         hidden_act: act,
     };
-    if c.patch_size == 0 || c.image_size % c.patch_size != 0 {
+    if c.patch_size == 0 || !c.image_size.is_multiple_of(c.patch_size) {
         return Err(format!(
             "image_size {} is not a multiple of patch_size {}",
             c.image_size, c.patch_size
         ));
     }
-    if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+    if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
         return Err("vision hidden_size is not divisible by num_attention_heads".into());
     }
     Ok(c)

@@ -131,7 +131,12 @@ impl PagedAttention<'_> {
     fn check(&self, q: &Layout) -> candle_core::Result<(usize, usize, usize)> {
         let (rows, nq, hd) = q.shape().dims3()?;
         let h = self.heads;
-        if rows != self.rows.len() || nq != h.q || hd != h.dim || h.kv == 0 || h.q % h.kv != 0 {
+        if rows != self.rows.len()
+            || nq != h.q
+            || hd != h.dim
+            || h.kv == 0
+            || !h.q.is_multiple_of(h.kv)
+        {
             bail!(
                 "paged attention: q is {:?} for {} rows and {h:?}",
                 q.shape(),
