@@ -21,7 +21,7 @@ GRAIN=${GRAIN_BIN:-target/release/grain}
 OUT=${OUT:-benchmarks/results}
 WORK=${WORK:-target/bench-work}
 N=${N:-32}
-HF_N=${HF_N:-8}
+HF_N=${HF_N:-32}
 MAX_TOKENS=${MAX_TOKENS:-64}
 PY=${PY:-.venv-parity/bin/python}
 
