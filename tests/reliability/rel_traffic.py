@@ -20,14 +20,19 @@ def _valid_bodies(model: str) -> list[tuple[str, dict]]:
                                stream_options={"include_usage": True})),
         ("png", p.with_images(png_url, model=model, max_tokens=4)),
         ("jpeg-stream", p.with_images(jpeg_url, model=model, max_tokens=4, stream=True)),
+        ("json", {**p.chat("A cat as JSON.", model=model, max_tokens=8),
+                  "response_format": {"type": "json_object"}}),
+        ("score", {"model": model, "prompt": "Once upon a time", "echo": True, "logprobs": 1,
+                   "max_tokens": 0}),
     ]
 
 
 def check_valid(client: httpx.Client, kind: str, body: dict) -> str | None:
     """Sends one valid request; returns a description of what was wrong, or None."""
     try:
+        path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
         if body.get("stream"):
-            with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            with client.stream("POST", path, json=body) as resp:
                 if resp.status_code != 200:
                     resp.read()
                     return f"{kind}: HTTP {resp.status_code} {resp.text[:200]}"
@@ -38,7 +43,7 @@ def check_valid(client: httpx.Client, kind: str, body: dict) -> str | None:
             if not any(r in ("stop", "length") for r in reasons):
                 return f"{kind}: no finish_reason in {len(chunks)} chunks"
             return None
-        resp = client.post("/v1/chat/completions", json=body)
+        resp = client.post(path, json=body)
         if resp.status_code != 200:
             return f"{kind}: HTTP {resp.status_code} {resp.text[:200]}"
         out = resp.json()

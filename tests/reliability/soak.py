@@ -63,8 +63,14 @@ def _bodies(model: str) -> list[dict]:
         max_tokens = 16 + 8 * (i % 4)
         if i % 4 == 3:
             body = p.with_images(png_urls[i % len(png_urls)], model=model, max_tokens=max_tokens)
+        elif i % 8 == 2:
+            # A text completion that scores its prompt (echo + logprobs), as evaluation harnesses send.
+            body = {"model": model, "prompt": prompts[i % len(prompts)] * 3, "max_tokens": max_tokens,
+                    "echo": True, "logprobs": 2}
         else:
             body = p.chat(prompts[i % len(prompts)], model=model, max_tokens=max_tokens)
+            if i % 8 == 6:
+                body["response_format"] = {"type": "json_object"}
         body.update(stream=True, stream_options={"include_usage": True}, temperature=0.8)
         bodies.append(body)
     return bodies
@@ -73,7 +79,8 @@ def _bodies(model: str) -> list[dict]:
 async def _one(client: httpx.AsyncClient, body: dict, hang_up_after: int | None, result: SoakResult) -> None:
     """One streaming request; with `hang_up_after`, close the connection after that many chunks."""
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+        async with client.stream("POST", path, json=body) as resp:
             if resp.status_code != 200:
                 await resp.aread()
                 result.failures.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
