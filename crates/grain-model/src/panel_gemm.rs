@@ -96,9 +96,9 @@ impl Panels {
     ) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `new` only builds panels where AVX2/FMA are available, and the AVX-512 tiles
-        // run only where `avx512::available` found AVX-512F; the caller vouches for the shapes.
+        // run only where `avx512_available` found AVX-512F; the caller vouches for the shapes.
         unsafe {
-            if avx512::available() {
+            if crate::small_gemm::avx512_available() {
                 avx512::apply(x, &self.data, bias, shape, relu, out, ps)
             } else {
                 avx2::apply(x, &self.data, bias, shape, relu, out, ps)

@@ -8,16 +8,6 @@ use std::arch::x86_64::*;
 
 use super::{PANEL, ROW_CHUNK};
 
-/// Whether the AVX-512 tiles run: the CPU has AVX-512F and `GRAIN_AVX512=off` is not set (for
-/// side-by-side runs against the AVX2 tiles).
-pub(super) fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let wanted = std::env::var("GRAIN_AVX512").map_or(true, |v| v != "off");
-        wanted && std::is_x86_feature_detected!("avx512f")
-    })
-}
-
 /// Panels `ps` against every row, as [`super::avx2::apply`] does.
 ///
 /// # Safety

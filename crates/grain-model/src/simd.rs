@@ -108,6 +108,11 @@ pub(crate) fn exp(x: f32) -> f32 {
 pub(crate) fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
     assert_eq!(s.len(), out.len(), "exp_shifted of unequal lengths");
     #[cfg(target_arch = "x86_64")]
+    if small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
+        return unsafe { avx512::exp_shifted(s, max, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA.
         return unsafe { avx2::exp_shifted(s, max, out) };
@@ -133,6 +138,11 @@ pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         "silu_mul of unequal lengths"
     );
     #[cfg(target_arch = "x86_64")]
+    if small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
+        return unsafe { avx512::silu_mul(gate, up, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA.
         return unsafe { avx2::silu_mul(gate, up, out) };
@@ -152,6 +162,11 @@ fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
 #[inline]
 pub(crate) fn quick_gelu(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "quick_gelu of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
+        return unsafe { avx512::quick_gelu(x, out) };
+    }
     #[cfg(target_arch = "x86_64")]
     if small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA.
@@ -185,6 +200,32 @@ pub(crate) fn lane_sum(values: &[f32]) -> f32 {
 #[inline]
 pub(crate) fn tree8(l: &[f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+/// The elementwise loops compiled for 16 lanes: the same bodies, so the same bits (each output
+/// is computed alone, and [`lane_sum`] keeps its eight partial sums whatever the width).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; equal lengths.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
+        super::exp_shifted_body(s, max, out)
+    }
+
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; equal lengths.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::silu_mul_body(gate, up, out)
+    }
+
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; equal lengths.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn quick_gelu(x: &[f32], out: &mut [f32]) {
+        super::quick_gelu_body(x, out)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -422,6 +463,38 @@ mod tests {
             );
         }
         assert!((sum as f64 - want_sum).abs() <= 1e-5 * want_sum);
+    }
+
+    /// The 16-lane copies of the elementwise loops give the AVX2 copies' bits, sums included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_loops_give_the_avx2_bits() {
+        if !(std::is_x86_feature_detected!("avx512f") && crate::small_gemm::available()) {
+            return; // Nothing to compare on this CPU.
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for len in [1usize, 7, 8, 15, 16, 17, 33, 100, 577] {
+            let (a, b) = (values(len, len as u32), values(len, 3 * len as u32 + 1));
+            let (mut wide, mut narrow) = (vec![0f32; len], vec![0f32; len]);
+            // SAFETY: AVX-512F, AVX2 and FMA detected; equal lengths.
+            unsafe {
+                let (sw, sn) = (
+                    avx512::exp_shifted(&a, 0.5, &mut wide),
+                    avx2::exp_shifted(&a, 0.5, &mut narrow),
+                );
+                assert_eq!(
+                    (sw.to_bits(), bits(&wide)),
+                    (sn.to_bits(), bits(&narrow)),
+                    "exp {len}"
+                );
+                avx512::silu_mul(&a, &b, &mut wide);
+                avx2::silu_mul(&a, &b, &mut narrow);
+                assert_eq!(bits(&wide), bits(&narrow), "silu {len}");
+                avx512::quick_gelu(&a, &mut wide);
+                avx2::quick_gelu(&a, &mut narrow);
+                assert_eq!(bits(&wide), bits(&narrow), "quick_gelu {len}");
+            }
+        }
     }
 
     #[test]

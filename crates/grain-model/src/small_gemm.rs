@@ -37,6 +37,22 @@ pub(crate) fn available() -> bool {
     })
 }
 
+/// Whether the AVX-512 kernels run ([`crate::panel_gemm`]'s tiles, [`crate::simd`]'s elementwise
+/// loops): [`available`], the CPU has AVX-512F, and `GRAIN_AVX512=off` is not set (for
+/// side-by-side runs against the AVX2 code).
+pub(crate) fn avx512_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let wanted = std::env::var("GRAIN_AVX512").map_or(true, |v| v != "off");
+            wanted && available() && std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 fn cpu_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
