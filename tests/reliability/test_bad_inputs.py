@@ -134,6 +134,8 @@ CASES = [
     Case("repetition-penalty-zero", msg(repetition_penalty=0), code="invalid_value"),
     Case("min-p-above-one", msg(min_p=1.5), code="invalid_value"),
     Case("min-p-a-string", msg(min_p="0.1"), code="invalid_type"),
+    Case("stop-token-ids-negative", msg(stop_token_ids=[1, -5]), code="invalid_value"),
+    Case("stop-token-ids-not-a-list", msg(stop_token_ids=7), code="invalid_type"),
     Case("response-format-json-schema", msg(response_format={"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "object"}}}), code="unsupported_parameter"),
     Case("response-format-unknown-type", msg(response_format={"type": "yaml"}), code="invalid_value"),

@@ -118,6 +118,10 @@ pub struct GenerationParams {
     /// a choice. The EOS tokens are masked out of sampling until then; stop strings still apply.
     pub ignore_eos: bool,
     pub min_tokens: u32,
+    /// vLLM's `stop_token_ids`: a choice ends (`stop`) after sampling one of these; the token is
+    /// part of the output (its text is empty when it is a special token). Masked out, like EOS,
+    /// before `min_tokens` (not by `ignore_eos`).
+    pub stop_token_ids: Vec<u32>,
     /// `Some(k)`: also score the prompt. Every prompt token after the first gets its
     /// log-probability under the model (raw logits: no penalty, bias or temperature) and the `k`
     /// most likely alternatives, in one [`Event::PromptLogprobs`] per choice before its first
@@ -157,6 +161,7 @@ impl Default for GenerationParams {
             logit_bias: Vec::new(),
             ignore_eos: false,
             min_tokens: 0,
+            stop_token_ids: Vec::new(),
             prompt_logprobs: None,
             response_format: ResponseFormat::Text,
         }

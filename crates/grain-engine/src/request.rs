@@ -176,11 +176,12 @@ impl ActiveRequest {
             json.mask(row, table, ctx.eos)?;
         }
         let generated = state.generated(choice.seq).map_or(0, <[u32]>::len);
-        if !self.sampling.allows_eos(generated) {
-            for &eos in ctx.eos {
-                if let Some(l) = row.get_mut(eos as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
+        let banned_eos = (!self.sampling.allows_eos(generated)).then_some(ctx.eos);
+        let banned_stops = (!self.sampling.allows_stop_tokens(generated))
+            .then_some(self.sampling.stop_token_ids.as_slice());
+        for &id in banned_eos.into_iter().chain(banned_stops).flatten() {
+            if let Some(l) = row.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
             }
         }
         let sampled = choice.sampler.sample(&self.sampling, row)?;
@@ -208,6 +209,9 @@ impl ActiveRequest {
             text.push_str(&checked.text);
             if checked.stopped {
                 Some(FinishReason::Stop)
+            } else if self.sampling.stop_token_ids.contains(&token) {
+                let tail = choice.detok.flush(ctx.decoder);
+                Some(finish_text(&mut choice.stop, &tail, &mut text).unwrap_or(FinishReason::Stop))
             } else if appended == Appended::LengthLimit {
                 let tail = choice.detok.flush(ctx.decoder);
                 Some(

@@ -36,6 +36,8 @@ pub struct SamplingParams {
     /// EOS may not be sampled (`ignore_eos`), or not before this many tokens.
     pub ignore_eos: bool,
     pub min_tokens: usize,
+    /// Tokens that end a choice after being sampled (kept in the output).
+    pub stop_token_ids: Vec<u32>,
     /// Free text or one JSON object (the mask is applied before sampling, see `json_mode`).
     pub response_format: ResponseFormat,
 }
@@ -55,6 +57,7 @@ impl From<&GenerationParams> for SamplingParams {
             logit_bias: p.logit_bias.clone(),
             ignore_eos: p.ignore_eos,
             min_tokens: p.min_tokens as usize,
+            stop_token_ids: p.stop_token_ids.clone(),
             response_format: p.response_format,
         }
     }
@@ -77,6 +80,11 @@ impl SamplingParams {
     /// Whether a choice that has generated `generated` tokens may end with EOS now.
     pub fn allows_eos(&self, generated: usize) -> bool {
         !self.ignore_eos && generated >= self.min_tokens
+    }
+
+    /// Whether it may end with one of `stop_token_ids` now (`ignore_eos` does not forbid that).
+    pub fn allows_stop_tokens(&self, generated: usize) -> bool {
+        generated >= self.min_tokens
     }
 }
 

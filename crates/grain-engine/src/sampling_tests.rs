@@ -14,6 +14,7 @@ fn params(temperature: f32) -> SamplingParams {
         logit_bias: Vec::new(),
         ignore_eos: false,
         min_tokens: 0,
+        stop_token_ids: Vec::new(),
         response_format: ResponseFormat::Text,
     }
 }

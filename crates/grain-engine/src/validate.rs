@@ -7,6 +7,8 @@ use crate::api::{EngineError, GenerationParams, ResponseFormat};
 pub const MAX_N: u32 = 128;
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 pub const MAX_STOP_STRINGS: usize = 4;
+/// Entries in `stop_token_ids` (vLLM sets none).
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
 /// Largest `repetition_penalty` (vLLM sets none; past this a penalty only breaks the text).
 pub const MAX_REPETITION_PENALTY: f32 = 10.0;
 /// Entries in `logit_bias` (OpenAI documents none; a bound keeps a request's work bounded).
@@ -82,6 +84,12 @@ pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
         return fail(
             format!("at most {MAX_STOP_STRINGS} stop sequences are allowed"),
             "stop",
+        );
+    }
+    if p.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+        return fail(
+            format!("at most {MAX_STOP_TOKEN_IDS} stop_token_ids are allowed"),
+            "stop_token_ids",
         );
     }
     if p.stop.iter().any(String::is_empty) {
@@ -230,6 +238,13 @@ mod tests {
                     ..d()
                 },
                 "stop",
+            ),
+            (
+                GenerationParams {
+                    stop_token_ids: vec![7; MAX_STOP_TOKEN_IDS + 1],
+                    ..d()
+                },
+                "stop_token_ids",
             ),
             (
                 GenerationParams {

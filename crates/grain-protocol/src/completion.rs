@@ -8,7 +8,8 @@
 //! (default 16, as OpenAI's), `temperature`, `top_p`, `top_k`, `seed`, `stop`, `n`,
 //! `presence_penalty`, `frequency_penalty`, `logprobs` (0 ..= `max_top_logprobs`), `echo`,
 //! `best_of` (only equal to `n`), `logit_bias`, `stream`, `stream_options`, `user`, and the
-//! extensions `top_k`, `ignore_eos`, `min_tokens`, `repetition_penalty` and `min_p` (vLLM's).
+//! extensions `top_k`, `ignore_eos`, `min_tokens`, `repetition_penalty`, `min_p` and
+//! `stop_token_ids` (vLLM's).
 //! `suffix` is refused by name.
 //!
 //! `echo` with `logprobs` scores the prompt too: its tokens come first in the `logprobs` lists,
@@ -91,6 +92,9 @@ pub struct CompletionRequest {
     /// Extension (vLLM's): drop tokens less likely than `min_p` times the most likely one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f64>,
+    /// Extension (vLLM's): token ids that end a choice once sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_token_ids: Option<Vec<i64>>,
 }
 
 impl CompletionRequest {
@@ -138,6 +142,7 @@ impl CompletionRequest {
             min_tokens: self.min_tokens,
             repetition_penalty: self.repetition_penalty,
             min_p: self.min_p,
+            stop_token_ids: self.stop_token_ids.as_ref(),
         }
     }
 
@@ -201,6 +206,7 @@ const SUPPORTED: &[Field] = &[
     ("min_tokens", Kind::Integer, false),
     ("repetition_penalty", Kind::Number, false),
     ("min_p", Kind::Number, false),
+    ("stop_token_ids", Kind::Array, false),
 ];
 
 const UNSUPPORTED: &[(&str, &str)] = &[("suffix", " (insertion is not implemented)")];

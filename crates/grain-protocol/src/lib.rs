@@ -12,7 +12,7 @@
 //! `frequency_penalty`, `logprobs`, `top_logprobs`, `logit_bias`, `stream`,
 //! `stream_options.include_usage`, `user`, `response_format` (`text` or `json_object`), and the
 //! extensions `top_k`, `granularity` (`"auto"` or a candidate token count), `ignore_eos`,
-//! `min_tokens`, `repetition_penalty` and `min_p` (vLLM's).
+//! `min_tokens`, `repetition_penalty`, `min_p` and `stop_token_ids` (vLLM's).
 //!
 //! Every other top-level field is rejected with a 400 that names it: OpenAI fields that Grain does
 //! not implement (`tools`, `response_format` of type `json_schema`, ...) get an "unsupported parameter"

@@ -67,6 +67,9 @@ pub struct ChatCompletionRequest {
     /// Extension (vLLM's): drop tokens less likely than `min_p` times the most likely one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f64>,
+    /// Extension (vLLM's): token ids that end a choice once sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_token_ids: Option<Vec<i64>>,
     /// `{"type": "text"}` or `{"type": "json_object"}` (JSON mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
@@ -99,6 +102,7 @@ impl ChatCompletionRequest {
             min_tokens: None,
             repetition_penalty: None,
             min_p: None,
+            stop_token_ids: None,
             response_format: None,
         }
     }
@@ -129,6 +133,7 @@ impl ChatCompletionRequest {
             min_tokens: self.min_tokens,
             repetition_penalty: self.repetition_penalty,
             min_p: self.min_p,
+            stop_token_ids: self.stop_token_ids.as_ref(),
         }
     }
 

@@ -25,6 +25,7 @@ pub struct SamplingFields<'a> {
     pub min_tokens: Option<i64>,
     pub repetition_penalty: Option<f64>,
     pub min_p: Option<f64>,
+    pub stop_token_ids: Option<&'a Vec<i64>>,
 }
 
 impl SamplingFields<'_> {
@@ -70,6 +71,15 @@ impl SamplingFields<'_> {
     /// 1 (off) unless set.
     pub fn repetition_penalty_or_default(&self) -> f32 {
         self.repetition_penalty.unwrap_or(1.0) as f32
+    }
+
+    /// `stop_token_ids` as the engine's ids (validation checked the range).
+    pub fn stop_token_ids_value(&self) -> Vec<u32> {
+        self.stop_token_ids
+            .into_iter()
+            .flatten()
+            .filter_map(|&id| u32::try_from(id).ok())
+            .collect()
     }
 
     /// 0 (off) unless set.

@@ -116,6 +116,7 @@ const SUPPORTED: &[Field] = &[
     ("min_tokens", Kind::Integer, false),
     ("repetition_penalty", Kind::Number, false),
     ("min_p", Kind::Number, false),
+    ("stop_token_ids", Kind::Array, false),
     ("response_format", Kind::Object, false),
 ];
 
@@ -372,6 +373,20 @@ pub(crate) fn validate_sampling(
         }
     }
     check_range("min_p", s.min_p, 0.0, 1.0)?;
+    if let Some(ids) = s.stop_token_ids {
+        if ids.len() > MAX_STOP_TOKEN_IDS {
+            return Err(RequestError::invalid_value(
+                "stop_token_ids",
+                format!("at most {MAX_STOP_TOKEN_IDS} token ids, got {}", ids.len()),
+            ));
+        }
+        if let Some(bad) = ids.iter().find(|&&id| u32::try_from(id).is_err()) {
+            return Err(RequestError::invalid_value(
+                "stop_token_ids",
+                format!("token ids are integers from 0 to {}, got {bad}", u32::MAX),
+            ));
+        }
+    }
     if let Some(n) = s.n {
         if n < 1 || n > i64::from(limits.max_n) {
             return Err(RequestError::invalid_value(
@@ -410,6 +425,9 @@ fn check_min_tokens(min: Option<i64>, max: Option<i64>) -> Result<(), RequestErr
     }
     Ok(())
 }
+
+/// Most `stop_token_ids` (vLLM documents no bound; one keeps the per-token check cheap).
+const MAX_STOP_TOKEN_IDS: usize = 64;
 
 /// Most `logit_bias` entries (OpenAI documents no bound; one keeps a request's work bounded).
 pub const MAX_LOGIT_BIAS: usize = 1024;

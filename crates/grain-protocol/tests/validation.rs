@@ -560,3 +560,29 @@ fn repetition_penalty_and_min_p_are_vllms_with_their_ranges() {
     }
     refused(&with("min_p", json!("0.1")), "min_p", "invalid_type");
 }
+
+#[test]
+fn stop_token_ids_are_u32_ids_at_most_64() {
+    let s = parse(&with("stop_token_ids", json!([2, 4294967295u32]))).unwrap();
+    assert_eq!(s.sampling().stop_token_ids_value(), vec![2, u32::MAX]);
+    refused(
+        &with("stop_token_ids", json!([1, -2])),
+        "stop_token_ids",
+        "invalid_value",
+    );
+    refused(
+        &with("stop_token_ids", json!([4294967296u64])),
+        "stop_token_ids",
+        "invalid_value",
+    );
+    refused(
+        &with("stop_token_ids", json!((0..65).collect::<Vec<_>>())),
+        "stop_token_ids",
+        "invalid_value",
+    );
+    refused(
+        &with("stop_token_ids", json!(2)),
+        "stop_token_ids",
+        "invalid_type",
+    );
+}

@@ -106,6 +106,7 @@ pub fn generation_params(
         logit_bias: s.logit_bias_entries(),
         ignore_eos: s.ignores_eos(),
         min_tokens: s.min_tokens_value(),
+        stop_token_ids: s.stop_token_ids_value(),
         prompt_logprobs: None,
         response_format: engine::ResponseFormat::Text,
     }

@@ -529,3 +529,27 @@ async fn json_mode_on_a_model_that_cannot_write_json_is_a_clear_error() {
     body["stream"] = json!(false);
     assert_eq!(chat(&h.app, &body).await.status, 200);
 }
+
+/// vLLM's `stop_token_ids`: the mock's tokens are bytes, so the answer stops right after the
+/// first occurrence of the chosen byte, which it keeps.
+#[tokio::test]
+async fn stop_token_ids_end_the_answer_after_the_token() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    body["temperature"] = json!(0);
+    let plain = content(&chat(&h.app, &body).await, 0);
+    let stop = plain.as_bytes()[2];
+    let cut = plain.bytes().position(|b| b == stop).unwrap();
+    body["stop_token_ids"] = json!([stop, 100_000]);
+    let resp = chat(&h.app, &body).await;
+    assert_eq!(content(&resp, 0), plain[..=cut]);
+    assert_eq!(resp.json()["choices"][0]["finish_reason"], "stop");
+    body["stop_token_ids"] = json!([-1]);
+    let err = assert_error(
+        &chat(&h.app, &body).await,
+        400,
+        "invalid_request_error",
+        "invalid_value",
+    );
+    assert_eq!(err["param"], "stop_token_ids");
+}

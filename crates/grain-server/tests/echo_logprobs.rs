@@ -82,16 +82,9 @@ async fn echo_with_logprobs_scores_the_prompt_before_the_answer() {
 
     // Streamed: the echo and the prompt's scores come first, in one chunk; the whole is equal.
     body["stream"] = json!(true);
-    let resp = send(&h.app, post("/v1/completions", body.to_string())).await;
-    let events = resp.sse_events();
-    assert_eq!(events.last().unwrap().1, "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|(event, data)| {
-            assert!(event.is_none(), "no error events: {data}");
-            serde_json::from_str(data).unwrap()
-        })
-        .collect();
+    let chunks = send(&h.app, post("/v1/completions", body.to_string()))
+        .await
+        .sse_chunks();
     let first = &chunks[0]["choices"][0];
     assert_eq!(first["text"], "hi there");
     assert_eq!(

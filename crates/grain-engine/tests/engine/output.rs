@@ -215,3 +215,53 @@ async fn the_n_choices_of_a_request_compute_their_prompt_once() {
         "choices 1 and 2 attach choice 0's prompt blocks"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_token_ids_end_the_choice_after_the_token_and_wait_for_min_tokens() {
+    let (h, _) = ready(EngineConfig::default(), no_eos()).await;
+    let free = run(&h, request("free", "count", &[], greedy(24))).await;
+    let tokens = free.tokens[0].clone();
+    let stop = tokens[5];
+    let first = tokens.iter().position(|&t| t == stop).unwrap();
+
+    let params = grain_engine::GenerationParams {
+        stop_token_ids: vec![stop, 999_999],
+        ..greedy(24)
+    };
+    let stopped = run(&h, request("stop", "count", &[], params.clone())).await;
+    assert_eq!(
+        stopped.tokens[0],
+        tokens[..=first],
+        "greedy up to and including the stop token"
+    );
+    assert_eq!(stopped.finish[0], Some(FinishReason::Stop));
+    assert_eq!(
+        stopped.usage.as_ref().unwrap().completion_tokens as usize,
+        first + 1
+    );
+
+    // Not before min_tokens: the token is masked out until then.
+    let late = run(
+        &h,
+        request(
+            "late",
+            "count",
+            &[],
+            grain_engine::GenerationParams {
+                min_tokens: first as u32 + 3,
+                ..params
+            },
+        ),
+    )
+    .await;
+    let got = &late.tokens[0];
+    let early = &got[..(first + 3).min(got.len())];
+    assert!(
+        !early.contains(&stop),
+        "{got:?} has {stop} before min_tokens"
+    );
+    assert!(got.len() >= first + 3);
+    if late.finish[0] == Some(FinishReason::Stop) {
+        assert_eq!(got.last(), Some(&stop));
+    }
+}

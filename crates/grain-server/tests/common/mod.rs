@@ -451,6 +451,19 @@ impl TestResponse {
     pub fn sse_events(&self) -> Vec<(Option<String>, String)> {
         parse_sse(&self.text())
     }
+
+    /// The JSON chunks of a stream that ended with `[DONE]` and sent no error event.
+    pub fn sse_chunks(&self) -> Vec<serde_json::Value> {
+        let events = self.sse_events();
+        assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
+        events[..events.len() - 1]
+            .iter()
+            .map(|(event, data)| {
+                assert!(event.is_none(), "no error events: {data}");
+                serde_json::from_str(data).unwrap()
+            })
+            .collect()
+    }
 }
 
 pub fn parse_sse(text: &str) -> Vec<(Option<String>, String)> {
