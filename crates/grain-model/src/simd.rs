@@ -66,6 +66,12 @@ pub(crate) fn weighted_sum(
         assert!(a + offset + len <= vc.len(), "value row out of bounds");
     }
     #[cfg(target_arch = "x86_64")]
+    if len.is_multiple_of(16) && len <= 64 && small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F; every row is in bounds (checked above).
+        unsafe { avx512::weighted_sum(weights, vc, at, offset, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if len.is_multiple_of(8) && len <= 64 && small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA; every row is in bounds (checked above).
         unsafe { avx2::weighted_sum(weights, vc, at, offset, out) };
@@ -203,9 +209,58 @@ pub(crate) fn tree8(l: &[f32; 8]) -> f32 {
 }
 
 /// The elementwise loops compiled for 16 lanes: the same bodies, so the same bits (each output
-/// is computed alone, and [`lane_sum`] keeps its eight partial sums whatever the width).
+/// is computed alone, and [`lane_sum`] keeps its eight partial sums whatever the width). And
+/// [`weighted_sum`] in 16-lane registers: each output is still one FMA chain over the positions
+/// in order, so the same bits as the AVX2 copy.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F; `out.len()` 16, 32, 48 or 64; every value row in bounds.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_sum(
+        weights: &[f32],
+        vc: &[f32],
+        at: &[usize],
+        offset: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY (each arm): as this function's.
+        unsafe {
+            match out.len() / 16 {
+                4 => wsum::<4>(weights, vc, at, offset, out),
+                3 => wsum::<3>(weights, vc, at, offset, out),
+                2 => wsum::<2>(weights, vc, at, offset, out),
+                _ => wsum::<1>(weights, vc, at, offset, out),
+            }
+        }
+    }
+
+    /// [`weighted_sum`] over `N` 16-lane vectors, one broadcast weight per position.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn wsum<const N: usize>(
+        weights: &[f32],
+        vc: &[f32],
+        at: &[usize],
+        offset: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (&p, &a) in weights.iter().zip(at) {
+            let pv = _mm512_set1_ps(p);
+            // SAFETY: the row's N·16 values are in bounds (caller).
+            let row = unsafe { vc.as_ptr().add(a + offset) };
+            for (j, s) in acc.iter_mut().enumerate() {
+                *s = _mm512_fmadd_ps(pv, unsafe { _mm512_loadu_ps(row.add(16 * j)) }, *s);
+            }
+        }
+        for (j, s) in acc.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * j), *s) };
+        }
+    }
+
     /// # Safety
     /// AVX-512F, AVX2 and FMA; equal lengths.
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -493,6 +548,15 @@ mod tests {
                 avx512::quick_gelu(&a, &mut wide);
                 avx2::quick_gelu(&a, &mut narrow);
                 assert_eq!(bits(&wide), bits(&narrow), "quick_gelu {len}");
+                // The weighted sum of `len` rows of 64 values, every width it takes.
+                let vc = values(len * 64 + 64, 5);
+                let at: Vec<usize> = (0..len).map(|p| (p * 37) % len * 64).collect();
+                for width in [16usize, 32, 48, 64] {
+                    let (mut w16, mut w8) = (vec![0f32; width], vec![0f32; width]);
+                    avx512::weighted_sum(&a, &vc, &at, 0, &mut w16);
+                    avx2::weighted_sum(&a, &vc, &at, 0, &mut w8);
+                    assert_eq!(bits(&w16), bits(&w8), "weighted_sum {len} x {width}");
+                }
             }
         }
     }
