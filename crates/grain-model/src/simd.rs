@@ -39,6 +39,13 @@ pub(crate) fn scores(q: &[f32], hd: usize, kc: &[f32], at: &[usize], scale: f32,
         return;
     }
     #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(16) && small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F, AVX2 and FMA; every key row is in
+        // bounds (checked above).
+        unsafe { avx512::scores(q, hd, kc, at, scale, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if hd.is_multiple_of(8) && small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA; every key row is in bounds (checked above).
         unsafe { avx2::scores(q, hd, kc, at, scale, out) };
@@ -233,6 +240,65 @@ mod avx512 {
                 3 => wsum::<3>(weights, vc, at, offset, out),
                 2 => wsum::<2>(weights, vc, at, offset, out),
                 _ => wsum::<1>(weights, vc, at, offset, out),
+            }
+        }
+    }
+
+    /// [`super::scores`] with 16-lane products: eight keys at a time per head (eight independent
+    /// FMA chains), each key's 16 lanes folded to 8, then the AVX2 copy's horizontal reduction of
+    /// four keys at once. The sums' order differs from the AVX2 copy's (a few ulp), not from one
+    /// call to another.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; `hd` a multiple of 16; every key row within `kc`; `q.len()` =
+    /// heads · `hd`, `out.len()` = heads · `at.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn scores(
+        q: &[f32],
+        hd: usize,
+        kc: &[f32],
+        at: &[usize],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (ctx, heads) = (at.len(), q.len() / hd);
+        let octs = ctx / 8 * 8;
+        let kp = kc.as_ptr();
+        let mut p = 0;
+        while p < octs {
+            // SAFETY (all loads): rows are in bounds (caller), i + 16 <= hd.
+            let rows: [*const f32; 8] = std::array::from_fn(|j| unsafe { kp.add(at[p + j]) });
+            for g in 0..heads {
+                let qg = unsafe { q.as_ptr().add(g * hd) };
+                let mut acc = [_mm512_setzero_ps(); 8];
+                for i in (0..hd).step_by(16) {
+                    let qv = unsafe { _mm512_loadu_ps(qg.add(i)) };
+                    for (a, row) in acc.iter_mut().zip(&rows) {
+                        *a = _mm512_fmadd_ps(qv, unsafe { _mm512_loadu_ps(row.add(i)) }, *a);
+                    }
+                }
+                // 16 lanes → 8: the low half plus the high half.
+                let half: [__m256; 8] = std::array::from_fn(|j| {
+                    let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[j]));
+                    _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm256_castpd_ps(hi))
+                });
+                for quad in 0..2 {
+                    let s = &half[4 * quad..4 * quad + 4];
+                    let t = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+                    let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+                    let sums = _mm_mul_ps(sums, _mm_set1_ps(scale));
+                    // SAFETY: g < heads and p + 4·quad + 4 <= ctx.
+                    unsafe { _mm_storeu_ps(out.as_mut_ptr().add(g * ctx + p + 4 * quad), sums) };
+                }
+            }
+            p += 8;
+        }
+        // The last keys (fewer than eight): the AVX2 copy's dot products.
+        for p in octs..ctx {
+            let k = &kc[at[p]..at[p] + hd];
+            for g in 0..heads {
+                // SAFETY: AVX2 and FMA (caller); equal lengths.
+                out[g * ctx + p] = unsafe { super::avx2::dot(&q[g * hd..(g + 1) * hd], k) } * scale;
             }
         }
     }
@@ -597,7 +663,7 @@ mod tests {
             let kc = values(hd * 40, 5);
             for heads in [1usize, 2, 4] {
                 let q = values(heads * hd, 6);
-                for ctx in [0usize, 1, 3, 4, 5, 9, 17] {
+                for ctx in [0usize, 1, 3, 4, 5, 8, 9, 17, 24, 31] {
                     let at: Vec<usize> = (0..ctx).map(|p| (p * 11 % 37) * hd).collect();
                     let mut out = vec![f32::NAN; heads * ctx];
                     scores(&q, hd, &kc, &at, 0.125, &mut out);
