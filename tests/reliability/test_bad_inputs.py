@@ -258,6 +258,8 @@ CASES = [
          path="/v1/completions"),
     Case("completions-token-ids-empty-second", text(prompt=[[1, 2], []]), code="invalid_value",
          path="/v1/completions"),
+    Case("completions-echo-token-id-past-vocabulary", text(prompt=[1, 10**6], echo=True, logprobs=1),
+         code="invalid_value", path="/v1/completions"),
     Case("completions-max-tokens-zero-without-echo", text(prompt=[1, 2], max_tokens=0), code="invalid_value",
          path="/v1/completions"),
     Case("completions-echo-max-tokens-zero-min-tokens", text(echo=True, max_tokens=0, min_tokens=1),

@@ -146,6 +146,14 @@ async fn token_ids_echo_as_their_text_and_max_tokens_zero_only_scores() {
             .unwrap()[..ids.len()]
     );
 
+    // An id past the vocabulary is a bad prompt, echoed or not.
+    for echo in [true, false] {
+        let body = json!({"model": MODEL, "prompt": [BOS, 999], "echo": echo, "max_tokens": 1});
+        let resp = send(&h.app, post("/v1/completions", body.to_string())).await;
+        assert_eq!(resp.status, 400, "{}", resp.text());
+        assert_eq!(resp.json()["error"]["param"], "prompt", "echo {echo}");
+    }
+
     // Echo without logprobs: the prompt and nothing else, and no log-probabilities.
     let bare = complete(
         &h,

@@ -56,7 +56,11 @@ async fn handle(
         for p in &prompts {
             let text = match p {
                 wire::Prompt::Text(t) => t.to_string(),
-                wire::Prompt::Ids(ids) => state.engine().detokenize(ids.clone()).await?,
+                wire::Prompt::Ids(ids) => state
+                    .engine()
+                    .detokenize(ids.clone())
+                    .await
+                    .map_err(prompt_error)?,
             };
             echo.extend(std::iter::repeat_n(text, n as usize));
         }
@@ -106,6 +110,16 @@ async fn handle(
         guard,
     )
     .await
+}
+
+/// An id `/detokenize` refuses is a bad `prompt` here, as it is without `echo`.
+fn prompt_error(e: engine::EngineError) -> engine::EngineError {
+    match e {
+        engine::EngineError::InvalidRequest { message, .. } => {
+            engine::EngineError::invalid(message, Some("prompt"))
+        }
+        other => other,
+    }
 }
 
 /// Runs a non-streaming text completion to the end and builds its JSON response.
