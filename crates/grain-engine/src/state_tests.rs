@@ -449,3 +449,52 @@ fn a_prefix_being_computed_is_waited_for_not_computed_twice() {
     );
     s.check_invariants();
 }
+
+#[test]
+fn a_scored_prompt_gets_every_row_in_capped_chunks_and_skips_the_prefix_cache() {
+    let mut s = State::new(limits(8, 4096), 16, 200);
+    let keys: Vec<u64> = (0..80).collect();
+    s.add_with_prefix(SeqId(1), 1200, 4, keys.clone()).unwrap();
+    s.score_prompt(SeqId(1));
+    s.add_with_prefix(SeqId(2), 40, 4, keys[..2].to_vec())
+        .unwrap();
+    // The 1200-position prompt: chunks of SCORE_CHUNK with every row, the last one ends at the
+    // prompt and also wants the next token's logits.
+    let mut spans = Vec::new();
+    loop {
+        let b = s.schedule();
+        s.finish_step(true);
+        let Some(e) = entry(&b, 1).cloned() else {
+            break;
+        };
+        assert_eq!(
+            e.logits_rows(),
+            if e.all_logits { e.end - e.start } else { 1 }
+        );
+        spans.push((e.start, e.end, e.all_logits, e.want_logits));
+        sample_all(&mut s, &b);
+        if e.want_logits {
+            break;
+        }
+    }
+    assert_eq!(
+        spans,
+        vec![
+            (0, 512, true, false),
+            (512, 1024, true, false),
+            (1024, 1200, true, true)
+        ]
+    );
+    // Scored: a later recompute (after a preemption) asks for no rows; and nothing it computed
+    // went into the prefix cache (a cached position would have no logits).
+    s.prompt_scored(SeqId(1));
+    assert_eq!(
+        s.blocks_cached(),
+        2,
+        "only the unscored prompt's two full blocks"
+    );
+    let b = s.schedule();
+    let e = entry(&b, 1).unwrap();
+    assert!(!e.all_logits && e.logits_rows() == 1, "a decode step");
+    s.check_invariants();
+}
