@@ -156,11 +156,7 @@ impl ChoiceSampler {
 /// A token's log-probability under the raw `logits` (NaN counts as -inf, changed in place) and
 /// the `top` most likely tokens', most likely first: how a prompt token is scored.
 pub(crate) fn score(logits: &mut [f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
-    for l in logits.iter_mut() {
-        if l.is_nan() {
-            *l = f32::NEG_INFINITY;
-        }
-    }
+    nan_to_neg_inf(logits);
     let lse = log_sum_exp(logits);
     let logprob = |t: u32| {
         logits
@@ -178,11 +174,7 @@ pub(crate) fn score(logits: &mut [f32], token: u32, top: usize) -> (f32, Vec<(u3
 /// OpenAI's penalties over the generated tokens, then temperature (vLLM's order). Bias entries past the row (checked against the model's vocabulary before the
 /// request is admitted) are ignored here.
 fn process(params: &SamplingParams, counts: &HashMap<u32, u32>, logits: &mut [f32]) {
-    for l in logits.iter_mut() {
-        if l.is_nan() {
-            *l = f32::NEG_INFINITY;
-        }
-    }
+    nan_to_neg_inf(logits);
     for &(token, bias) in &params.logit_bias {
         if let Some(l) = logits.get_mut(token as usize) {
             *l += bias;
@@ -211,6 +203,15 @@ fn process(params: &SamplingParams, counts: &HashMap<u32, u32>, logits: &mut [f3
     if !params.is_greedy() && params.temperature != 1.0 {
         for l in logits.iter_mut() {
             *l /= params.temperature;
+        }
+    }
+}
+
+/// A NaN logit (a broken row) counts as a token the model rules out.
+fn nan_to_neg_inf(logits: &mut [f32]) {
+    for l in logits.iter_mut() {
+        if l.is_nan() {
+            *l = f32::NEG_INFINITY;
         }
     }
 }

@@ -342,10 +342,7 @@ pub(crate) mod avx2 {
                     }
                 }
                 let s: [__m256; 4] = std::array::from_fn(|j| _mm256_add_ps(even[j], odd[j]));
-                // [s0 s1 s2 s3] lane sums: two rounds of pairwise adds, then the halves.
-                let t = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
-                let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
-                let sums = _mm_mul_ps(sums, _mm_set1_ps(scale));
+                let sums = scaled_sums4(&s, scale);
                 unsafe { _mm_storeu_ps(out.as_mut_ptr().add(g * ctx + p), sums) };
             }
             p += 4;
@@ -356,6 +353,16 @@ pub(crate) mod avx2 {
                 out[g * ctx + p] = unsafe { dot(&q[g * hd..(g + 1) * hd], k) } * scale;
             }
         }
+    }
+
+    /// `scale ·` the lane sums of four vectors, `[Σ s[0], Σ s[1], Σ s[2], Σ s[3]]`: two rounds of
+    /// pairwise adds, then the halves (the scores' reduction of four keys at once, in both copies).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) fn scaled_sums4(s: &[__m256], scale: f32) -> __m128 {
+        let t = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+        let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+        _mm_mul_ps(sums, _mm_set1_ps(scale))
     }
 
     /// # Safety

@@ -72,10 +72,7 @@ pub(super) unsafe fn scores(
                 _mm256_add_ps(_mm512_castps512_ps256(acc[j]), _mm256_castpd_ps(hi))
             });
             for quad in 0..2 {
-                let s = &half[4 * quad..4 * quad + 4];
-                let t = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
-                let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
-                let sums = _mm_mul_ps(sums, _mm_set1_ps(scale));
+                let sums = super::avx2::scaled_sums4(&half[4 * quad..4 * quad + 4], scale);
                 // SAFETY: g < heads and p + 4·quad + 4 <= ctx.
                 unsafe { _mm_storeu_ps(out.as_mut_ptr().add(g * ctx + p + 4 * quad), sums) };
             }
