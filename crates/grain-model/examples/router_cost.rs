@@ -5,7 +5,8 @@
 //!
 //! Times are means over the runs (the router's median is printed too). With `GRAIN_ROUTER_ONLY=1`
 //! it only runs the router `runs` times (for `perf record`); `GRAIN_ROUTER_FUSED=off` turns the
-//! fused CPU router path off, for side-by-side runs.
+//! fused CPU router path off, for side-by-side runs. `GRAIN_VISION_ONLY=1` likewise runs only the
+//! vision tower and projector.
 //! With `GRAIN_CPU_TIME=1` it times the process's CPU time over all threads (Linux `schedstat`)
 //! instead of the wall clock, so the figures hold on a machine busy with other work (use it with
 //! `RAYON_NUM_THREADS=1`: idle spinning of extra worker threads would count too).
@@ -70,6 +71,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompt: Vec<u32> = (3..60).collect();
     let text = model.text_embeddings(&prompt, u32::MAX)?;
     let runs: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(7);
+    if std::env::var_os("GRAIN_VISION_ONLY").is_some() {
+        let mut vision = Vec::new();
+        for _ in 0..runs {
+            let t = now();
+            model.encode_crops(&pixels)?;
+            vision.push(now() - t);
+        }
+        println!(
+            "image {w}x{h}, {n} crops; vision tower and projector {:.2} ms (mean {:.2} ms)",
+            median(vision.clone()) * 1e3,
+            mean(&vision) * 1e3
+        );
+        return Ok(());
+    }
     if std::env::var_os("GRAIN_ROUTER_ONLY").is_some() {
         let f = model.encode_crops(&pixels)?;
         let mut router = Vec::new();

@@ -2,17 +2,24 @@
 //! (causal) and the vision tower (full).
 //!
 //! The work is cut into (head, block of query rows) tasks that run in parallel on the rayon pool,
-//! each on one thread: `S = Q·Kᵀ` and `O = P·V` with the `gemm` crate's single-threaded kernel, the
-//! (masked) softmax in between with the vector `exp`, in a per-thread score buffer. candle's
-//! batched matmul instead loops over the heads and splits each product over the pool, a hand-off
-//! per head and product, and zeroes every output first; on the 2-core build machine that left
-//! the tiny model's 2985-token prefill as slow on two threads as on one.
+//! each on one thread: `S = Q·Kᵀ`, the (masked) softmax with the vector `exp` in a per-thread
+//! score buffer, and `O = P·V`. Each head's keys and values are packed once into
+//! [`crate::panel_gemm`]'s panels ([`Panels::keys`], [`Panels::values`]), which every block of
+//! that head then reads: the `gemm` crate packed `Kᵀ` (and `V`) again for every block, about as
+//! much work as the block's `S` product at `hd` = 64. Where the panels cannot run (no AVX2/FMA)
+//! the blocks use the `gemm` crate's single-threaded kernel. candle's batched matmul instead
+//! loops over the heads and splits each product over the pool, a hand-off per head and product,
+//! and zeroes every output first.
+//!
+//! With the panels, each output is one FMA chain over its keys in order (the masked keys add
+//! exact zeros), so a query row's result does not depend on the block it falls in.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
 use crate::host_dense::matmul_serial;
+use crate::panel_gemm::Panels;
 use crate::simd;
 
 /// Query rows per task: the scores of a block (`ROWS × keys`) stay within a core's L2 for
@@ -20,8 +27,16 @@ use crate::simd;
 const ROWS: usize = 32;
 
 thread_local! {
-    /// Per-thread scores `(ROWS, keys)` and one row of exponentials.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread scores `(ROWS, keys)`, one row of exponentials, and a block's output padded to
+    /// whole panels (where `hd` is not a multiple of 16).
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+#[derive(Default)]
+struct Scratch {
+    s: Vec<f32>,
+    e: Vec<f32>,
+    o: Vec<f32>,
 }
 
 /// Which keys a query row sees.
@@ -69,41 +84,35 @@ pub(crate) fn attend(
         .zip(q.par_chunks(rows * hd))
         .zip(k.par_chunks(keys * hd).zip(v.par_chunks(keys * hd)))
         .for_each(|((oh, qh), (kh, vh))| {
+            let packed = Panels::keys(kh, keys, hd).zip(Panels::values(vh, keys, hd));
             oh.par_chunks_mut(ROWS * hd)
                 .zip(qh.par_chunks(ROWS * hd))
                 .enumerate()
                 .for_each(|(b, (ob, qb))| {
-                    SCRATCH.with_borrow_mut(|(s, e)| {
-                        block(qb, (kh, vh), (b * ROWS, keys, hd), mask, (s, e), ob)
+                    SCRATCH.with_borrow_mut(|scratch| {
+                        let at = (b * ROWS, keys, hd);
+                        match &packed {
+                            Some(panels) => block_panels(qb, panels, at, mask, scratch, ob),
+                            None => block(qb, (kh, vh), at, mask, scratch, ob),
+                        }
                     })
                 });
         });
 }
 
-/// One block of query rows `qb` starting at row `r0` of its head, against that head's `kh`, `vh`.
-fn block(
-    qb: &[f32],
-    (kh, vh): (&[f32], &[f32]),
-    (r0, keys, hd): (usize, usize, usize),
+/// The softmax of each row of `s` (rows `stride` apart, of which the first `kmax` are used) over
+/// the keys row `r0 + i` sees; the masked keys up to `kmax` become zeros.
+fn softmax_rows(
+    s: &mut [f32],
+    (stride, kmax): (usize, usize),
+    (r0, keys): (usize, usize),
     mask: Mask,
-    (s, e): (&mut Vec<f32>, &mut Vec<f32>),
-    ob: &mut [f32],
+    e: &mut Vec<f32>,
 ) {
-    let m = qb.len() / hd;
-    // The block's last row sees the most keys; nothing beyond is computed.
-    let kmax = mask.seen(r0 + m - 1, keys);
-    if kmax == 0 {
-        ob.fill(0.0);
-        return;
-    }
-    s.resize(m * kmax, 0.0);
     e.resize(kmax, 0.0);
-    let s = &mut s[..m * kmax];
-    // S = Q·Kᵀ: Kᵀ (hd, kmax) read from K (keys, hd) row-major.
-    matmul_serial(qb, &kh[..kmax * hd], (m, hd, kmax), (1, hd), s);
-    for (i, row) in s.chunks_exact_mut(kmax).enumerate() {
+    for (i, row) in s.chunks_mut(stride).enumerate() {
         let seen = mask.seen(r0 + i, keys);
-        let (live, masked) = row.split_at_mut(seen);
+        let (live, masked) = row[..kmax].split_at_mut(seen);
         masked.fill(0.0);
         if seen == 0 {
             continue;
@@ -115,6 +124,64 @@ fn block(
             *p = x * inv;
         }
     }
+}
+
+/// One block of query rows `qb` starting at row `r0` of its head, against that head's packed
+/// keys and values.
+fn block_panels(
+    qb: &[f32],
+    (kp, vp): &(Panels, Panels),
+    (r0, keys, hd): (usize, usize, usize),
+    mask: Mask,
+    Scratch { s, e, o }: &mut Scratch,
+    ob: &mut [f32],
+) {
+    let m = qb.len() / hd;
+    let kmax = mask.seen(r0 + m - 1, keys);
+    if kmax == 0 {
+        ob.fill(0.0);
+        return;
+    }
+    // S = Q·Kᵀ on the panels holding keys `..kmax`; rows `kp.n()` apart.
+    let stride = kp.n();
+    s.resize(m * stride, 0.0);
+    let s = &mut s[..m * stride];
+    kp.apply_prefix(qb, (hd, hd), 0..kmax.div_ceil(16), s);
+    softmax_rows(s, (stride, kmax), (r0, keys), mask, e);
+    // O = P·V over keys `..kmax`.
+    if vp.n() == hd {
+        vp.apply_prefix(s, (stride, kmax), 0..hd / 16, ob);
+    } else {
+        let wide = vp.n();
+        o.resize(m * wide, 0.0);
+        vp.apply_prefix(s, (stride, kmax), 0..wide / 16, &mut o[..m * wide]);
+        for (dst, src) in ob.chunks_exact_mut(hd).zip(o.chunks_exact(wide)) {
+            dst.copy_from_slice(&src[..hd]);
+        }
+    }
+}
+
+/// [`block_panels`] with the `gemm` crate, where the panels cannot run.
+fn block(
+    qb: &[f32],
+    (kh, vh): (&[f32], &[f32]),
+    (r0, keys, hd): (usize, usize, usize),
+    mask: Mask,
+    Scratch { s, e, .. }: &mut Scratch,
+    ob: &mut [f32],
+) {
+    let m = qb.len() / hd;
+    // The block's last row sees the most keys; nothing beyond is computed.
+    let kmax = mask.seen(r0 + m - 1, keys);
+    if kmax == 0 {
+        ob.fill(0.0);
+        return;
+    }
+    s.resize(m * kmax, 0.0);
+    let s = &mut s[..m * kmax];
+    // S = Q·Kᵀ: Kᵀ (hd, kmax) read from K (keys, hd) row-major.
+    matmul_serial(qb, &kh[..kmax * hd], (m, hd, kmax), (1, hd), s);
+    softmax_rows(s, (kmax, kmax), (r0, keys), mask, e);
     // O = P·V: V (kmax, hd) row-major.
     matmul_serial(s, &vh[..kmax * hd], (m, kmax, hd), (hd, 1), ob);
 }
@@ -207,12 +274,67 @@ mod tests {
             let mut got = vec![f32::NAN; g * rows * hd];
             attend(&q, &k, &v, (g, rows, keys, hd), mask, &mut got);
             let want = reference(&q, &k, &v, (g, rows, keys, hd), mask);
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4,
-                    "{mask:?} g={g} rows={rows} [{i}]: {a} vs {b}"
-                );
+            // The `gemm` crate's blocks, which machines without the panels run.
+            let mut fallback = vec![f32::NAN; g * rows * hd];
+            let mut scratch = Scratch::default();
+            for h in 0..g {
+                let kv = |t: &[f32]| t[h * keys * hd..][..keys * hd].to_vec();
+                let (kh, vh) = (kv(&k), kv(&v));
+                let qh = &q[h * rows * hd..][..rows * hd];
+                let oh = &mut fallback[h * rows * hd..][..rows * hd];
+                for (b, (ob, qb)) in oh
+                    .chunks_mut(ROWS * hd)
+                    .zip(qh.chunks(ROWS * hd))
+                    .enumerate()
+                {
+                    block(qb, (&kh, &vh), (b * ROWS, keys, hd), mask, &mut scratch, ob);
+                }
+            }
+            for (path, got) in [("attend", &got), ("gemm blocks", &fallback)] {
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4,
+                        "{path}: {mask:?} g={g} rows={rows} [{i}]: {a} vs {b}"
+                    );
+                }
             }
         }
+    }
+
+    /// With the panels, a query row's output is the same bits whichever block it falls in: a
+    /// causal chunk after cached positions equals the same rows of the whole sequence.
+    #[test]
+    fn a_rows_output_does_not_depend_on_its_block() {
+        let (keys, hd) = (150, 16);
+        let (q, k, v) = (
+            values(keys * hd, 4),
+            values(keys * hd, 5),
+            values(keys * hd, 6),
+        );
+        let causal = |first| Mask::Causal {
+            first,
+            per_query: 1,
+        };
+        let mut whole = vec![0f32; keys * hd];
+        attend(&q, &k, &v, (1, keys, keys, hd), causal(1), &mut whole);
+        let start = 41; // Rows 41.. land at other offsets within their blocks.
+        let rows = keys - start;
+        let mut tail = vec![0f32; rows * hd];
+        attend(
+            &q[start * hd..],
+            &k,
+            &v,
+            (1, rows, keys, hd),
+            causal(start + 1),
+            &mut tail,
+        );
+        if Panels::keys(&k, keys, hd).is_none() {
+            return; // The `gemm` crate's blocks make no such promise.
+        }
+        let same = tail
+            .iter()
+            .zip(&whole[start * hd..])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "the chunk's rows differ from the whole sequence's");
     }
 }

@@ -71,6 +71,76 @@ impl Panels {
         Some(Self { data, n, k })
     }
 
+    /// One attention head's keys `(keys, hd)`, row-major, as the weight of the scores `S = Q·Kᵀ`:
+    /// `n` is `keys` rounded up to a whole panel (zero keys after the last), `k` is `hd`.
+    pub(crate) fn keys(kh: &[f32], keys: usize, hd: usize) -> Option<Self> {
+        assert_eq!(kh.len(), keys * hd, "keys are (keys, hd)");
+        if !crate::small_gemm::available() || keys == 0 || hd == 0 {
+            return None;
+        }
+        let n = keys.next_multiple_of(PANEL);
+        let mut data = vec![0f32; n * hd];
+        for (j, row) in kh.chunks_exact(hd).enumerate() {
+            let (p, lane) = (j / PANEL, j % PANEL);
+            for (c, v) in row.iter().enumerate() {
+                data[(p * hd + c) * PANEL + lane] = *v;
+            }
+        }
+        Some(Self { data, n, k: hd })
+    }
+
+    /// One attention head's values `(keys, hd)`, row-major, as the weight of `O = P·V` (the
+    /// weight is `Vᵀ`): `n` is `hd` rounded up to a whole panel (zero columns after the last), `k`
+    /// is `keys`. Panel `p` at key `j` holds `V[j, 16p .. 16p + 16]`.
+    pub(crate) fn values(vh: &[f32], keys: usize, hd: usize) -> Option<Self> {
+        assert_eq!(vh.len(), keys * hd, "values are (keys, hd)");
+        if !crate::small_gemm::available() || keys == 0 || hd == 0 {
+            return None;
+        }
+        let n = hd.next_multiple_of(PANEL);
+        let mut data = vec![0f32; n * keys];
+        for (j, row) in vh.chunks_exact(hd).enumerate() {
+            for (p, cols) in row.chunks(PANEL).enumerate() {
+                data[(p * keys + j) * PANEL..][..cols.len()].copy_from_slice(cols);
+            }
+        }
+        Some(Self { data, n, k: keys })
+    }
+
+    /// `out (m, n) = x[.., ..k] · W[.., ..k]ᵀ` on the columns of panels `ps` only (the rest of
+    /// `out` is left as it was), for the first `k` channels of `x`'s rows, which are `kx` apart.
+    /// Each output is one FMA chain over its `k` channels in order, as in [`Self::apply`].
+    pub(crate) fn apply_prefix(
+        &self,
+        x: &[f32],
+        (kx, k): (usize, usize),
+        ps: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        let n = self.n;
+        let m = out.len() / n;
+        assert!(
+            k <= kx && k <= self.k && out.len() == m * n && ps.end <= n / PANEL,
+            "out (m, {n}), k = {k} of at most {} and of a row stride {kx}, panels {ps:?}",
+            self.k
+        );
+        if m == 0 || ps.is_empty() {
+            return;
+        }
+        assert!(x.len() >= (m - 1) * kx + k, "x holds {m} rows {kx} apart");
+        let (shape, strides, out) = ((m, k, n), (kx, self.k), out.as_mut_ptr());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: panels exist only where AVX2/FMA are available, and the AVX-512 tiles run only
+        // where `avx512_available` found AVX-512F; the shapes were asserted above.
+        unsafe {
+            if crate::small_gemm::avx512_available() {
+                avx512::apply_strided(x, &self.data, None, shape, strides, false, out, ps)
+            } else {
+                avx2::apply_strided(x, &self.data, None, shape, strides, false, out, ps)
+            }
+        }
+    }
+
     /// `out (m, n) = x (m, k) · Wᵀ (+ bias)`, then `max(0, ·)` when `relu`. Every element of
     /// `out` is written.
     pub(crate) fn apply(&self, x: &[f32], bias: Option<&[f32]>, relu: bool, out: &mut [f32]) {
@@ -175,6 +245,27 @@ mod avx2 {
         out: *mut f32,
         ps: std::ops::Range<usize>,
     ) {
+        // SAFETY: as this function's, with `x` rows and panels `k` apart.
+        unsafe { apply_strided(x, panels, bias, (m, k, n), (k, k), relu, out, ps) }
+    }
+
+    /// [`apply`] over the first `k` channels of rows `kx` apart and of panels `kp` channels long
+    /// (`k ≤ kx`, `k ≤ kp`).
+    ///
+    /// # Safety
+    /// As [`apply`]'s, with `x` `m × kx` and `panels` `n × kp`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn apply_strided(
+        x: &[f32],
+        panels: &[f32],
+        bias: Option<&[f32]>,
+        (m, k, n): (usize, usize, usize),
+        (kx, kp): (usize, usize),
+        relu: bool,
+        out: *mut f32,
+        ps: std::ops::Range<usize>,
+    ) {
         let mut chunk = 0;
         while chunk < m {
             let end = (chunk + ROW_CHUNK).min(m);
@@ -182,7 +273,15 @@ mod avx2 {
                 let mut r = chunk;
                 while r < end {
                     let rows = tile_rows(end - r);
-                    let at = Tile { r, p, k, n, relu };
+                    let at = Tile {
+                        r,
+                        p,
+                        k,
+                        kx,
+                        kp,
+                        n,
+                        relu,
+                    };
                     // SAFETY: AVX2/FMA enabled; rows `r..r+rows` and panel `p` are in bounds.
                     unsafe {
                         match rows {
@@ -213,7 +312,12 @@ mod avx2 {
     struct Tile {
         r: usize,
         p: usize,
+        /// Channels summed.
         k: usize,
+        /// Row stride of `x`.
+        kx: usize,
+        /// Channels per panel.
+        kp: usize,
         n: usize,
         relu: bool,
     }
@@ -225,12 +329,20 @@ mod avx2 {
         x: &[f32],
         panels: &[f32],
         bias: Option<&[f32]>,
-        Tile { r, p, k, n, relu }: Tile,
+        Tile {
+            r,
+            p,
+            k,
+            kx,
+            kp,
+            n,
+            relu,
+        }: Tile,
         out: *mut f32,
     ) {
-        debug_assert!((r + R) * k <= x.len() && (p + 1) * PANEL * k <= panels.len());
+        debug_assert!((r + R - 1) * kx + k <= x.len() && (p + 1) * PANEL * kp <= panels.len());
         let xp = x.as_ptr();
-        let wp = panels.as_ptr().wrapping_add(p * k * PANEL);
+        let wp = panels.as_ptr().wrapping_add(p * kp * PANEL);
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         // SAFETY: channel `c < k` of rows `r + i < m` and of panel `p`, all inside the slices.
         unsafe {
@@ -238,7 +350,7 @@ mod avx2 {
                 let w0 = _mm256_loadu_ps(wp.add(c * PANEL));
                 let w1 = _mm256_loadu_ps(wp.add(c * PANEL + 8));
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_broadcast_ss(&*xp.add((r + i) * k + c));
+                    let xv = _mm256_broadcast_ss(&*xp.add((r + i) * kx + c));
                     a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
                     a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
                 }
@@ -267,173 +379,5 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_util::values;
-
-    #[test]
-    fn matches_an_f64_product_on_every_row_remainder() {
-        for (n, k) in [(16usize, 1usize), (64, 64), (192, 64), (32, 37), (48, 20)] {
-            let w = values(n * k, (n + k) as u64, 1.0);
-            let Some(panels) = Panels::new(&w, n, k) else {
-                return; // No AVX2/FMA: callers keep the gemm crate.
-            };
-            let bias = values(n, 7, 1.0);
-            for m in [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 256] {
-                let x = values(m * k, (m * 31 + k) as u64, 1.0);
-                for (relu, with_bias) in [(false, false), (false, true), (true, true)] {
-                    let mut got = vec![f32::NAN; m * n];
-                    panels.apply(&x, with_bias.then_some(&bias[..]), relu, &mut got);
-                    for r in 0..m {
-                        for j in 0..n {
-                            let mut s = if with_bias { bias[j] as f64 } else { 0.0 };
-                            for c in 0..k {
-                                s += x[r * k + c] as f64 * w[j * k + c] as f64;
-                            }
-                            let want = if relu { s.max(0.0) } else { s } as f32;
-                            let g = got[r * n + j];
-                            // f32 sums of k products of values in [-1, 1).
-                            assert!(
-                                (g - want).abs() <= 1e-6 * (k + 1) as f32,
-                                "n={n} k={k} m={m} relu={relu} [{r},{j}]: {g} vs {want}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The AVX-512 tiles against the AVX2 ones, bit for bit, on odd panel counts and every row
-    /// remainder of both tile heights.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx512_tiles_give_the_avx2_bits() {
-        if !std::is_x86_feature_detected!("avx512f") {
-            return; // Nothing to compare on this CPU.
-        }
-        for (n, k) in [(16usize, 5usize), (48, 64), (80, 33), (192, 64)] {
-            let w = values(n * k, (n * k) as u64, 1.0);
-            let Some(panels) = Panels::new(&w, n, k) else {
-                return;
-            };
-            let bias = values(n, 3, 1.0);
-            for m in [1usize, 2, 7, 8, 9, 15, 16, 17, 48, 49, 100] {
-                let x = values(m * k, (m + 7 * k) as u64, 2.0);
-                for relu in [false, true] {
-                    let mut wide = vec![f32::NAN; m * n];
-                    let mut narrow = vec![f32::NAN; m * n];
-                    let shape = (m, k, n);
-                    // SAFETY: AVX-512F and AVX2/FMA detected; shapes as asserted by `apply`.
-                    unsafe {
-                        avx512::apply(
-                            &x,
-                            &panels.data,
-                            Some(&bias),
-                            shape,
-                            relu,
-                            wide.as_mut_ptr(),
-                            0..n / PANEL,
-                        );
-                        avx2::apply(
-                            &x,
-                            &panels.data,
-                            Some(&bias),
-                            shape,
-                            relu,
-                            narrow.as_mut_ptr(),
-                            0..n / PANEL,
-                        );
-                    }
-                    let same = wide
-                        .iter()
-                        .zip(&narrow)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "n={n} k={k} m={m} relu={relu}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn widths_that_are_not_panels_keep_the_fallback() {
-        assert!(Panels::new(&[0.0; 24 * 3], 24, 3).is_none());
-    }
-}
-
-/// Side-by-side timing of this kernel and the `gemm` crate on the router's shapes, run by hand:
-/// `cargo test --release -p grain-model --lib panel_gemm::speed -- --ignored --nocapture`.
-#[cfg(test)]
-mod speed {
-    use crate::test_util::best_of;
-
-    #[test]
-    #[ignore = "a measurement, run by hand"]
-    fn against_gemm_crate() {
-        for (m, k, n) in [
-            (256usize, 64usize, 64usize),
-            (155, 64, 64),
-            (80, 64, 192),
-            (256, 64, 192),
-            (256, 512, 512),
-        ] {
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 7919) % 1000) as f32 / 1e3 - 0.5)
-                .collect();
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
-                .collect();
-            let Some(p) = super::Panels::new(&w, n, k) else {
-                return;
-            };
-            let mut y = vec![0f32; m * n];
-            let ours = best_of(200, || p.apply(&x, None, false, &mut y));
-            let mut z = vec![0f32; m * n];
-            let theirs = best_of(200, || {
-                crate::host_dense::matmul_serial(&x, &w, (m, k, n), (1, k), &mut z)
-            });
-            let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
-            println!(
-                "{m}x{k}x{n}: panels {:.1} µs {:.1} GFLOP/s | gemm {:.1} µs {:.1} GFLOP/s",
-                ours * 1e6,
-                gf(ours),
-                theirs * 1e6,
-                gf(theirs)
-            );
-        }
-    }
-
-    /// The decoder's shapes on the rayon pool: [`super::Panels::apply_par`] against candle's
-    /// matmul (the `gemm` crate, parallel), with `m` rows from a decode step to a long prefill.
-    #[test]
-    #[ignore = "a measurement, run by hand"]
-    fn decoder_shapes_against_candle() {
-        use candle_core::{Device, Tensor};
-        for (k, n) in [(512usize, 2752usize), (1376, 512)] {
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 7919) % 1000) as f32 / 1e3 - 0.5)
-                .collect();
-            let Some(p) = super::Panels::new(&w, n, k) else {
-                return;
-            };
-            let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
-            for m in [8usize, 16, 78, 1170, 2985] {
-                let x: Vec<f32> = (0..m * k)
-                    .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
-                    .collect();
-                let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-                let mut y = vec![0f32; m * n];
-                let ours = best_of(10, || p.apply_par(&x, None, &mut y));
-                let candle = best_of(10, || {
-                    xt.matmul(&wt.t().unwrap()).unwrap();
-                });
-                let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
-                println!(
-                    "{m:>5}x{k}x{n}: panels {:.1} GFLOP/s | candle {:.1} GFLOP/s",
-                    gf(ours),
-                    gf(candle)
-                );
-            }
-        }
-    }
-}
+#[path = "panel_gemm_tests.rs"]
+mod tests;

@@ -23,6 +23,26 @@ pub(super) unsafe fn apply(
     out: *mut f32,
     ps: std::ops::Range<usize>,
 ) {
+    // SAFETY: as this function's, with `x` rows and panels `k` apart.
+    unsafe { apply_strided(x, panels, bias, (m, k, n), (k, k), relu, out, ps) }
+}
+
+/// [`super::avx2::apply_strided`] in 16 lanes.
+///
+/// # Safety
+/// As [`apply`]'s, with `x` `m × kx` and `panels` `n × kp`, `k ≤ kx`, `k ≤ kp`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn apply_strided(
+    x: &[f32],
+    panels: &[f32],
+    bias: Option<&[f32]>,
+    (m, k, n): (usize, usize, usize),
+    (kx, kp): (usize, usize),
+    relu: bool,
+    out: *mut f32,
+    ps: std::ops::Range<usize>,
+) {
     let mut chunk = 0;
     while chunk < m {
         let end = (chunk + ROW_CHUNK).min(m);
@@ -32,7 +52,15 @@ pub(super) unsafe fn apply(
             let mut r = chunk;
             while r < end {
                 let rows = tile_rows(end - r);
-                let at = Tile { r, p, k, n, relu };
+                let at = Tile {
+                    r,
+                    p,
+                    k,
+                    kx,
+                    kp,
+                    n,
+                    relu,
+                };
                 // SAFETY: AVX-512F enabled; rows `r..r+rows` and panels `p..p+1(+1)` in bounds.
                 unsafe {
                     if pair {
@@ -77,7 +105,12 @@ fn tile_rows(left: usize) -> usize {
 struct Tile {
     r: usize,
     p: usize,
+    /// Channels summed.
     k: usize,
+    /// Row stride of `x`.
+    kx: usize,
+    /// Channels per panel.
+    kp: usize,
     n: usize,
     relu: bool,
 }
@@ -89,20 +122,28 @@ unsafe fn tile<const R: usize, const P: usize>(
     x: &[f32],
     panels: &[f32],
     bias: Option<&[f32]>,
-    Tile { r, p, k, n, relu }: Tile,
+    Tile {
+        r,
+        p,
+        k,
+        kx,
+        kp,
+        n,
+        relu,
+    }: Tile,
     out: *mut f32,
 ) {
-    debug_assert!((r + R) * k <= x.len() && (p + P) * PANEL * k <= panels.len());
+    debug_assert!((r + R - 1) * kx + k <= x.len() && (p + P) * PANEL * kp <= panels.len());
     let xp = x.as_ptr();
     let wp: [*const f32; P] =
-        std::array::from_fn(|j| panels.as_ptr().wrapping_add((p + j) * k * PANEL));
+        std::array::from_fn(|j| panels.as_ptr().wrapping_add((p + j) * kp * PANEL));
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     // SAFETY: channel `c < k` of rows `r + i < m` and of panels `p + j`, all inside the slices.
     unsafe {
         for c in 0..k {
             let w: [__m512; P] = std::array::from_fn(|j| _mm512_loadu_ps(wp[j].add(c * PANEL)));
             for (i, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*xp.add((r + i) * k + c));
+                let xv = _mm512_set1_ps(*xp.add((r + i) * kx + c));
                 for j in 0..P {
                     a[j] = _mm512_fmadd_ps(xv, w[j], a[j]);
                 }
