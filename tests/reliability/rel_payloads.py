@@ -98,6 +98,21 @@ def jpeg(width: int = 16, height: int = 16) -> bytes:
     return b"\xff\xd8" + dqt + sof + dht_dc + dht_ac + sos + scan + b"\xff\xd9"
 
 
+# A structured-outputs schema (json_schema) with an enum, a nullable number, a recursive list and a
+# free string, for the traffic and the soak.
+CAT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "lives": {"type": "integer"},
+        "mood": {"enum": ["calm", "playful"]},
+        "weight": {"type": ["number", "null"]},
+        "kittens": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2},
+    },
+    "required": ["name", "lives", "mood"],
+    "additionalProperties": False,
+}
+
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
 # A 2×2 24-bit BMP (decodable by many libraries, but not a format the API accepts).
 BMP = (

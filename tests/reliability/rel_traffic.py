@@ -22,6 +22,9 @@ def _valid_bodies(model: str) -> list[tuple[str, dict]]:
         ("jpeg-stream", p.with_images(jpeg_url, model=model, max_tokens=4, stream=True)),
         ("json", {**p.chat("A cat as JSON.", model=model, max_tokens=8),
                   "response_format": {"type": "json_object"}}),
+        ("json-schema", {**p.chat("A cat.", model=model, max_tokens=8),
+                         "response_format": {"type": "json_schema", "json_schema": {
+                             "name": "cat", "schema": p.CAT_SCHEMA}}}),
         ("score", {"model": model, "prompt": "Once upon a time", "echo": True, "logprobs": 1,
                    "max_tokens": 0}),
     ]

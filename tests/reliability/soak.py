@@ -71,6 +71,9 @@ def _bodies(model: str) -> list[dict]:
             body = p.chat(prompts[i % len(prompts)], model=model, max_tokens=max_tokens)
             if i % 8 == 6:
                 body["response_format"] = {"type": "json_object"}
+            elif i % 8 == 5:
+                body["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "cat", "schema": p.CAT_SCHEMA}}
         body.update(stream=True, stream_options={"include_usage": True}, temperature=0.8)
         bodies.append(body)
     return bodies

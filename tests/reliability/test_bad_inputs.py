@@ -136,8 +136,16 @@ CASES = [
     Case("min-p-a-string", msg(min_p="0.1"), code="invalid_type"),
     Case("stop-token-ids-negative", msg(stop_token_ids=[1, -5]), code="invalid_value"),
     Case("stop-token-ids-not-a-list", msg(stop_token_ids=7), code="invalid_type"),
-    Case("response-format-json-schema", msg(response_format={"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"type": "object"}}}), code="unsupported_parameter"),
+    Case("response-format-json-schema-pattern", msg(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a"}}}}}),
+         code="invalid_value"),
+    Case("response-format-json-schema-no-name", msg(response_format={"type": "json_schema", "json_schema": {
+        "schema": {"type": "object"}}}), code="missing_required_parameter"),
+    Case("response-format-json-schema-root-array", msg(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "array"}}}), code="invalid_value"),
+    Case("response-format-json-schema-ref-loop", msg(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
+                                "$defs": {"A": {"$ref": "#/$defs/A"}}}}}), code="invalid_value"),
     Case("response-format-unknown-type", msg(response_format={"type": "yaml"}), code="invalid_value"),
     Case("response-format-a-string", msg(response_format="json_object"), code="invalid_type"),
     Case("response-format-json-with-ignore-eos", msg(response_format={"type": "json_object"}, ignore_eos=True),

@@ -128,18 +128,29 @@ pub struct GenerationParams {
     /// token (`echo` with `logprobs` on `/v1/completions`). Text-only prompts; such requests skip
     /// the prefix cache, since a cached position has no logits.
     pub prompt_logprobs: Option<u32>,
-    /// OpenAI's `response_format`: free text, or one JSON object (every token is constrained to
-    /// continue it, and the choice ends when it is complete).
+    /// OpenAI's `response_format`: free text, one JSON object, or one document of a JSON
+    /// Schema (every token is constrained to continue it, and the choice ends when it is
+    /// complete).
     pub response_format: ResponseFormat,
 }
 
 /// The shape a choice's text must take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum ResponseFormat {
     #[default]
     Text,
     /// `{"type": "json_object"}`: one JSON object (RFC 8259), nothing after it.
     JsonObject,
+    /// `{"type": "json_schema"}`: one JSON document the schema accepts, nothing after it
+    /// ([`crate::JsonSchema`] says which schemas compile).
+    JsonSchema(crate::JsonSchema),
+}
+
+impl ResponseFormat {
+    /// Whether the text is held to JSON (an object or a schema's document).
+    pub fn is_json(&self) -> bool {
+        !matches!(self, ResponseFormat::Text)
+    }
 }
 
 impl Default for GenerationParams {

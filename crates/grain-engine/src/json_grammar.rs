@@ -111,9 +111,33 @@ impl JsonState {
         }
     }
 
+    /// One JSON value of any kind instead of an object (`json_schema`'s free values): `{}`
+    /// schemas, strings and numbers. A number at the top ends where a byte cannot continue it
+    /// ([`Self::can_end`]).
+    pub fn any_value() -> Self {
+        Self {
+            mode: Mode::Value,
+            ..Self::new()
+        }
+    }
+
     /// The object is complete (trailing whitespace aside).
     pub fn is_done(&self) -> bool {
         self.mode == Mode::Done
+    }
+
+    /// The value is complete, or is a top-level number that may end here.
+    pub fn can_end(&self) -> bool {
+        match self.mode {
+            Mode::Done => true,
+            Mode::Number(n) => self.depth == 0 && n.complete(),
+            _ => false,
+        }
+    }
+
+    /// Inside a number (whose fraction and exponent `integer` schemas refuse).
+    pub fn in_number(&self) -> bool {
+        matches!(self.mode, Mode::Number(_))
     }
 
     /// Reads `bytes`; `false` (leaving the state unspecified) as soon as one cannot continue a

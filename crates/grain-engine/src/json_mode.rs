@@ -1,10 +1,13 @@
-//! `response_format: {"type": "json_object"}`: before each sampled token, every token that cannot
-//! continue the choice's text as one JSON object ([`JsonState`]) gets a -inf logit; once the object
-//! is complete, only EOS may follow. The choice's text is therefore always a prefix of a JSON object
-//! and, when it ends with `stop`, a whole one.
+//! `response_format` `json_object` and `json_schema`: before each sampled token, every token
+//! that cannot continue the choice's text as one JSON object ([`JsonState`]), or as one document
+//! of the request's schema ([`SchemaState`]), gets a -inf logit; once the document is complete,
+//! only EOS may follow. The choice's text is therefore always a prefix of such a document and,
+//! when it ends with `stop`, a whole one.
 
 use crate::api::EngineError;
 use crate::json_grammar::JsonState;
+use crate::json_schema::JsonSchema;
+use crate::json_schema_state::SchemaState;
 use crate::runner::TokenDecoder;
 
 /// Each vocabulary token's bytes as they appear in the text, `None` for tokens that add no text
@@ -31,32 +34,71 @@ impl TokenTable {
     }
 }
 
-/// One choice's progress through its JSON object.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct JsonConstraint {
-    state: JsonState,
+/// One choice's progress through its JSON object or schema document.
+#[derive(Debug, Clone)]
+pub(crate) enum JsonConstraint {
+    Object(JsonState),
+    Schema {
+        schema: JsonSchema,
+        state: SchemaState,
+    },
+}
+
+impl Default for JsonConstraint {
+    fn default() -> Self {
+        Self::object()
+    }
 }
 
 impl JsonConstraint {
+    pub fn object() -> Self {
+        Self::Object(JsonState::new())
+    }
+
+    pub fn schema(schema: &JsonSchema) -> Self {
+        Self::Schema {
+            state: SchemaState::new(&schema.0),
+            schema: schema.clone(),
+        }
+    }
+
+    /// Whether `bytes` continue the document (tested on a copy of the state).
+    fn accepts(&self, bytes: &[u8]) -> bool {
+        match self {
+            Self::Object(state) => {
+                let mut next = *state;
+                next.feed(bytes)
+            }
+            Self::Schema { schema, state } => state.accepts(&schema.0, bytes),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Self::Object(state) => state.is_done(),
+            Self::Schema { state, .. } => state.is_done(),
+        }
+    }
+
     /// Sets the logit of every token that cannot come next to -inf. Fails when none that the
-    /// model gives a chance can (a vocabulary or model that cannot write the object).
+    /// model gives a chance can (a vocabulary or model that cannot write the document).
     pub fn mask(
         &self,
         row: &mut [f32],
         table: &TokenTable,
         eos: &[u32],
     ) -> Result<(), EngineError> {
+        let done = self.is_done();
+        // Most tokens fail on their first byte: test each byte value once.
+        let first: Vec<bool> = (0..=255u8).map(|b| !done && self.accepts(&[b])).collect();
         let mut any = false;
         for (id, logit) in (0u32..).zip(row.iter_mut()) {
             let allowed = if eos.contains(&id) {
-                self.state.is_done()
-            } else if self.state.is_done() {
-                false
+                done
             } else {
-                table.bytes(id).is_some_and(|b| {
-                    let mut next = self.state;
-                    next.feed(b)
-                })
+                table
+                    .bytes(id)
+                    .is_some_and(|b| first[b[0] as usize] && (b.len() == 1 || self.accepts(b)))
             };
             if !allowed {
                 *logit = f32::NEG_INFINITY;
@@ -68,7 +110,7 @@ impl JsonConstraint {
             Ok(())
         } else {
             Err(EngineError::invalid(
-                "the model has no token that continues the JSON object here",
+                "the model has no token that continues the JSON document here",
                 Some("response_format"),
             ))
         }
@@ -77,8 +119,11 @@ impl JsonConstraint {
     /// Reads the sampled token's text.
     pub fn advance(&mut self, token: u32, table: &TokenTable) {
         if let Some(b) = table.bytes(token) {
-            // The mask only let through tokens that continue the object.
-            let ok = self.state.feed(b);
+            // The mask only let through tokens that continue the document.
+            let ok = match self {
+                Self::Object(state) => state.feed(b),
+                Self::Schema { schema, state } => state.feed(&schema.0, b),
+            };
             debug_assert!(ok, "a masked-out token was sampled");
         }
     }
@@ -146,9 +191,25 @@ mod tests {
         for &b in b"{\"name\": \"a cat" {
             in_string.advance(u32::from(b), &toy);
         }
+        let schema = crate::json_schema::JsonSchema::compile(&serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"]
+        }))
+        .unwrap();
+        let mut schema_string = JsonConstraint::schema(&schema);
+        let mut schema_value = JsonConstraint::schema(&schema);
+        for &b in b"{\"name\": \"a cat" {
+            schema_string.advance(u32::from(b), &toy);
+        }
+        for &b in b"{\"name\": \"a cat\", \"age\":" {
+            schema_value.advance(u32::from(b), &toy);
+        }
         for (what, c) in [
             ("inside a string", in_string),
             ("at the start", JsonConstraint::default()),
+            ("schema, inside a string", schema_string),
+            ("schema, before an integer", schema_value),
         ] {
             let mut row = vec![0.0f32; 32_000];
             let started = std::time::Instant::now();

@@ -12,6 +12,8 @@ pub mod detok;
 mod handle;
 pub mod json_grammar;
 mod json_mode;
+mod json_schema;
+mod json_schema_state;
 pub mod mock;
 mod prefix;
 mod prompt_logprobs;
@@ -27,6 +29,7 @@ pub use api::*;
 pub use config::{ConfigError, EngineConfig};
 pub use controller::{ControllerConfig, GranularityCeiling};
 pub use handle::{EngineHandle, GenerationStream};
+pub use json_schema::JsonSchema;
 pub use runner::{
     ImageInput, ModelRunner, PrepareItem, PreparedPrompt, Preprocessor, SeqId, StepBatch,
     StepEntry, TokenDecoder, ValidRequest,

@@ -26,7 +26,7 @@ pub(crate) struct Choice {
     stop: StopChecker,
     /// Scores the prompt until it is complete (`prompt_logprobs`).
     scorer: Option<PromptScorer>,
-    /// Keeps the text a JSON object (`response_format: json_object`).
+    /// Keeps the text a JSON object or a schema's document (`response_format`).
     json: Option<JsonConstraint>,
     pub finished: bool,
 }
@@ -101,8 +101,11 @@ impl ActiveRequest {
                     detok: IncrementalDecoder::new(),
                     stop: StopChecker::new(stop),
                     scorer,
-                    json: (sampling.response_format == ResponseFormat::JsonObject)
-                        .then(JsonConstraint::default),
+                    json: match &sampling.response_format {
+                        ResponseFormat::Text => None,
+                        ResponseFormat::JsonObject => Some(JsonConstraint::object()),
+                        ResponseFormat::JsonSchema(s) => Some(JsonConstraint::schema(s)),
+                    },
                     finished: false,
                 }
             })
@@ -168,7 +171,7 @@ impl ActiveRequest {
             self.finish_choice(index as u32, FinishReason::Length);
             return Ok(true);
         }
-        let table = choice.json.map(|_| {
+        let table = choice.json.as_ref().map(|_| {
             ctx.tokens
                 .get_or_init(|| TokenTable::build(ctx.decoder, row.len()))
         });

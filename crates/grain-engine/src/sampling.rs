@@ -58,7 +58,7 @@ impl From<&GenerationParams> for SamplingParams {
             ignore_eos: p.ignore_eos,
             min_tokens: p.min_tokens as usize,
             stop_token_ids: p.stop_token_ids.clone(),
-            response_format: p.response_format,
+            response_format: p.response_format.clone(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Range checks on generation parameters. The server validates the wire format first; these
 //! guard the engine against any caller, with OpenAI's limits and parameter names.
 
-use crate::api::{EngineError, GenerationParams, ResponseFormat};
+use crate::api::{EngineError, GenerationParams};
 
 /// OpenAI's limits.
 pub const MAX_N: u32 = 128;
@@ -72,10 +72,10 @@ pub fn validate_params(p: &GenerationParams) -> Result<(), EngineError> {
             "prompt_logprobs",
         );
     }
-    if p.response_format == ResponseFormat::JsonObject && (p.ignore_eos || p.min_tokens > 0) {
+    if p.response_format.is_json() && (p.ignore_eos || p.min_tokens > 0) {
         return fail(
-            "a JSON object ends where it closes: response_format json_object cannot be combined \
-             with ignore_eos or min_tokens"
+            "a JSON document ends where it closes: response_format json_object or json_schema \
+             cannot be combined with ignore_eos or min_tokens"
                 .into(),
             "response_format",
         );
@@ -226,7 +226,7 @@ mod tests {
             ),
             (
                 GenerationParams {
-                    response_format: ResponseFormat::JsonObject,
+                    response_format: crate::api::ResponseFormat::JsonObject,
                     ignore_eos: true,
                     ..d()
                 },

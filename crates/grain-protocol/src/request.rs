@@ -144,6 +144,14 @@ impl ChatCompletionRequest {
             .is_some_and(|f| f.kind == ResponseFormat::JSON_OBJECT)
     }
 
+    /// With `response_format` `json_schema`: the schema (`None` when the request gives none,
+    /// which asks for any JSON object). Validation has checked its shape.
+    pub fn json_schema(&self) -> Option<Option<&serde_json::Value>> {
+        let f = self.response_format.as_ref()?;
+        (f.kind == ResponseFormat::JSON_SCHEMA)
+            .then(|| f.json_schema.as_ref().and_then(|s| s.get("schema")))
+    }
+
     pub fn wants_logprobs(&self) -> bool {
         self.logprobs.unwrap_or(false)
     }

@@ -63,11 +63,7 @@ pub async fn to_engine_request(
         messages,
         raw_prompt: None,
         params: engine::GenerationParams {
-            response_format: if req.wants_json_object() {
-                engine::ResponseFormat::JsonObject
-            } else {
-                engine::ResponseFormat::Text
-            },
+            response_format: response_format(req)?,
             ..generation_params(
                 &req.sampling(),
                 req.max_new_tokens(),
@@ -254,4 +250,25 @@ pub fn text_logprobs(
         *offset = offset.saturating_add(token.chars().count() as u32);
     }
     out
+}
+
+/// `response_format` for the engine: a `json_schema` is compiled here, and a schema it cannot
+/// hold the output to is a 400 naming the keyword.
+fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::ResponseFormat, ApiError> {
+    if req.wants_json_object() {
+        return Ok(engine::ResponseFormat::JsonObject);
+    }
+    Ok(match req.json_schema() {
+        None => engine::ResponseFormat::Text,
+        // No schema: any JSON object, as OpenAI's API reads it.
+        Some(None) => engine::ResponseFormat::JsonObject,
+        Some(Some(schema)) => {
+            engine::ResponseFormat::JsonSchema(engine::JsonSchema::compile(schema).map_err(
+                |message| wire::RequestError::InvalidValue {
+                    param: "response_format.json_schema.schema".into(),
+                    message: format!("unsupported JSON Schema: {message}"),
+                },
+            )?)
+        }
+    })
 }

@@ -530,6 +530,41 @@ async fn json_mode_on_a_model_that_cannot_write_json_is_a_clear_error() {
     assert_eq!(chat(&h.app, &body).await.status, 200);
 }
 
+/// Structured outputs: a schema the engine cannot enforce is a 400 naming the keyword and
+/// `response_format.json_schema.schema`; a supported one reaches the engine (the mock model, which
+/// writes only letters and spaces, then cannot begin the object: the same 400 as JSON mode).
+#[tokio::test]
+async fn json_schema_is_compiled_and_unsupported_keywords_are_named() {
+    let h = harness(ServerConfig::default()).await;
+    let mut body = user("hi");
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}});
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "t", "schema": schema}});
+    let err = assert_error(
+        &chat(&h.app, &body).await,
+        400,
+        "invalid_request_error",
+        "invalid_value",
+    );
+    assert_eq!(err["param"], "response_format.json_schema.schema");
+    assert!(
+        err["message"].as_str().unwrap().contains("'pattern'"),
+        "{err}"
+    );
+    let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "t", "schema": schema}});
+    let err = assert_error(
+        &chat(&h.app, &body).await,
+        400,
+        "invalid_request_error",
+        "invalid_value",
+    );
+    assert_eq!(err["param"], "response_format");
+    body["response_format"] = json!({"type": "text"});
+    assert_eq!(chat(&h.app, &body).await.status, 200);
+}
+
 /// vLLM's `stop_token_ids`: the mock's tokens are bytes, so the answer stops right after the
 /// first occurrence of the chosen byte, which it keeps.
 #[tokio::test]

@@ -1,0 +1,441 @@
+//! `response_format: {"type": "json_schema"}`: a JSON Schema compiled into the node graph that
+//! [`crate::json_schema_state`] walks byte by byte, so that decoding can only write a document the
+//! schema accepts (OpenAI's structured outputs; vLLM's guided JSON).
+//!
+//! The subset is the one structured-output clients send (the OpenAI SDK's pydantic schemas
+//! included):
+//! - `type` (one name or a list), `enum`, `const`, `anyOf` / `oneOf`, a one-element `allOf`;
+//! - `properties` and `required` (properties are written in the schema's order, optional ones
+//!   may be left out), `additionalProperties` (only the listed properties are written; an object
+//!   schema without `properties` takes any object unless `additionalProperties` is `false`);
+//! - `items`, `minItems`, `maxItems`;
+//! - `$ref` to `#`, `#/$defs/…` or `#/definitions/…`, recursion included;
+//! - annotations, which change nothing: `title`, `description`, `default`, `examples`,
+//!   `$schema`, `$id`, `$comment`, and `format` (an annotation unless a schema opts into format
+//!   assertions, JSON Schema 2020-12 §7.2).
+//!
+//! Any other keyword (`pattern`, `minLength`, `minimum`, …) is refused by name rather than
+//! ignored, since the output could then break it. The alternatives of an `anyOf` (or a type list)
+//! must start with different bytes (an object and `null`, a string and a number; not two
+//! objects), so that the first byte of a value picks one; the root must be an object.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// Index of a node in [`Compiled::nodes`].
+pub(crate) type NodeId = u16;
+
+/// The longest chain of references and unions before a value starts.
+const MAX_CHAIN: usize = 256;
+
+/// The most properties an object, or literals an `enum`, may list (a bit set tracks them).
+pub(crate) const MAX_CHOICES: usize = 64;
+
+#[derive(Debug)]
+pub(crate) enum Node {
+    /// Any JSON value; `object_only`: any JSON object.
+    Any {
+        object_only: bool,
+    },
+    String,
+    Number {
+        integer: bool,
+    },
+    /// One of these JSON texts, compact: `enum`, `const`, `boolean`, `null`.
+    Literals(Vec<Box<[u8]>>),
+    /// The properties in the order they are written.
+    Object(Vec<Prop>),
+    Array {
+        items: NodeId,
+        min: u32,
+        max: u32,
+    },
+    /// One of the alternatives, picked by the value's first byte.
+    Union(Vec<NodeId>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Prop {
+    /// The key as a JSON string, quotes included.
+    pub key: Box<[u8]>,
+    pub value: NodeId,
+    pub required: bool,
+}
+
+/// The compiled graph and each node's set of first bytes.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub nodes: Vec<Node>,
+    pub root: NodeId,
+    first: Vec<[u64; 4]>,
+}
+
+impl Compiled {
+    /// Whether a value of `node` may start with `b`.
+    pub fn starts(&self, node: NodeId, b: u8) -> bool {
+        self.first[node as usize][(b >> 6) as usize] & (1 << (b & 63)) != 0
+    }
+}
+
+/// A compiled JSON Schema, cheap to clone (shared by every choice of a request).
+#[derive(Debug, Clone)]
+pub struct JsonSchema(pub(crate) Arc<Compiled>);
+
+impl PartialEq for JsonSchema {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl JsonSchema {
+    /// Compiles `schema`; the error says which keyword or part of it is not supported.
+    pub fn compile(schema: &Value) -> Result<Self, String> {
+        let mut c = Compiler {
+            root: schema,
+            nodes: Vec::new(),
+            refs: HashMap::new(),
+        };
+        let root = c.node(schema, "#")?;
+        let nodes: Vec<Node> = c.nodes.into_iter().map(|n| n.expect("filled")).collect();
+        let mut first = vec![None; nodes.len()];
+        for id in 0..nodes.len() {
+            first_bytes(&nodes, id as NodeId, &mut first, 0)?;
+        }
+        let first: Vec<[u64; 4]> = first.into_iter().map(|f| f.expect("computed")).collect();
+        let compiled = Compiled { nodes, root, first };
+        if (0..=255u8).any(|b| b != b'{' && compiled.starts(root, b)) {
+            return Err("the root must be an object schema".into());
+        }
+        Ok(Self(Arc::new(compiled)))
+    }
+}
+
+const ANNOTATIONS: [&str; 8] = [
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "format",
+];
+
+struct Compiler<'a> {
+    root: &'a Value,
+    /// `None` while a node is being compiled (a `$ref` to it may already use its id).
+    nodes: Vec<Option<Node>>,
+    refs: HashMap<String, NodeId>,
+}
+
+impl<'a> Compiler<'a> {
+    fn reserve(&mut self) -> Result<NodeId, String> {
+        let id = NodeId::try_from(self.nodes.len()).map_err(|_| "the schema is too large")?;
+        self.nodes.push(None);
+        Ok(id)
+    }
+
+    fn add(&mut self, node: Node) -> Result<NodeId, String> {
+        let id = self.reserve()?;
+        self.nodes[id as usize] = Some(node);
+        Ok(id)
+    }
+
+    /// Compiles the schema `v` found at `path` (for error messages).
+    fn node(&mut self, v: &'a Value, path: &str) -> Result<NodeId, String> {
+        let map = match v {
+            Value::Bool(true) => return self.add(Node::Any { object_only: false }),
+            Value::Object(m) => m,
+            _ => return Err(format!("{path}: a schema must be an object or true")),
+        };
+        for key in map.keys() {
+            let known = matches!(
+                key.as_str(),
+                "type"
+                    | "properties"
+                    | "required"
+                    | "additionalProperties"
+                    | "items"
+                    | "minItems"
+                    | "maxItems"
+                    | "enum"
+                    | "const"
+                    | "anyOf"
+                    | "oneOf"
+                    | "allOf"
+                    | "$ref"
+                    | "$defs"
+                    | "definitions"
+            ) || ANNOTATIONS.contains(&key.as_str());
+            if !known {
+                return Err(format!("{path}: keyword '{key}' is not supported"));
+            }
+        }
+        // Keywords that replace the rest: refused where they would be combined with others.
+        let structural = |except: &str| {
+            map.keys().any(|k| {
+                k != except
+                    && k != "$defs"
+                    && k != "definitions"
+                    && !ANNOTATIONS.contains(&k.as_str())
+            })
+        };
+        if let Some(r) = map.get("$ref") {
+            if structural("$ref") {
+                return Err(format!(
+                    "{path}: '$ref' next to other keywords is not supported"
+                ));
+            }
+            let r = r.as_str().ok_or(format!("{path}/$ref: must be a string"))?;
+            return self.reference(r);
+        }
+        for kw in ["anyOf", "oneOf"] {
+            if let Some(alts) = map.get(kw) {
+                if structural(kw) {
+                    return Err(format!(
+                        "{path}: '{kw}' next to other keywords is not supported"
+                    ));
+                }
+                let alts = alts.as_array().filter(|a| !a.is_empty());
+                let alts = alts.ok_or(format!("{path}/{kw}: must be a non-empty array"))?;
+                let ids = alts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| self.node(a, &format!("{path}/{kw}/{i}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                return self.add(Node::Union(ids));
+            }
+        }
+        if let Some(all) = map.get("allOf") {
+            return match all.as_array().map(Vec::as_slice) {
+                Some([one]) if !structural("allOf") => self.node(one, &format!("{path}/allOf/0")),
+                _ => Err(format!(
+                    "{path}/allOf: only one schema, with no other keywords, is supported"
+                )),
+            };
+        }
+        if let Some(values) = map.get("enum") {
+            let values = values.as_array().filter(|a| !a.is_empty());
+            let values = values.ok_or(format!("{path}/enum: must be a non-empty array"))?;
+            return self.literals(values.iter(), &format!("{path}/enum"));
+        }
+        if let Some(value) = map.get("const") {
+            return self.literals(std::iter::once(value), &format!("{path}/const"));
+        }
+        match map.get("type") {
+            None if map.contains_key("properties") => self.typed("object", map, path),
+            None if map.contains_key("items") => self.typed("array", map, path),
+            None => self.add(Node::Any { object_only: false }),
+            Some(Value::String(t)) => self.typed(t, map, path),
+            Some(Value::Array(types)) if !types.is_empty() => {
+                let ids = types
+                    .iter()
+                    .map(|t| {
+                        let t = t
+                            .as_str()
+                            .ok_or(format!("{path}/type: names are strings"))?;
+                        self.typed(t, map, path)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.add(Node::Union(ids))
+            }
+            Some(_) => Err(format!("{path}/type: must be a name or a list of names")),
+        }
+    }
+
+    fn typed(
+        &mut self,
+        t: &str,
+        map: &'a Map<String, Value>,
+        path: &str,
+    ) -> Result<NodeId, String> {
+        match t {
+            "string" => self.add(Node::String),
+            "number" => self.add(Node::Number { integer: false }),
+            "integer" => self.add(Node::Number { integer: true }),
+            "boolean" => self.add(Node::Literals(vec![
+                b"true".as_slice().into(),
+                b"false".as_slice().into(),
+            ])),
+            "null" => self.add(Node::Literals(vec![b"null".as_slice().into()])),
+            "object" => self.object(map, path),
+            "array" => {
+                let count = |k: &str| -> Result<Option<u32>, String> {
+                    map.get(k)
+                        .map(|v| {
+                            v.as_u64()
+                                .and_then(|n| u32::try_from(n).ok())
+                                .ok_or(format!("{path}/{k}: must be a count"))
+                        })
+                        .transpose()
+                };
+                let (min, max) = (count("minItems")?.unwrap_or(0), count("maxItems")?);
+                let max = max.unwrap_or(u32::MAX);
+                if min > max {
+                    return Err(format!("{path}: minItems is above maxItems"));
+                }
+                let id = self.reserve()?;
+                let items = match map.get("items") {
+                    Some(items) => self.node(items, &format!("{path}/items"))?,
+                    None => self.add(Node::Any { object_only: false })?,
+                };
+                self.nodes[id as usize] = Some(Node::Array { items, min, max });
+                Ok(id)
+            }
+            other => Err(format!("{path}/type: unknown type '{other}'")),
+        }
+    }
+
+    fn object(&mut self, map: &'a Map<String, Value>, path: &str) -> Result<NodeId, String> {
+        let closed = map.get("additionalProperties") == Some(&Value::Bool(false));
+        match map.get("additionalProperties") {
+            None | Some(Value::Bool(_)) => {}
+            Some(Value::Object(o)) if o.is_empty() => {}
+            Some(_) => {
+                return Err(format!(
+                    "{path}/additionalProperties: only true, false or {{}} are supported"
+                ))
+            }
+        }
+        let Some(props) = map.get("properties") else {
+            return match closed {
+                true => self.add(Node::Object(Vec::new())),
+                false => self.add(Node::Any { object_only: true }),
+            };
+        };
+        let props = props
+            .as_object()
+            .ok_or(format!("{path}/properties: must be an object"))?;
+        if props.len() > MAX_CHOICES {
+            return Err(format!(
+                "{path}: at most {MAX_CHOICES} properties are supported"
+            ));
+        }
+        let required: Vec<&str> = match map.get("required") {
+            None => Vec::new(),
+            Some(Value::Array(r)) => r
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .ok_or(format!("{path}/required: names are strings"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(format!("{path}/required: must be an array")),
+        };
+        if let Some(missing) = required.iter().find(|r| !props.contains_key(**r)) {
+            return Err(format!(
+                "{path}/required: '{missing}' is not in properties (only listed properties are written)"
+            ));
+        }
+        let id = self.reserve()?;
+        let mut list = Vec::with_capacity(props.len());
+        for (name, schema) in props {
+            let value = self.node(schema, &format!("{path}/properties/{name}"))?;
+            list.push(Prop {
+                key: serde_json::to_vec(name)
+                    .expect("a string serialises")
+                    .into(),
+                value,
+                required: required.contains(&name.as_str()),
+            });
+        }
+        self.nodes[id as usize] = Some(Node::Object(list));
+        Ok(id)
+    }
+
+    fn literals<'v>(
+        &mut self,
+        values: impl Iterator<Item = &'v Value>,
+        path: &str,
+    ) -> Result<NodeId, String> {
+        let mut lits: Vec<Box<[u8]>> = Vec::new();
+        for v in values {
+            let text: Box<[u8]> = serde_json::to_vec(v).expect("a value serialises").into();
+            if !lits.contains(&text) {
+                lits.push(text);
+            }
+        }
+        if lits.len() > MAX_CHOICES {
+            return Err(format!(
+                "{path}: at most {MAX_CHOICES} values are supported"
+            ));
+        }
+        self.add(Node::Literals(lits))
+    }
+
+    /// A `$ref` within this document.
+    fn reference(&mut self, r: &str) -> Result<NodeId, String> {
+        if let Some(&id) = self.refs.get(r) {
+            return Ok(id);
+        }
+        let target = if r == "#" {
+            self.root
+        } else {
+            let name = r
+                .strip_prefix("#/$defs/")
+                .map(|n| ("$defs", n))
+                .or_else(|| r.strip_prefix("#/definitions/").map(|n| ("definitions", n)));
+            let (defs, name) = name.ok_or(format!(
+                "$ref '{r}': only '#', '#/$defs/…' and '#/definitions/…' are supported"
+            ))?;
+            self.root
+                .get(defs)
+                .and_then(|d| d.get(name))
+                .ok_or(format!("$ref '{r}': no such definition"))?
+        };
+        // The target's id is known before it is compiled, so that it may refer to itself.
+        let id = self.reserve()?;
+        self.refs.insert(r.to_owned(), id);
+        let inner = self.node(target, r)?;
+        self.nodes[id as usize] = Some(Node::Union(vec![inner]));
+        Ok(id)
+    }
+}
+
+/// Node `id`'s first bytes, memoised in `first`; alternatives of a union must not share one.
+fn first_bytes(
+    nodes: &[Node],
+    id: NodeId,
+    first: &mut Vec<Option<[u64; 4]>>,
+    depth: usize,
+) -> Result<[u64; 4], String> {
+    if let Some(f) = first[id as usize] {
+        return Ok(f);
+    }
+    if depth > MAX_CHAIN {
+        return Err(format!(
+            "a $ref cycle never reaches a value, or references nest more than {MAX_CHAIN} deep"
+        ));
+    }
+    let mut set = [0u64; 4];
+    fn add(set: &mut [u64; 4], bytes: &[u8]) {
+        for &b in bytes {
+            set[(b >> 6) as usize] |= 1 << (b & 63);
+        }
+    }
+    match &nodes[id as usize] {
+        Node::Any { object_only: true } | Node::Object(_) => add(&mut set, b"{"),
+        Node::Any { object_only: false } => add(&mut set, b"{[\"-0123456789tfn"),
+        Node::String => add(&mut set, b"\""),
+        Node::Number { .. } => add(&mut set, b"-0123456789"),
+        Node::Literals(l) => l.iter().for_each(|t| add(&mut set, &t[..1])),
+        Node::Array { .. } => add(&mut set, b"["),
+        Node::Union(alts) => {
+            for &alt in alts {
+                let f = first_bytes(nodes, alt, first, depth + 1)?;
+                if f.iter().zip(&set).any(|(a, b)| a & b != 0) {
+                    return Err(
+                        "anyOf / type list: alternatives that start with the same byte (two \
+                         objects, two strings, …) are not supported"
+                            .into(),
+                    );
+                }
+                set.iter_mut().zip(f).for_each(|(s, f)| *s |= f);
+            }
+        }
+    }
+    first[id as usize] = Some(set);
+    Ok(set)
+}

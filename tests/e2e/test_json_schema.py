@@ -1,0 +1,162 @@
+"""Structured outputs (`response_format: {"type": "json_schema"}`) through the official `openai`
+SDK on the real tiny model. Its weights are random, so only the constraint makes it write the
+schema's documents. Judged by independent references: the `jsonschema` package validates every
+finished choice, and the SDK's own `chat.completions.parse` turns one into a pydantic model.
+(A random model rarely closes a free string, so the schemas that must finish have none; free
+strings are checked as prefixes.)"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Optional
+
+import jsonschema
+import openai
+import pydantic
+import pytest
+
+MESSAGES = [{"role": "user", "content": "Describe a cat."}]
+
+SCHEMA = {
+    "$defs": {
+        "Toy": {
+            "type": "object",
+            "properties": {
+                "kind": {"enum": ["ball", "mouse", "string"]},
+                "squeaks": {"type": "boolean"},
+            },
+            "required": ["kind", "squeaks"],
+            "additionalProperties": False,
+        }
+    },
+    "type": "object",
+    "properties": {
+        "name": {"enum": ["Tom", "Kitty", "Felix"]},
+        "age": {"type": "integer"},
+        "indoor": {"type": "boolean"},
+        "color": {"enum": ["black", "white", "tabby", None]},
+        "toys": {"type": "array", "items": {"$ref": "#/$defs/Toy"}, "maxItems": 2},
+        "weight": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+        "vet": {"type": "object"},
+    },
+    "required": ["name", "age", "indoor", "color", "toys", "weight"],
+    "additionalProperties": False,
+}
+
+
+def response_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "cat", "schema": schema, "strict": True}}
+
+
+def is_prefix_of_json(text: str) -> bool:
+    """Whether some continuation makes `text` valid JSON: json.loads fails only at its end."""
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError as e:
+        return e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
+
+
+def test_finished_choices_validate_against_the_schema(client, model_id):
+    resp = client.chat.completions.create(
+        model=model_id,
+        messages=MESSAGES,
+        response_format=response_format(SCHEMA),
+        n=8,
+        temperature=1.0,
+        seed=5,
+        max_tokens=200,
+    )
+    stopped = [c for c in resp.choices if c.finish_reason == "stop"]
+    assert stopped, [c.message.content for c in resp.choices]
+    for c in stopped:
+        doc = json.loads(c.message.content)
+        jsonschema.validate(doc, SCHEMA)
+        # Properties come in the schema's order.
+        order = list(SCHEMA["properties"])
+        assert [order.index(k) for k in doc] == sorted(order.index(k) for k in doc), c.message.content
+    for c in resp.choices:
+        assert c.message.content.lstrip().startswith("{"), c.message.content
+        assert is_prefix_of_json(c.message.content), c.message.content
+
+
+def test_free_strings_are_json_strings_cut_or_closed(client, model_id):
+    schema = {
+        "type": "object",
+        "properties": {"note": {"type": "string"}, "n": {"type": "integer"}},
+        "required": ["note", "n"],
+        "additionalProperties": False,
+    }
+    resp = client.chat.completions.create(
+        model=model_id, messages=MESSAGES, response_format=response_format(schema), n=4, seed=1, max_tokens=30
+    )
+    for c in resp.choices:
+        text = c.message.content
+        assert text.lstrip().startswith("{") and '"note"' in text, text
+        assert is_prefix_of_json(text), text
+        if c.finish_reason == "stop":
+            jsonschema.validate(json.loads(text), schema)
+
+
+class Mood(str, enum.Enum):
+    calm = "calm"
+    playful = "playful"
+
+
+class Owner(pydantic.BaseModel):
+    adult: bool
+    pets: int
+
+
+class Cat(pydantic.BaseModel):
+    mood: Mood
+    owner: Optional[Owner]
+    lives: list[int] = pydantic.Field(max_length=3)
+    hungry: bool
+
+
+def test_the_sdks_parse_returns_the_pydantic_model(client, model_id):
+    """`chat.completions.parse` sends the strict schema pydantic writes (refs, anyOf with null,
+    enums) and validates the answer with pydantic."""
+    parsed = []
+    for seed in range(4):
+        try:
+            resp = client.chat.completions.parse(
+                model=model_id, messages=MESSAGES, response_format=Cat, temperature=0.7, seed=seed, max_tokens=200
+            )
+        except openai.LengthFinishReasonError:
+            continue  # Cut by max_tokens: a prefix, which the first test checks.
+        cat = resp.choices[0].message.parsed
+        assert isinstance(cat, Cat) and len(cat.lives) <= 3
+        parsed.append(cat)
+    assert parsed, "no seed finished within max_tokens"
+
+
+def test_streamed_document_equals_the_whole_answer(client, model_id):
+    args = dict(
+        model=model_id, messages=MESSAGES, response_format=response_format(SCHEMA), temperature=0.8, seed=2,
+        max_tokens=120,
+    )
+    whole = client.chat.completions.create(**args).choices[0].message.content
+    chunks = client.chat.completions.create(**args, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+
+
+@pytest.mark.parametrize(
+    "schema, says",
+    [
+        ({"type": "object", "properties": {"a": {"type": "string", "minLength": 2}}}, "minLength"),
+        ({"type": "array", "items": {"type": "integer"}}, "root must be an object"),
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}, "no such definition"),
+    ],
+)
+def test_schemas_it_cannot_enforce_are_refused_by_name(client, model_id, schema, says):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=model_id, messages=MESSAGES, response_format=response_format(schema), max_tokens=5
+        )
+    assert err.value.param == "response_format.json_schema.schema"
+    assert says in err.value.message
+    # The server keeps serving.
+    assert client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=2).choices
