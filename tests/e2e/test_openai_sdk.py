@@ -168,8 +168,12 @@ def test_broken_image_is_a_bad_request(client, model_id, url):
 def test_unsupported_fields_are_refused_by_name(client, model_id):
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model_id, messages=HELLO, functions=[tool["function"]])
+    assert err.value.param == "functions"
+    # Tools are taken, but `tool_choice: auto` (the default) is refused with what to do instead.
+    with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=model_id, messages=HELLO, tools=[tool])
-    assert err.value.param == "tools"
+    assert err.value.param == "tool_choice" and "'auto'" in err.value.message
 
 
 def test_api_key_is_enforced():

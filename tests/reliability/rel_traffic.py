@@ -25,6 +25,9 @@ def _valid_bodies(model: str) -> list[tuple[str, dict]]:
         ("json-schema", {**p.chat("A cat.", model=model, max_tokens=8),
                          "response_format": {"type": "json_schema", "json_schema": {
                              "name": "cat", "schema": p.CAT_SCHEMA}}}),
+        ("tool-call", {**p.chat("Weather?", model=model, max_tokens=8, stream=True),
+                       "tools": [{"type": "function", "function": {"name": "cat", "parameters": p.CAT_SCHEMA}}],
+                       "tool_choice": {"type": "function", "function": {"name": "cat"}}}),
         ("score", {"model": model, "prompt": "Once upon a time", "echo": True, "logprobs": 1,
                    "max_tokens": 0}),
     ]
@@ -43,14 +46,14 @@ def check_valid(client: httpx.Client, kind: str, body: dict) -> str | None:
             if errors:
                 return f"{kind}: error event {errors}"
             reasons = [c["choices"][0].get("finish_reason") for c in chunks if c.get("choices")]
-            if not any(r in ("stop", "length") for r in reasons):
+            if not any(r in ("stop", "length", "tool_calls") for r in reasons):
                 return f"{kind}: no finish_reason in {len(chunks)} chunks"
             return None
         resp = client.post(path, json=body)
         if resp.status_code != 200:
             return f"{kind}: HTTP {resp.status_code} {resp.text[:200]}"
         out = resp.json()
-        if out["choices"][0]["finish_reason"] not in ("stop", "length"):
+        if out["choices"][0]["finish_reason"] not in ("stop", "length", "tool_calls"):
             return f"{kind}: finish_reason {out['choices'][0]['finish_reason']}"
         if out["usage"]["completion_tokens"] > body["max_tokens"]:
             return f"{kind}: {out['usage']['completion_tokens']} tokens > max_tokens"

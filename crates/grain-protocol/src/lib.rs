@@ -10,12 +10,13 @@
 //! `assistant`; content a string or `text` / `image_url` parts), `max_tokens`,
 //! `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`, `n`, `presence_penalty`,
 //! `frequency_penalty`, `logprobs`, `top_logprobs`, `logit_bias`, `stream`,
-//! `stream_options.include_usage`, `user`, `response_format` (`text`, `json_object` or `json_schema`), and the
+//! `stream_options.include_usage`, `user`, `response_format` (`text`, `json_object` or `json_schema`),
+//! `tools` with a forced `tool_choice` (see `tools.rs`), `parallel_tool_calls`, and the
 //! extensions `top_k`, `granularity` (`"auto"` or a candidate token count), `ignore_eos`,
 //! `min_tokens`, `repetition_penalty`, `min_p` and `stop_token_ids` (vLLM's).
 //!
 //! Every other top-level field is rejected with a 400 that names it: OpenAI fields that Grain does
-//! not implement (`tools`, `parallel_tool_calls`, ...) get an "unsupported parameter"
+//! not implement (`audio`, `functions`, ...) get an "unsupported parameter"
 //! error, anything else an "unrecognized argument" error. Silently ignoring a field would make a
 //! client believe that, say, JSON mode or a logit bias was applied. The one leniency: an
 //! unsupported OpenAI field whose value is `null` is treated as absent, because several client
@@ -27,8 +28,10 @@ mod completion;
 mod error;
 mod request;
 mod response;
+mod response_format;
 mod sampling;
 mod tokenize;
+mod tools;
 mod validate;
 
 pub use completion::{
@@ -50,4 +53,5 @@ pub use tokenize::{
     parse_detokenize_request, parse_tokenize_request, DetokenizeRequest, DetokenizeResponse,
     TokenizeInput, TokenizeRequest, TokenizeResponse, MAX_DETOKENIZE_TOKENS,
 };
+pub use tools::{ForcedTool, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta, MAX_TOOLS};
 pub use validate::{parse_chat_request, RequestLimits};

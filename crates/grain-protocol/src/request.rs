@@ -70,9 +70,17 @@ pub struct ChatCompletionRequest {
     /// Extension (vLLM's): token ids that end a choice once sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_token_ids: Option<Vec<i64>>,
-    /// `{"type": "text"}` or `{"type": "json_object"}` (JSON mode).
+    /// `{"type": "text"}`, `{"type": "json_object"}` (JSON mode) or `{"type": "json_schema"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
+    /// Function tools ([`crate::tools`]: a call is made only when `tool_choice` forces one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Accepted either way: a forced call is one call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl ChatCompletionRequest {
@@ -104,6 +112,9 @@ impl ChatCompletionRequest {
             min_p: None,
             stop_token_ids: None,
             response_format: None,
+            tools: None,
+            tool_choice: None,
+            parallel_tool_calls: None,
         }
     }
 

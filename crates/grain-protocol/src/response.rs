@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::request::Role;
+use crate::tools::{FunctionCall, ToolCall, ToolCallDelta};
 
 /// `object: "chat.completion"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,18 +36,39 @@ pub struct ChatChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssistantMessage {
     pub role: Role,
-    pub content: String,
+    /// `null` when the message is a tool call.
+    pub content: Option<String>,
     /// Always `null`: Grain never refuses on policy grounds. Present because OpenAI sends it.
     #[serde(default)]
     pub refusal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 impl AssistantMessage {
     pub fn new(content: impl Into<String>) -> Self {
         Self {
             role: Role::Assistant,
-            content: content.into(),
+            content: Some(content.into()),
             refusal: None,
+            tool_calls: None,
+        }
+    }
+
+    /// A message that calls one function.
+    pub fn tool_call(id: String, name: impl Into<String>, arguments: String) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: None,
+            refusal: None,
+            tool_calls: Some(vec![ToolCall {
+                id,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: name.into(),
+                    arguments,
+                },
+            }]),
         }
     }
 }
@@ -58,6 +80,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length was reached.
     Length,
+    /// The message is a tool call (`tool_choice: "required"`).
+    #[serde(rename = "tool_calls")]
+    ToolCalls,
 }
 
 /// `object: "chat.completion.chunk"`. Every chunk of one stream carries the same `id`.
@@ -94,6 +119,8 @@ pub struct Delta {
     pub role: Option<Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// Token accounting. `total_tokens = prompt_tokens + completion_tokens`.
@@ -207,6 +234,7 @@ mod tests {
                 delta: Delta {
                     role: Some(Role::Assistant),
                     content: Some(String::new()),
+                    tool_calls: None,
                 },
                 logprobs: None,
                 finish_reason: None,

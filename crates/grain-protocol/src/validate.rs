@@ -11,9 +11,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::RequestError;
-use crate::request::{
-    ChatCompletionRequest, ContentPart, MessageContent, ResponseFormat, Role, StopSequences,
-};
+use crate::request::{ChatCompletionRequest, ContentPart, MessageContent, Role, StopSequences};
 use crate::sampling::{LogitBias, SamplingFields};
 
 /// Server-configurable bounds on a request.
@@ -51,6 +49,7 @@ pub(crate) enum Kind {
     Integer,
     StringOrArray,
     StringOrInteger,
+    StringOrObject,
     /// `/v1/completions`' `prompt`: a string or an array (whose items `completion.rs` checks).
     StringOrAnyArray,
 }
@@ -66,6 +65,7 @@ impl Kind {
             Kind::Integer => "an integer",
             Kind::StringOrArray => "a string or an array of strings",
             Kind::StringOrInteger => "\"auto\" or an integer",
+            Kind::StringOrObject => "a string or an object",
             Kind::StringOrAnyArray => "a string or an array of strings",
         }
     }
@@ -83,6 +83,7 @@ impl Kind {
             (Kind::StringOrInteger, Value::String(_)) => true,
             (Kind::StringOrInteger, Value::Number(n)) => n.is_i64() || n.is_u64(),
             (Kind::StringOrAnyArray, Value::String(_) | Value::Array(_)) => true,
+            (Kind::StringOrObject, Value::String(_) | Value::Object(_)) => true,
             _ => false,
         }
     }
@@ -118,15 +119,21 @@ const SUPPORTED: &[Field] = &[
     ("min_p", Kind::Number, false),
     ("stop_token_ids", Kind::Array, false),
     ("response_format", Kind::Object, false),
+    ("tools", Kind::Array, false),
+    ("tool_choice", Kind::StringOrObject, false),
+    ("parallel_tool_calls", Kind::Bool, false),
 ];
 
 /// OpenAI chat-completions fields that Grain does not implement, with a hint for the message.
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("tools", " (tool calling is not implemented)"),
-    ("tool_choice", " (tool calling is not implemented)"),
-    ("parallel_tool_calls", " (tool calling is not implemented)"),
-    ("functions", " (function calling is not implemented)"),
-    ("function_call", " (function calling is not implemented)"),
+    (
+        "functions",
+        " (the deprecated function calling; use tools and tool_choice)",
+    ),
+    (
+        "function_call",
+        " (the deprecated function calling; use tools and tool_choice)",
+    ),
     ("audio", " (audio output is not implemented)"),
     ("modalities", " (only text output is implemented)"),
     ("prediction", ""),
@@ -264,7 +271,8 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
     }
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     validate_sampling(&req.sampling(), max_tokens, limits)?;
-    validate_response_format(req)?;
+    crate::response_format::validate_response_format(req)?;
+    crate::tools::validate_tools(req)?;
     if let Some(t) = req.top_logprobs {
         if t < 0 || t > i64::from(limits.max_top_logprobs) {
             return Err(RequestError::invalid_value(
@@ -278,103 +286,6 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
                 "requires 'logprobs' to be true",
             ));
         }
-    }
-    Ok(())
-}
-
-/// `response_format`: `text`, or `json_object` without the knobs that would keep a choice going
-/// past the object's end.
-fn validate_response_format(req: &ChatCompletionRequest) -> Result<(), RequestError> {
-    let Some(format) = &req.response_format else {
-        return Ok(());
-    };
-    match format.kind.as_str() {
-        ResponseFormat::TEXT | ResponseFormat::JSON_OBJECT if format.json_schema.is_some() => {
-            Err(RequestError::invalid_value(
-                "response_format.json_schema",
-                "is only valid with type 'json_schema'",
-            ))
-        }
-        ResponseFormat::TEXT => Ok(()),
-        ResponseFormat::JSON_OBJECT | ResponseFormat::JSON_SCHEMA => {
-            if format.kind == ResponseFormat::JSON_SCHEMA {
-                validate_json_schema_field(format.json_schema.as_ref())?;
-            }
-            let s = req.sampling();
-            if s.ignores_eos() || s.min_tokens_value() > 0 {
-                return Err(RequestError::invalid_value(
-                    "response_format",
-                    format!(
-                        "a JSON document ends where it closes: {} cannot be combined with \
-                         ignore_eos or min_tokens",
-                        format.kind
-                    ),
-                ));
-            }
-            Ok(())
-        }
-        other => Err(RequestError::invalid_value(
-            "response_format.type",
-            format!("must be 'text', 'json_object' or 'json_schema', got '{other}'"),
-        )),
-    }
-}
-
-/// `response_format.json_schema`: OpenAI's `{name, description?, schema?, strict?}`. The schema
-/// itself is compiled (and its unsupported keywords refused) by the engine.
-fn validate_json_schema_field(field: Option<&serde_json::Value>) -> Result<(), RequestError> {
-    const PARAM: &str = "response_format.json_schema";
-    let field = field.ok_or_else(|| RequestError::MissingField {
-        param: PARAM.to_owned(),
-    })?;
-    let obj = field
-        .as_object()
-        .ok_or_else(|| RequestError::invalid_value(PARAM, "must be an object"))?;
-    if let Some(key) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "name" | "description" | "schema" | "strict"))
-    {
-        return Err(RequestError::invalid_value(
-            format!("{PARAM}.{key}"),
-            "unknown field (expected name, description, schema, strict)",
-        ));
-    }
-    let name = obj.get("name").ok_or_else(|| RequestError::MissingField {
-        param: format!("{PARAM}.name"),
-    })?;
-    let name_ok = name.as_str().is_some_and(|n| {
-        (1..=64).contains(&n.len())
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    });
-    if !name_ok {
-        return Err(RequestError::invalid_value(
-            format!("{PARAM}.name"),
-            "must be 1 to 64 letters, digits, underscores or dashes",
-        ));
-    }
-    let checks = [
-        (
-            "description",
-            obj.get("description").is_none_or(|v| v.is_string()),
-        ),
-        ("schema", obj.get("schema").is_none_or(|v| v.is_object())),
-        (
-            "strict",
-            obj.get("strict")
-                .is_none_or(|v| v.is_boolean() || v.is_null()),
-        ),
-    ];
-    if let Some((key, _)) = checks.iter().find(|(_, ok)| !ok) {
-        let what = match *key {
-            "description" => "a string",
-            "schema" => "a JSON Schema object",
-            _ => "a boolean",
-        };
-        return Err(RequestError::invalid_value(
-            format!("{PARAM}.{key}"),
-            format!("must be {what}"),
-        ));
     }
     Ok(())
 }
@@ -583,7 +494,8 @@ fn validate_messages(
             return Err(RequestError::invalid_value(
                 format!("messages[{i}].role"),
                 format!(
-                    "role '{}' is not supported: this server does not implement tool calling",
+                    "role '{}' is not supported: the chat templates have no place for tool \
+                     results (Grain makes forced tool calls, but does not read their results back)",
                     msg.role.as_str()
                 ),
             ));
@@ -598,7 +510,11 @@ fn validate_messages(
             if value.as_ref().is_some_and(|v| !v.is_null()) {
                 return Err(RequestError::UnsupportedField {
                     param: format!("messages[{i}].{field}"),
-                    hint: "",
+                    hint: if field == "tool_calls" {
+                        " (previous tool calls cannot be rendered by the chat templates)"
+                    } else {
+                        ""
+                    },
                 });
             }
         }

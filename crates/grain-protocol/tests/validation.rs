@@ -152,12 +152,11 @@ fn missing_required_fields_are_named() {
 #[test]
 fn unsupported_openai_fields_are_refused_by_name() {
     for field in [
-        "tools",
-        "tool_choice",
         "functions",
+        "function_call",
         "audio",
         "modalities",
-        "parallel_tool_calls",
+        "prediction",
     ] {
         let msg = refused(
             &with(field, json!({"x": 1})),
@@ -490,7 +489,7 @@ fn message_rules() {
         "messages[0].role",
         "invalid_value",
     );
-    assert!(msg.contains("tool calling"), "{msg}");
+    assert!(msg.contains("tool results"), "{msg}");
     refused(
         &with("messages", json!([{"role": "wizard", "content": "x"}])),
         "messages[0].role",

@@ -255,6 +255,19 @@ pub fn text_logprobs(
 /// `response_format` for the engine: a `json_schema` is compiled here, and a schema it cannot
 /// hold the output to is a 400 naming the keyword.
 fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::ResponseFormat, ApiError> {
+    if let Some(tool) = req.forced_tool() {
+        // The call's arguments: an object of the function's parameters (none: `{}`).
+        let none =
+            serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false});
+        let schema =
+            engine::JsonSchema::compile(tool.parameters.unwrap_or(&none)).map_err(|message| {
+                wire::RequestError::InvalidValue {
+                    param: format!("tools[{}].function.parameters", tool.index),
+                    message: format!("unsupported JSON Schema: {message}"),
+                }
+            })?;
+        return Ok(engine::ResponseFormat::JsonSchema(schema));
+    }
     if req.wants_json_object() {
         return Ok(engine::ResponseFormat::JsonObject);
     }

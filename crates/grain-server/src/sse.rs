@@ -22,7 +22,9 @@ use tokio::time::Instant;
 use crate::convert;
 use crate::errors::ApiError;
 use crate::events::Events;
-use crate::routes::chat::{checked_index, CompletionMeta, Format, Timing};
+use crate::routes::chat::{
+    chat_finish_reason, checked_index, CompletionMeta, ForcedCall, Format, Timing,
+};
 use crate::shutdown::InFlight;
 use crate::state::AppState;
 
@@ -40,7 +42,7 @@ pub(crate) async fn respond(
     let timeout_s = state.config().request_timeout.as_secs();
     let echo = match &meta.format {
         Format::Text { echo } => echo.clone(),
-        Format::Chat => Vec::new(),
+        Format::Chat { .. } => Vec::new(),
     };
     // With `logprobs`, an echoed prompt waits for its scores (the engine sends them before the
     // choice's first token) and goes out with them.
@@ -67,10 +69,23 @@ pub(crate) async fn respond(
     };
     for index in 0..sse.meta.n {
         match &sse.meta.format {
-            Format::Chat => {
+            Format::Chat { tool } => {
+                // A call: its id and name come first, its arguments follow as they are written.
+                let call = tool.as_ref().map(|t| {
+                    vec![wire::ToolCallDelta {
+                        index: 0,
+                        id: Some(ForcedCall::new_id()),
+                        kind: Some("function".into()),
+                        function: wire::FunctionCallDelta {
+                            name: Some(t.name.clone()),
+                            arguments: Some(String::new()),
+                        },
+                    }]
+                });
                 let role = wire::Delta {
                     role: Some(wire::Role::Assistant),
-                    content: Some(String::new()),
+                    content: call.is_none().then(String::new),
+                    tool_calls: call,
                 };
                 sse.push_choice(index, role, None, None);
             }
@@ -169,9 +184,23 @@ impl SseState {
                 // Text held back by the engine (a partial character or stop-string prefix)
                 // arrives as an empty delta: nothing to send unless it carries logprobs.
                 if !text.is_empty() || logprobs.is_some() {
-                    let delta = wire::Delta {
-                        role: None,
-                        content: Some(text),
+                    let delta = match self.meta.format {
+                        Format::Chat { tool: Some(_) } => wire::Delta {
+                            tool_calls: Some(vec![wire::ToolCallDelta {
+                                index: 0,
+                                id: None,
+                                kind: None,
+                                function: wire::FunctionCallDelta {
+                                    name: None,
+                                    arguments: Some(text),
+                                },
+                            }]),
+                            ..wire::Delta::default()
+                        },
+                        _ => wire::Delta {
+                            content: Some(text),
+                            ..wire::Delta::default()
+                        },
                     };
                     self.push_choice(index, delta, logprobs, None);
                 }
@@ -192,12 +221,13 @@ impl SseState {
                     let metrics = self.state.metrics().clone();
                     self.timing.on_finished(&metrics);
                     self.reasons[i] = Some(reason);
-                    let reason = convert::finish_reason(reason);
-                    match self.meta.format {
-                        Format::Chat => {
+                    match &self.meta.format {
+                        Format::Chat { tool } => {
+                            let reason = chat_finish_reason(reason, tool.as_ref());
                             self.push_choice(index, wire::Delta::default(), None, Some(reason))
                         }
                         Format::Text { .. } => {
+                            let reason = convert::finish_reason(reason);
                             self.push_text(index, String::new(), None, Some(reason))
                         }
                     }
@@ -217,7 +247,7 @@ impl SseState {
                 if self.meta.include_usage {
                     let usage = Some(convert::usage(&usage));
                     match self.meta.format {
-                        Format::Chat => {
+                        Format::Chat { .. } => {
                             let chunk = self.chunk(Vec::new(), usage);
                             self.push_json(&chunk);
                         }

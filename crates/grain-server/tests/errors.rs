@@ -33,9 +33,19 @@ async fn validation_errors_are_400_with_the_param() {
         &chat(&h.app, &body).await,
         400,
         "invalid_request_error",
+        "invalid_value",
+    );
+    assert_eq!(err["param"], "tools[0].function");
+
+    let mut body = user("hi");
+    body["functions"] = json!([{"name": "f"}]);
+    let err = assert_error(
+        &chat(&h.app, &body).await,
+        400,
+        "invalid_request_error",
         "unsupported_parameter",
     );
-    assert_eq!(err["param"], "tools");
+    assert_eq!(err["param"], "functions");
 
     let mut body = user("hi");
     body["temprature"] = json!(1);

@@ -114,14 +114,44 @@ impl CompletionMeta {
 /// Which API's shapes the response takes.
 #[derive(Debug, Clone)]
 pub(crate) enum Format {
-    /// `chat.completion` / `chat.completion.chunk`: messages and deltas.
-    Chat,
+    /// `chat.completion` / `chat.completion.chunk`: messages and deltas; with `tool`, each
+    /// choice's text is the arguments of a call of that function.
+    Chat { tool: Option<ForcedCall> },
     /// `text_completion` (`/v1/completions`): plain `text`, legacy log-probabilities.
     Text {
         /// Per choice, its prompt, sent in front of its text (`echo: true`); empty without echo.
         /// With `logprobs` too, the prompt's tokens come first in the log-probabilities.
         echo: Vec<String>,
     },
+}
+
+/// The function a request forces a call of (`tool_choice`).
+#[derive(Debug, Clone)]
+pub(crate) struct ForcedCall {
+    pub name: String,
+    /// Forced by `"required"`: the finish reason is `tool_calls` (by name: `stop`, as OpenAI).
+    pub required: bool,
+}
+
+impl ForcedCall {
+    /// A fresh id for one call, as OpenAI's: `call_` and 24 characters.
+    pub fn new_id() -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        format!("call_{}", &id[..24])
+    }
+}
+
+/// A chat choice's finish reason: the engine's, with `tool_calls` for a finished required call.
+pub(crate) fn chat_finish_reason(
+    reason: grain_engine::FinishReason,
+    tool: Option<&ForcedCall>,
+) -> wire::FinishReason {
+    match convert::finish_reason(reason) {
+        wire::FinishReason::Stop if tool.is_some_and(|t| t.required) => {
+            wire::FinishReason::ToolCalls
+        }
+        other => other,
+    }
 }
 
 pub async fn completions(
@@ -178,7 +208,12 @@ async fn handle(
         n: req.sampling().n_or_default(),
         logprobs: req.wants_logprobs(),
         include_usage: req.sampling().include_usage(),
-        format: Format::Chat,
+        format: Format::Chat {
+            tool: req.forced_tool().map(|t| ForcedCall {
+                name: t.name.to_owned(),
+                required: t.required,
+            }),
+        },
     };
     run(
         state,
@@ -253,7 +288,7 @@ pub(crate) async fn run(
     }
     let metrics = state.metrics();
     let collected = match meta.format {
-        Format::Chat => {
+        Format::Chat { .. } => {
             tokio::time::timeout_at(deadline, collect(stream, &meta, metrics, timing)).await
         }
         Format::Text { .. } => {
@@ -361,13 +396,24 @@ async fn collect(
     let choices = choices
         .into_iter()
         .enumerate()
-        .map(|(i, c)| wire::ChatChoice {
-            index: i as u32,
-            finish_reason: convert::finish_reason(c.reason()),
-            logprobs: meta.logprobs.then(|| wire::ChoiceLogprobs {
-                content: c.logprobs.iter().map(convert::logprob).collect(),
-            }),
-            message: wire::AssistantMessage::new(c.text),
+        .map(|(i, c)| {
+            let tool = match &meta.format {
+                Format::Chat { tool } => tool.as_ref(),
+                Format::Text { .. } => None,
+            };
+            wire::ChatChoice {
+                index: i as u32,
+                finish_reason: chat_finish_reason(c.reason(), tool),
+                logprobs: meta.logprobs.then(|| wire::ChoiceLogprobs {
+                    content: c.logprobs.iter().map(convert::logprob).collect(),
+                }),
+                message: match tool {
+                    Some(t) => {
+                        wire::AssistantMessage::tool_call(ForcedCall::new_id(), &t.name, c.text)
+                    }
+                    None => wire::AssistantMessage::new(c.text),
+                },
+            }
         })
         .collect();
     let body = wire::ChatCompletionResponse {

@@ -132,7 +132,7 @@ pub(crate) async fn collect(
     let n = meta.n as usize;
     let echo = match &meta.format {
         Format::Text { echo } => echo.as_slice(),
-        Format::Chat => &[],
+        Format::Chat { .. } => &[],
     };
     if !echo.is_empty() && echo.len() != n {
         return Err(ApiError::Internal(format!(

@@ -1,0 +1,128 @@
+"""Forced tool calls (`tools` with `tool_choice` naming a function, or `"required"` with one tool)
+through the official `openai` SDK on the real tiny model: the call's arguments are held to the
+function's parameters, as the SDK's `pydantic_function_tool` and `parse` use them (instructor's
+tools mode sends the same). Judged by the SDK's pydantic parsing and by `jsonschema`."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import jsonschema
+import openai
+import pydantic
+import pytest
+
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+PARAMS = {
+    "type": "object",
+    "properties": {
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer"},
+        "hourly": {"type": "boolean"},
+    },
+    "required": ["unit", "days", "hourly"],
+    "additionalProperties": False,
+}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Forecast.", "parameters": PARAMS}}
+OTHER = {"type": "function", "function": {"name": "noop"}}
+
+
+def test_a_named_choice_calls_that_function_with_valid_arguments(client, model_id):
+    resp = client.chat.completions.create(
+        model=model_id, messages=MESSAGES, tools=[OTHER, WEATHER], n=6, seed=3, temperature=1.0, max_tokens=80,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    finished = 0
+    ids = set()
+    for c in resp.choices:
+        msg = c.message
+        assert msg.content is None and len(msg.tool_calls) == 1, msg
+        call = msg.tool_calls[0]
+        assert call.type == "function" and call.function.name == "get_weather"
+        assert call.id.startswith("call_")
+        ids.add(call.id)
+        assert c.finish_reason in ("stop", "length"), c.finish_reason  # OpenAI: `stop` for a named choice
+        if c.finish_reason == "stop":
+            jsonschema.validate(json.loads(call.function.arguments), PARAMS)
+            finished += 1
+    assert finished, [c.message.tool_calls[0].function.arguments for c in resp.choices]
+    assert len(ids) == len(resp.choices), "each call has its own id"
+
+
+def test_required_with_one_tool_finishes_with_tool_calls(client, model_id):
+    resp = client.chat.completions.create(
+        model=model_id, messages=MESSAGES, tools=[WEATHER], tool_choice="required", n=4, seed=1, max_tokens=80
+    )
+    stopped = [c for c in resp.choices if c.finish_reason == "tool_calls"]
+    assert stopped, [c.finish_reason for c in resp.choices]
+    for c in stopped:
+        jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments), PARAMS)
+
+
+class Unit(pydantic.BaseModel):
+    celsius: bool
+
+
+class Forecast(pydantic.BaseModel):
+    days: int
+    unit: Optional[Unit]
+    tags: list[bool] = pydantic.Field(max_length=2)
+
+
+def test_the_sdks_parse_fills_parsed_arguments(client, model_id):
+    tool = openai.pydantic_function_tool(Forecast)
+    parsed = []
+    for seed in range(4):
+        try:
+            resp = client.chat.completions.parse(
+                model=model_id, messages=MESSAGES, tools=[tool], seed=seed, max_tokens=100,
+                tool_choice={"type": "function", "function": {"name": "Forecast"}},
+            )
+        except openai.LengthFinishReasonError:
+            continue
+        call = resp.choices[0].message.tool_calls[0]
+        assert isinstance(call.function.parsed_arguments, Forecast), call
+        parsed.append(call.function.parsed_arguments)
+    assert parsed, "no seed finished within max_tokens"
+
+
+def test_a_streamed_call_equals_the_whole_one(client, model_id):
+    args = dict(
+        model=model_id, messages=MESSAGES, tools=[WEATHER], tool_choice="required", seed=5, temperature=0.8,
+        max_tokens=60,
+    )
+    whole = client.chat.completions.create(**args).choices[0]
+    name, arguments, reason, ids = None, "", None, []
+    for chunk in client.chat.completions.create(**args, stream=True):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        assert not delta.content, delta
+        for call in delta.tool_calls or []:
+            assert call.index == 0
+            if call.id:
+                ids.append(call.id)
+                name = call.function.name
+            arguments += call.function.arguments or ""
+        reason = chunk.choices[0].finish_reason or reason
+    assert len(ids) == 1 and name == "get_weather"
+    assert arguments == whole.message.tool_calls[0].function.arguments
+    assert reason == whole.finish_reason
+
+
+@pytest.mark.parametrize("choice", [None, "auto"])
+def test_auto_is_refused_with_what_to_do(client, model_id, choice):
+    extra = {} if choice is None else {"tool_choice": choice}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model_id, messages=MESSAGES, tools=[WEATHER], **extra)
+    assert err.value.param == "tool_choice" and "required" in err.value.message
+
+
+def test_none_answers_in_text(client, model_id):
+    resp = client.chat.completions.create(
+        model=model_id, messages=MESSAGES, tools=[WEATHER], tool_choice="none", max_tokens=5, temperature=0
+    )
+    msg = resp.choices[0].message
+    assert msg.tool_calls is None and msg.content
