@@ -53,6 +53,14 @@ pub(crate) fn attend(qkv: &[f32], d: usize, heads: usize, sc: &mut AttendScratch
     );
     assert!(sc.s.len() >= n * n * heads && sc.max.len() == heads && sc.sum.len() == heads);
     #[cfg(target_arch = "x86_64")]
+    if heads == 8 && (d / 8).is_multiple_of(2) && crate::small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F, AVX2 and FMA; lengths checked above.
+        #[allow(unsafe_code)]
+        if unsafe { avx512::attend8(qkv, d, out) } {
+            return;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA; the lengths were checked above.
         #[allow(unsafe_code)]
@@ -386,6 +394,11 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[path = "router_attend_avx512.rs"]
+mod avx512;
+
 /// Attention across crops on the standard column order (`h·hd + c`): `qkv` `(n, b, 3d)` row-major
 /// in, `(n·b, d)` out, every position through [`attend`].
 pub(crate) fn cross_crop_attention_standard(
@@ -461,7 +474,8 @@ mod tests {
             let qkv = crate::test_util::values(n * 3 * d, n as u64, 3.0);
             let mut sc = super::AttendScratch::new(n, heads);
             let mut got = vec![0f32; n * d];
-            super::attend(&qkv, d, heads, &mut sc, &mut got);
+            // SAFETY: AVX2/FMA checked above; shapes as `attend` asserts.
+            unsafe { super::avx2::attend(&qkv, d, heads, &mut sc, &mut got) };
             let mut want = vec![0f32; n * d];
             // SAFETY: AVX2/FMA checked above; shapes as `attend` asserts.
             unsafe {
@@ -474,6 +488,55 @@ mod tests {
                 .zip(&want)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "n={n} d={d} heads={heads}");
+        }
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn sixteen_lane_exp_gives_the_scalar_exps_bits() {
+        if !crate::small_gemm::avx512_available() {
+            return;
+        }
+        let xs: Vec<f32> = (-1000..1008).map(|i| i as f32 * 0.0917).collect();
+        for chunk in xs.chunks_exact(16) {
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F checked above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm512_storeu_ps(
+                    got.as_mut_ptr(),
+                    super::avx512::exp16(_mm512_loadu_ps(chunk.as_ptr())),
+                );
+            }
+            for (g, x) in got.iter().zip(chunk) {
+                assert_eq!(g.to_bits(), crate::simd::exp(*x).to_bits(), "exp({x})");
+            }
+        }
+    }
+
+    /// The AVX-512 path for eight heads (what `attend` runs where the CPU has it) against the
+    /// portable loops, within f32 rounding.
+    #[test]
+    fn eight_heads_on_sixteen_lanes_match_the_portable_loops() {
+        if !crate::small_gemm::avx512_available() {
+            return;
+        }
+        for (n, d) in [(5usize, 64usize), (1, 16), (8, 128), (3, 48)] {
+            let heads = 8;
+            let qkv = crate::test_util::values(n * 3 * d, n as u64 + 7, 3.0);
+            let mut sc = super::AttendScratch::new(n, heads);
+            let mut got = vec![0f32; n * d];
+            super::attend(&qkv, d, heads, &mut sc, &mut got);
+            let mut want = vec![0f32; n * d];
+            super::scores_body(&qkv, d, heads, &mut sc.s);
+            super::softmax_body(n, heads, d / heads, &mut sc);
+            super::weighted_body(&qkv, d, heads, &sc.s, &mut want);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "n={n} d={d}: {g} vs {w}"
+                );
+            }
         }
     }
 }

@@ -135,6 +135,12 @@ impl CpuRouter {
     /// `Σ_r w_r · GELU(mlp1(row_r))`.
     fn block(&self, o: &[f32], x: &mut [f32], w: &[f32], h: &mut [Vec<f32>; 2]) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
+        if crate::small_gemm::avx512_available() {
+            // SAFETY: `avx512_available()` checked AVX-512F, AVX2 and FMA.
+            #[allow(unsafe_code)]
+            return unsafe { avx2::block_avx512(self, o, x, w, h) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if crate::small_gemm::available() {
             // SAFETY: `available()` checked AVX2 and FMA.
             #[allow(unsafe_code)]
@@ -240,6 +246,12 @@ impl CpuRouter {
     /// `Σ_r w_r · GELU(mlp1(row_r))`. Rows are position-major, then crop.
     fn supercell(&self, f: &[f32], at: (&PoolPlan, usize, usize), task: &mut Task) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
+        if crate::small_gemm::avx512_available() {
+            // SAFETY: `avx512_available()` checked AVX-512F, AVX2 and FMA.
+            #[allow(unsafe_code)]
+            return unsafe { avx2::supercell_avx512(self, f, at, task) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if crate::small_gemm::available() {
             // SAFETY: `available()` checked AVX2 and FMA.
             #[allow(unsafe_code)]
@@ -314,8 +326,8 @@ impl CpuRouter {
     }
 }
 
-/// AVX2/FMA copies of the router's loops (the build targets baseline x86-64, so the compiler
-/// vectorises them for SSE2 only): each inlines the `_body` version of its function.
+/// AVX2/FMA (and AVX-512) copies of the router's loops (the build targets baseline x86-64, so
+/// the compiler vectorises them for SSE2 only): each inlines the `_body` version of its function.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
@@ -332,6 +344,37 @@ mod avx2 {
         h: &mut [Vec<f32>; 2],
     ) -> Vec<f64> {
         r.block_body(o, x, w, h)
+    }
+
+    /// [`block`] with 16-lane vectors for the loops the compiler vectorises (elementwise: the
+    /// same bits).
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn block_avx512(
+        r: &CpuRouter,
+        o: &[f32],
+        x: &mut [f32],
+        w: &[f32],
+        h: &mut [Vec<f32>; 2],
+    ) -> Vec<f64> {
+        r.block_body(o, x, w, h)
+    }
+
+    /// [`supercell`] with 16-lane vectors (pooling sums, scales, bias: elementwise, the same
+    /// bits).
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn supercell_avx512(
+        r: &CpuRouter,
+        f: &[f32],
+        at: (&PoolPlan, usize, usize),
+        task: &mut Task,
+    ) -> Vec<f64> {
+        r.supercell_body(f, at, task)
     }
 
     /// # Safety
