@@ -61,6 +61,41 @@ def test_required_with_one_tool_finishes_with_tool_calls(client, model_id):
         jsonschema.validate(json.loads(c.message.tool_calls[0].function.arguments), PARAMS)
 
 
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"enum": ["utc", "local"]}}, "required": ["zone"],
+    "additionalProperties": False}}}
+
+
+def test_required_with_several_tools_lets_the_model_pick_one(client, model_id):
+    resp = client.chat.completions.create(
+        model=model_id, messages=MESSAGES, tools=[WEATHER, TIME, OTHER], tool_choice="required", n=8, seed=2,
+        temperature=1.0, max_tokens=80,
+    )
+    schemas = {"get_weather": PARAMS, "get_time": TIME["function"]["parameters"], "noop": None}
+    stopped = [c for c in resp.choices if c.finish_reason == "tool_calls"]
+    assert stopped, [c.finish_reason for c in resp.choices]
+    for c in stopped:
+        call = c.message.tool_calls[0]
+        args = json.loads(call.function.arguments)
+        if schemas[call.function.name] is None:
+            assert args == {}, call
+        else:
+            jsonschema.validate(args, schemas[call.function.name])
+    # Streamed, the call is named once the model has written the name, then its arguments follow.
+    args = dict(model=model_id, messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required", seed=4,
+                temperature=0.8, max_tokens=60)
+    whole = client.chat.completions.create(**args).choices[0]
+    names, arguments = [], ""
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if call.function.name:
+                names.append(call.function.name)
+            arguments += call.function.arguments or ""
+    if whole.message.tool_calls:
+        assert names == [whole.message.tool_calls[0].function.name]
+        assert arguments == whole.message.tool_calls[0].function.arguments
+
+
 class Unit(pydantic.BaseModel):
     celsius: bool
 

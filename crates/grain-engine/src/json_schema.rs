@@ -5,6 +5,9 @@
 //! The subset is the one structured-output clients send (the OpenAI SDK's pydantic schemas
 //! included):
 //! - `type` (one name or a list), `enum`, `const`, `anyOf` / `oneOf`, a one-element `allOf`;
+//!   the alternatives of an `anyOf` (or a type list) must start with different bytes (an object
+//!   and `null`, a string and a number), except objects whose first properties are required and
+//!   differ: their first key picks one;
 //! - `properties` and `required` (properties are written in the schema's order, optional ones
 //!   may be left out), `additionalProperties` (only the listed properties are written; an object
 //!   schema without `properties` takes any object unless `additionalProperties` is `false`);
@@ -15,9 +18,7 @@
 //!   assertions, JSON Schema 2020-12 §7.2).
 //!
 //! Any other keyword (`pattern`, `minLength`, `minimum`, …) is refused by name rather than
-//! ignored, since the output could then break it. The alternatives of an `anyOf` (or a type list)
-//! must start with different bytes (an object and `null`, a string and a number; not two
-//! objects), so that the first byte of a value picks one; the root must be an object.
+//! ignored, since the output could then break it. The root must be an object.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub(crate) struct Compiled {
     pub nodes: Vec<Node>,
     pub root: NodeId,
     first: Vec<[u64; 4]>,
+    /// Per union node, [`keyed_objects`] of its alternatives (empty for other nodes).
+    pub keyed: Vec<Vec<Option<NodeId>>>,
 }
 
 impl Compiled {
@@ -104,7 +107,19 @@ impl JsonSchema {
             first_bytes(&nodes, id as NodeId, &mut first, 0)?;
         }
         let first: Vec<[u64; 4]> = first.into_iter().map(|f| f.expect("computed")).collect();
-        let compiled = Compiled { nodes, root, first };
+        let keyed = nodes
+            .iter()
+            .map(|n| match n {
+                Node::Union(alts) => keyed_objects(&nodes, alts),
+                _ => Vec::new(),
+            })
+            .collect();
+        let compiled = Compiled {
+            nodes,
+            root,
+            first,
+            keyed,
+        };
         if (0..=255u8).any(|b| b != b'{' && compiled.starts(root, b)) {
             return Err("the root must be an object schema".into());
         }
@@ -423,19 +438,74 @@ fn first_bytes(
         Node::Literals(l) => l.iter().for_each(|t| add(&mut set, &t[..1])),
         Node::Array { .. } => add(&mut set, b"["),
         Node::Union(alts) => {
-            for &alt in alts {
+            // Objects whose first property is required are told apart by that key instead.
+            let keyed = keyed_objects(nodes, alts);
+            let mut keys: Vec<&[u8]> = Vec::new();
+            let brace = |f: &[u64; 4]| f[(b'{' >> 6) as usize] & (1 << (b'{' & 63)) != 0;
+            let mut other_brace = false;
+            for (&alt, object) in alts.iter().zip(&keyed) {
                 let f = first_bytes(nodes, alt, first, depth + 1)?;
+                other_brace |= object.is_none() && brace(&f);
+                if other_brace && !keys.is_empty() {
+                    return Err(
+                        "anyOf: an alternative that may start with '{' besides objects \
+                                told apart by their first property is not supported"
+                            .into(),
+                    );
+                }
+                if let Some(o) = object {
+                    let Node::Object(props) = &nodes[*o as usize] else {
+                        unreachable!("keyed_objects returns objects")
+                    };
+                    if keys.contains(&&props[0].key[..]) {
+                        return Err(format!(
+                            "anyOf: two object alternatives start with the same required \
+                             property {}; they must differ in their first property",
+                            String::from_utf8_lossy(&props[0].key)
+                        ));
+                    }
+                    keys.push(&props[0].key);
+                    add(&mut set, b"{");
+                    continue;
+                }
                 if f.iter().zip(&set).any(|(a, b)| a & b != 0) {
                     return Err(
                         "anyOf / type list: alternatives that start with the same byte (two \
-                         objects, two strings, …) are not supported"
+                         strings, two arrays, …; objects must differ in their first, required, \
+                         property) are not supported"
                             .into(),
                     );
                 }
                 set.iter_mut().zip(f).for_each(|(s, f)| *s |= f);
             }
+            if keys.len() > MAX_CHOICES {
+                return Err(format!("anyOf: at most {MAX_CHOICES} object alternatives"));
+            }
         }
     }
     first[id as usize] = Some(set);
     Ok(set)
+}
+
+/// For each alternative of a union: the object it is (through one-element unions, which `$ref`s
+/// are) when that object's first property is required, so that its key tells it apart; `None`
+/// for every other alternative. With a single object, it is `None` too (its `{` tells it apart).
+pub(crate) fn keyed_objects(nodes: &[Node], alts: &[NodeId]) -> Vec<Option<NodeId>> {
+    let object = |mut id: NodeId| -> Option<NodeId> {
+        for _ in 0..MAX_CHAIN {
+            match &nodes[id as usize] {
+                Node::Union(inner) if inner.len() == 1 => id = inner[0],
+                Node::Object(props) if props.first().is_some_and(|p| p.required) => {
+                    return Some(id)
+                }
+                _ => return None,
+            }
+        }
+        None
+    };
+    let found: Vec<Option<NodeId>> = alts.iter().map(|&a| object(a)).collect();
+    if found.iter().flatten().count() < 2 {
+        return vec![None; alts.len()];
+    }
+    found
 }

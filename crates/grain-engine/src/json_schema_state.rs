@@ -171,6 +171,20 @@ impl SchemaState {
         match &s.nodes[f.node as usize] {
             Node::Object(props) => self.object_byte(s, props, f, b),
             &Node::Array { items, min, max } => self.array_byte(s, (items, min, max), f, b),
+            // Objects told apart by their first key: that key, of any of them, comes first.
+            Node::Union(_) if f.phase == Phase::AfterOpen && b == b'"' => {
+                let keyed = &s.keyed[f.node as usize];
+                let cands = (0..keyed.len())
+                    .filter(|&i| keyed[i].is_some())
+                    .fold(0u64, |m, i| m | 1 << i);
+                self.leaf = Leaf::Lit {
+                    node: f.node,
+                    keys: true,
+                    cands,
+                    read: 0,
+                };
+                self.step(s, b)
+            }
             _ => false,
         }
     }
@@ -182,23 +196,14 @@ impl SchemaState {
         }
         let free = |state, integer| Leaf::Free { state, integer };
         match &s.nodes[node as usize] {
+            Node::Union(_) if b == b'{' && s.keyed[node as usize].iter().any(Option::is_some) => {
+                self.open(node)
+            }
             Node::Union(alts) => match alts.iter().find(|&&a| s.starts(a, b)) {
                 Some(&alt) => self.start(s, alt, b),
                 None => false,
             },
-            Node::Object(_) | Node::Array { .. } => {
-                if self.depth as usize == MAX_NESTING {
-                    return false;
-                }
-                self.stack[self.depth as usize] = Frame {
-                    node,
-                    phase: Phase::AfterOpen,
-                    count: 0,
-                    current: 0,
-                };
-                self.depth += 1;
-                true
-            }
+            Node::Object(_) | Node::Array { .. } => self.open(node),
             Node::Literals(lits) => {
                 self.leaf = Leaf::Lit {
                     node,
@@ -223,6 +228,21 @@ impl SchemaState {
         }
     }
 
+    /// Opens a container (or a union of keyed objects) of `node`.
+    fn open(&mut self, node: NodeId) -> bool {
+        if self.depth as usize == MAX_NESTING {
+            return false;
+        }
+        self.stack[self.depth as usize] = Frame {
+            node,
+            phase: Phase::AfterOpen,
+            count: 0,
+            current: 0,
+        };
+        self.depth += 1;
+        true
+    }
+
     /// A byte of a literal or a key.
     fn literal(
         &mut self,
@@ -233,6 +253,13 @@ impl SchemaState {
         let text = |i: usize| -> &[u8] {
             match &s.nodes[node as usize] {
                 Node::Object(props) if keys => &props[i].key,
+                Node::Union(_) if keys => match s.keyed[node as usize][i] {
+                    Some(o) => match &s.nodes[o as usize] {
+                        Node::Object(props) => &props[0].key,
+                        _ => &[],
+                    },
+                    None => &[],
+                },
                 Node::Literals(lits) => &lits[i],
                 _ => &[],
             }
@@ -274,10 +301,16 @@ impl SchemaState {
         }
     }
 
-    fn literal_done(&mut self, _s: &Compiled, keys: bool, i: usize) {
+    fn literal_done(&mut self, s: &Compiled, keys: bool, i: usize) {
         self.leaf = Leaf::None;
         if keys {
             let f = &mut self.stack[self.depth as usize - 1];
+            // A union's first key picked one of its objects: go on as that object.
+            let (node, i) = match s.keyed.get(f.node as usize).and_then(|k| k.get(i)) {
+                Some(Some(object)) => (*object, 0),
+                _ => (f.node, i),
+            };
+            f.node = node;
             f.current = i as u8;
             f.count = i as u32 + 1;
             f.phase = Phase::Colon;

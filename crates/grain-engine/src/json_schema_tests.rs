@@ -266,3 +266,52 @@ fn check_document(v: &Value, text: &str) {
     }
     parts.iter().for_each(|p| part(p, text));
 }
+
+#[test]
+fn objects_told_apart_by_their_first_required_key_may_share_an_any_of() {
+    let s = compile(json!({
+        "type": "object",
+        "properties": {"pet": {"anyOf": [
+            {"type": "object", "properties": {"cat": {"type": "boolean"}, "age": {"type": "integer"}},
+             "required": ["cat"]},
+            {"$ref": "#/$defs/Dog"},
+            {"type": "null"}
+        ]}},
+        "required": ["pet"],
+        "$defs": {"Dog": {"type": "object", "properties": {"dog": {"enum": ["big", "small"]}},
+                          "required": ["dog"], "additionalProperties": false}}
+    }));
+    for doc in [
+        r#"{"pet": {"cat": true, "age": 3}}"#,
+        r#"{"pet": { "dog" : "big"}}"#,
+        r#"{"pet": null}"#,
+    ] {
+        assert_eq!(run(&s, doc), (true, true), "{doc}");
+    }
+    for bad in [
+        r#"{"pet": {}"#,
+        r#"{"pet": {"age""#,
+        r#"{"pet": {"dog": true"#,
+        r#"{"pet": {"cat": true, "dog""#,
+    ] {
+        assert!(!run(&s, bad).0, "accepted: {bad}");
+    }
+    for (schema, says) in [
+        (
+            json!({"type": "object", "properties": {"p": {"anyOf": [
+                {"type": "object", "properties": {"a": {}}, "required": ["a"]},
+                {"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a"]}]}}}),
+            "same required property \"a\"",
+        ),
+        (
+            json!({"type": "object", "properties": {"p": {"anyOf": [
+                {"type": "object", "properties": {"a": {}}, "required": ["a"]},
+                {"type": "object", "properties": {"b": {}}, "required": ["b"]},
+                {}]}}}),
+            "besides objects",
+        ),
+    ] {
+        let e = JsonSchema::compile(&schema).expect_err(&schema.to_string());
+        assert!(e.contains(says), "{schema}: {e}");
+    }
+}

@@ -53,5 +53,7 @@ pub use tokenize::{
     parse_detokenize_request, parse_tokenize_request, DetokenizeRequest, DetokenizeResponse,
     TokenizeInput, TokenizeRequest, TokenizeResponse, MAX_DETOKENIZE_TOKENS,
 };
-pub use tools::{ForcedTool, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta, MAX_TOOLS};
+pub use tools::{
+    ForcedCall, ForcedTool, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta, MAX_TOOLS,
+};
 pub use validate::{parse_chat_request, RequestLimits};

@@ -2,13 +2,14 @@
 //! the answer.
 //!
 //! Grain calls a tool only when the request forces one: `tool_choice` naming a function, or
-//! `"required"` with a single tool. The engine then holds the choice's text to the function's
-//! `parameters` schema (structured outputs), and the text becomes the call's `arguments`. This is
-//! what structured-extraction clients send (instructor's tools mode, LangChain's
-//! `with_structured_output(method="function_calling")`). `"auto"` (the default when tools are
-//! given) is refused: telling a tool call from prose needs a model and chat template trained for
-//! it, which LLaVA's are not. The tool definitions are not added to the prompt (the chat templates
-//! have no place for them); describe the task in the messages.
+//! `"required"`. The engine then holds the choice's text to the function's `parameters` schema
+//! (structured outputs), and the text becomes the call's `arguments`; with `"required"` and
+//! several tools the model writes `{"<name>": <arguments>}`, its first key choosing the function.
+//! This is what structured-extraction clients send (instructor's tools mode, LangChain's
+//! `with_structured_output(method="function_calling")` and `tool_choice="any"`). `"auto"` (the
+//! default when tools are given) is refused: telling a tool call from prose needs a model and chat
+//! template trained for it, which LLaVA's are not. The tool definitions are not added to the
+//! prompt (the chat templates have no place for them); describe the task in the messages.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,7 +20,7 @@ use crate::request::ChatCompletionRequest;
 /// The most tools a request may define.
 pub const MAX_TOOLS: usize = 128;
 
-/// The call a request forces.
+/// A function the request may force a call of.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ForcedTool<'a> {
     /// Index in `tools`.
@@ -27,6 +28,13 @@ pub struct ForcedTool<'a> {
     pub name: &'a str,
     /// The function's `parameters` (a JSON Schema); `None` when it takes none.
     pub parameters: Option<&'a Value>,
+}
+
+/// The call a request forces: of its one function, or (`"required"` with several tools) of the
+/// one the model picks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForcedCall<'a> {
+    pub tools: Vec<ForcedTool<'a>>,
     /// Forced by `"required"` (finish reason `tool_calls`), not by name (finish reason `stop`,
     /// as OpenAI answers a named `tool_choice`).
     pub required: bool,
@@ -70,23 +78,30 @@ pub struct FunctionCallDelta {
 
 impl ChatCompletionRequest {
     /// The call this request forces, once validation has passed.
-    pub fn forced_tool(&self) -> Option<ForcedTool<'_>> {
+    pub fn forced_call(&self) -> Option<ForcedCall<'_>> {
         let tools = self.tools.as_ref()?;
-        let (name, required) = match self.tool_choice.as_ref() {
-            Some(Value::String(s)) if s == "required" => (function(tools.first()?)?.0, true),
-            Some(Value::Object(o)) => (o.get("function")?.get("name")?.as_str()?, false),
-            _ => return None,
-        };
-        let index = tools
-            .iter()
-            .position(|t| function(t).is_some_and(|f| f.0 == name))?;
-        let parameters = function(&tools[index])?.1;
-        Some(ForcedTool {
-            index,
-            name,
-            parameters,
-            required,
-        })
+        let all = tools.iter().enumerate().filter_map(|(index, t)| {
+            let (name, parameters) = function(t)?;
+            Some(ForcedTool {
+                index,
+                name,
+                parameters,
+            })
+        });
+        match self.tool_choice.as_ref() {
+            Some(Value::String(s)) if s == "required" => Some(ForcedCall {
+                tools: all.collect(),
+                required: true,
+            }),
+            Some(Value::Object(o)) => {
+                let name = o.get("function")?.get("name")?.as_str()?;
+                Some(ForcedCall {
+                    tools: all.filter(|t| t.name == name).collect(),
+                    required: false,
+                })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -195,16 +210,7 @@ pub(crate) fn validate_tools(req: &ChatCompletionRequest) -> Result<(), RequestE
     }
     let forced = match &req.tool_choice {
         Some(Value::String(s)) if s == "none" => false,
-        Some(Value::String(s)) if s == "required" => {
-            if tools.len() > 1 {
-                return Err(invalid(
-                    "tool_choice",
-                    "'required' is supported with one tool; with several, name the function to \
-                     call ({\"type\": \"function\", \"function\": {\"name\": ...}})",
-                ));
-            }
-            true
-        }
+        Some(Value::String(s)) if s == "required" => true,
         None => return Err(auto_refused()),
         Some(Value::String(s)) if s == "auto" => return Err(auto_refused()),
         Some(Value::Object(o)) => {
@@ -269,7 +275,7 @@ fn auto_refused() -> RequestError {
     invalid(
         "tool_choice",
         "'auto' (the default when tools are given) is not supported: Grain does not parse tool \
-         calls out of free text. Force the call ('required' with one tool, or {\"type\": \
-         \"function\", \"function\": {\"name\": ...}}), or pass 'none'",
+         calls out of free text. Force a call ('required', or {\"type\": \"function\", \
+         \"function\": {\"name\": ...}}), or pass 'none'",
     )
 }

@@ -255,18 +255,8 @@ pub fn text_logprobs(
 /// `response_format` for the engine: a `json_schema` is compiled here, and a schema it cannot
 /// hold the output to is a 400 naming the keyword.
 fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::ResponseFormat, ApiError> {
-    if let Some(tool) = req.forced_tool() {
-        // The call's arguments: an object of the function's parameters (none: `{}`).
-        let none =
-            serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false});
-        let schema =
-            engine::JsonSchema::compile(tool.parameters.unwrap_or(&none)).map_err(|message| {
-                wire::RequestError::InvalidValue {
-                    param: format!("tools[{}].function.parameters", tool.index),
-                    message: format!("unsupported JSON Schema: {message}"),
-                }
-            })?;
-        return Ok(engine::ResponseFormat::JsonSchema(schema));
+    if let Some(call) = req.forced_call() {
+        return Ok(engine::ResponseFormat::JsonSchema(call_schema(&call)?));
     }
     if req.wants_json_object() {
         return Ok(engine::ResponseFormat::JsonObject);
@@ -284,4 +274,37 @@ fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::Response
             )?)
         }
     })
+}
+
+/// The schema a forced call's text is held to: the function's parameters (none: `{}`), or with
+/// several functions `{"<name>": <parameters>}` for one of them, its first key naming it
+/// ([`crate::tool_calls`]). Each function's parameters are compiled alone first, so that an
+/// unsupported one is named.
+fn call_schema(call: &wire::ForcedCall<'_>) -> Result<engine::JsonSchema, ApiError> {
+    let none =
+        serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false});
+    let compile = |schema: &serde_json::Value, param: String| {
+        engine::JsonSchema::compile(schema).map_err(|message| {
+            ApiError::from(wire::RequestError::InvalidValue {
+                param,
+                message: format!("unsupported JSON Schema: {message}"),
+            })
+        })
+    };
+    let param = |t: &wire::ForcedTool<'_>| format!("tools[{}].function.parameters", t.index);
+    if let [one] = call.tools.as_slice() {
+        return compile(one.parameters.unwrap_or(&none), param(one));
+    }
+    let mut alternatives = Vec::with_capacity(call.tools.len());
+    for t in &call.tools {
+        let parameters = t.parameters.unwrap_or(&none);
+        compile(parameters, param(t))?;
+        alternatives.push(serde_json::json!({
+            "type": "object",
+            "properties": {t.name: parameters},
+            "required": [t.name],
+            "additionalProperties": false,
+        }));
+    }
+    compile(&serde_json::json!({"anyOf": alternatives}), "tools".into())
 }

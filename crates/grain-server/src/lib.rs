@@ -25,6 +25,7 @@ pub mod routes;
 pub mod shutdown;
 mod sse;
 pub mod state;
+mod tool_calls;
 
 use std::future::Future;
 

@@ -27,6 +27,7 @@ use crate::routes::chat::{
 };
 use crate::shutdown::InFlight;
 use crate::state::AppState;
+use crate::tool_calls::CallText;
 
 /// Starts the SSE response. The engine has already prepared the prompt when `stream` exists,
 /// so prompt-level errors (context length, a bad image, an unknown granularity) were returned
@@ -51,7 +52,12 @@ pub(crate) async fn respond(
     } else {
         (echo, Vec::new())
     };
+    let calls = match &meta.format {
+        Format::Chat { tool: Some(t) } => vec![CallText::new(t.single.as_deref()); meta.n as usize],
+        _ => Vec::new(),
+    };
     let mut sse = SseState {
+        calls,
         reasons: vec![None; meta.n as usize],
         text_offsets: vec![0; meta.n as usize],
         held_echo,
@@ -70,21 +76,15 @@ pub(crate) async fn respond(
     for index in 0..sse.meta.n {
         match &sse.meta.format {
             Format::Chat { tool } => {
-                // A call: its id and name come first, its arguments follow as they are written.
-                let call = tool.as_ref().map(|t| {
-                    vec![wire::ToolCallDelta {
-                        index: 0,
-                        id: Some(ForcedCall::new_id()),
-                        kind: Some("function".into()),
-                        function: wire::FunctionCallDelta {
-                            name: Some(t.name.clone()),
-                            arguments: Some(String::new()),
-                        },
-                    }]
-                });
+                // A call: its id and name come first (with several functions, once the model has
+                // named one), its arguments follow as they are written.
+                let call = tool
+                    .as_ref()
+                    .and_then(|t| t.single.as_deref())
+                    .map(|name| vec![call_header(name)]);
                 let role = wire::Delta {
                     role: Some(wire::Role::Assistant),
-                    content: call.is_none().then(String::new),
+                    content: tool.is_none().then(String::new),
                     tool_calls: call,
                 };
                 sse.push_choice(index, role, None, None);
@@ -102,7 +102,35 @@ pub(crate) async fn respond(
         .into_response())
 }
 
+/// The first `tool_calls` delta of a call: its id, type and function.
+fn call_header(name: &str) -> wire::ToolCallDelta {
+    wire::ToolCallDelta {
+        index: 0,
+        id: Some(ForcedCall::new_id()),
+        kind: Some("function".into()),
+        function: wire::FunctionCallDelta {
+            name: Some(name.to_owned()),
+            arguments: Some(String::new()),
+        },
+    }
+}
+
+/// A `tool_calls` delta that adds to the call's arguments.
+fn call_arguments(arguments: String) -> wire::ToolCallDelta {
+    wire::ToolCallDelta {
+        index: 0,
+        id: None,
+        kind: None,
+        function: wire::FunctionCallDelta {
+            name: None,
+            arguments: Some(arguments),
+        },
+    }
+}
+
 struct SseState {
+    /// Per choice, its forced call's text (tool calls only; empty otherwise).
+    calls: Vec<CallText>,
     state: AppState,
     stream: Events,
     meta: CompletionMeta,
@@ -183,24 +211,29 @@ impl SseState {
                     });
                 // Text held back by the engine (a partial character or stop-string prefix)
                 // arrives as an empty delta: nothing to send unless it carries logprobs.
+                if let Some(call) = self.calls.get_mut(i) {
+                    let d = call.push(&text);
+                    if let Some(name) = d.named {
+                        let header = wire::Delta {
+                            tool_calls: Some(vec![call_header(&name)]),
+                            ..wire::Delta::default()
+                        };
+                        self.push_choice(index, header, None, None);
+                    }
+                    if !d.arguments.is_empty() || logprobs.is_some() {
+                        let delta = wire::Delta {
+                            tool_calls: (!d.arguments.is_empty())
+                                .then(|| vec![call_arguments(d.arguments)]),
+                            ..wire::Delta::default()
+                        };
+                        self.push_choice(index, delta, logprobs, None);
+                    }
+                    return;
+                }
                 if !text.is_empty() || logprobs.is_some() {
-                    let delta = match self.meta.format {
-                        Format::Chat { tool: Some(_) } => wire::Delta {
-                            tool_calls: Some(vec![wire::ToolCallDelta {
-                                index: 0,
-                                id: None,
-                                kind: None,
-                                function: wire::FunctionCallDelta {
-                                    name: None,
-                                    arguments: Some(text),
-                                },
-                            }]),
-                            ..wire::Delta::default()
-                        },
-                        _ => wire::Delta {
-                            content: Some(text),
-                            ..wire::Delta::default()
-                        },
+                    let delta = wire::Delta {
+                        content: Some(text),
+                        ..wire::Delta::default()
                     };
                     self.push_choice(index, delta, logprobs, None);
                 }
@@ -223,7 +256,16 @@ impl SseState {
                     self.reasons[i] = Some(reason);
                     match &self.meta.format {
                         Format::Chat { tool } => {
+                            let closed = reason == FinishReason::Stop;
                             let reason = chat_finish_reason(reason, tool.as_ref());
+                            let rest = self.calls.get_mut(i).map(|c| c.finish(closed));
+                            if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+                                let delta = wire::Delta {
+                                    tool_calls: Some(vec![call_arguments(rest)]),
+                                    ..wire::Delta::default()
+                                };
+                                self.push_choice(index, delta, None, None);
+                            }
                             self.push_choice(index, wire::Delta::default(), None, Some(reason))
                         }
                         Format::Text { .. } => {

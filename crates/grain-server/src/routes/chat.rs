@@ -19,6 +19,7 @@ use crate::middleware::RequestId;
 use crate::shutdown::InFlight;
 use crate::sse;
 use crate::state::AppState;
+use crate::tool_calls::CallText;
 
 /// Each image's granularity, in prompt order (`144,36`).
 pub static X_GRAIN_GRANULARITY: HeaderName = HeaderName::from_static("x-grain-granularity");
@@ -125,10 +126,12 @@ pub(crate) enum Format {
     },
 }
 
-/// The function a request forces a call of (`tool_choice`).
+/// The call a request forces (`tool_choice`): each choice's text is its arguments, or (with
+/// several functions) `{"<name>": <arguments>}` ([`crate::tool_calls`]).
 #[derive(Debug, Clone)]
 pub(crate) struct ForcedCall {
-    pub name: String,
+    /// The one function the call can be of; `None` when the model picks among several.
+    pub single: Option<String>,
     /// Forced by `"required"`: the finish reason is `tool_calls` (by name: `stop`, as OpenAI).
     pub required: bool,
 }
@@ -209,9 +212,12 @@ async fn handle(
         logprobs: req.wants_logprobs(),
         include_usage: req.sampling().include_usage(),
         format: Format::Chat {
-            tool: req.forced_tool().map(|t| ForcedCall {
-                name: t.name.to_owned(),
-                required: t.required,
+            tool: req.forced_call().map(|c| ForcedCall {
+                single: match c.tools.as_slice() {
+                    [one] => Some(one.name.to_owned()),
+                    _ => None,
+                },
+                required: c.required,
             }),
         },
     };
@@ -407,10 +413,14 @@ async fn collect(
                 logprobs: meta.logprobs.then(|| wire::ChoiceLogprobs {
                     content: c.logprobs.iter().map(convert::logprob).collect(),
                 }),
-                message: match tool {
-                    Some(t) => {
-                        wire::AssistantMessage::tool_call(ForcedCall::new_id(), &t.name, c.text)
+                message: match tool.and_then(|t| {
+                    let closed = c.reason() == grain_engine::FinishReason::Stop;
+                    CallText::whole(t.single.as_deref(), &c.text, closed)
+                }) {
+                    Some((name, arguments)) => {
+                        wire::AssistantMessage::tool_call(ForcedCall::new_id(), name, arguments)
                     }
+                    // No call (cut before the function's name): the text as it is.
                     None => wire::AssistantMessage::new(c.text),
                 },
             }

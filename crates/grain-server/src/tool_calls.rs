@@ -1,0 +1,167 @@
+//! A forced tool call's text turned into OpenAI's `tool_calls`, whole or as a stream.
+//!
+//! With one function the choice's text is the call's arguments. With several (`tool_choice:
+//! "required"`), the engine held the text to `{"<name>": <arguments>}`: the first key names the
+//! function, and the arguments are the value, without the envelope's closing brace. While
+//! streaming, a run of `}` and whitespace at the end of the text so far is held back, since the
+//! last `}` closes the envelope and is not part of the arguments.
+
+/// The envelope's whitespace, as the JSON grammar allows it.
+const WS: [char; 4] = [' ', '\t', '\n', '\r'];
+
+/// One choice's call, read as its text arrives.
+#[derive(Debug, Clone)]
+pub(crate) struct CallText {
+    text: String,
+    /// The function, once known (from the start with one function).
+    name: Option<String>,
+    /// Where the arguments start in `text`, once known.
+    args_start: Option<usize>,
+    /// How much of the arguments went out.
+    emitted: usize,
+    /// The text is `{"<name>": <arguments>}`.
+    envelope: bool,
+}
+
+/// What a piece of text adds to the call.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct CallDelta {
+    /// Set once: the function is now known (with several functions).
+    pub named: Option<String>,
+    /// More of the arguments.
+    pub arguments: String,
+}
+
+impl CallText {
+    /// `single`: the one function the call can be of; `None` for the envelope of several.
+    pub fn new(single: Option<&str>) -> Self {
+        Self {
+            text: String::new(),
+            name: single.map(str::to_owned),
+            args_start: single.map(|_| 0),
+            emitted: 0,
+            envelope: single.is_none(),
+        }
+    }
+
+    /// Reads more of the text; returns what can go out now.
+    pub fn push(&mut self, piece: &str) -> CallDelta {
+        self.text.push_str(piece);
+        let mut delta = CallDelta::default();
+        if self.name.is_none() {
+            if let Some((name, start)) = envelope_head(&self.text) {
+                self.name = Some(name.clone());
+                self.args_start = Some(start);
+                self.emitted = start;
+                delta.named = Some(name);
+            }
+        }
+        if self.args_start.is_some() {
+            let end = if self.envelope {
+                self.text
+                    .trim_end_matches(|c| c == '}' || WS.contains(&c))
+                    .len()
+            } else {
+                self.text.len()
+            };
+            if end > self.emitted {
+                delta.arguments = self.text[self.emitted..end].to_owned();
+                self.emitted = end;
+            }
+        }
+        delta
+    }
+
+    /// The rest of the arguments once the text is complete. `closed`: the choice stopped, so the
+    /// envelope's closing brace ends the text (a choice cut by `max_tokens` has none).
+    pub fn finish(&mut self, closed: bool) -> String {
+        let Some(start) = self.args_start else {
+            return String::new();
+        };
+        let mut end = self.text.len();
+        if self.envelope && closed {
+            let t = self.text.trim_end_matches(WS);
+            let t = t.strip_suffix('}').unwrap_or(t);
+            end = t.trim_end_matches(WS).len().max(start);
+        }
+        let rest = self
+            .text
+            .get(self.emitted.max(start)..end)
+            .unwrap_or_default();
+        self.emitted = end.max(self.emitted);
+        rest.to_owned()
+    }
+
+    /// The whole call of a complete text: the function and its arguments; `None` when the text
+    /// ended before the function's name did.
+    pub fn whole(single: Option<&str>, text: &str, closed: bool) -> Option<(String, String)> {
+        let mut call = CallText::new(single);
+        let mut arguments = call.push(text).arguments;
+        arguments.push_str(&call.finish(closed));
+        Some((call.name?, arguments))
+    }
+}
+
+/// `{"<name>":` at the start of `text`: the name and where the value starts (its first
+/// non-whitespace byte), once both are known. Names are letters, digits, `_` and `-`, so the key
+/// has no escapes.
+fn envelope_head(text: &str) -> Option<(String, usize)> {
+    let t = text.trim_start_matches(WS).strip_prefix('{')?;
+    let t = t.trim_start_matches(WS).strip_prefix('"')?;
+    let close = t.find('"')?;
+    let name = t[..close].to_owned();
+    let after = t[close + 1..].trim_start_matches(WS).strip_prefix(':')?;
+    let value = after.trim_start_matches(WS);
+    if value.is_empty() {
+        return None;
+    }
+    Some((name, text.len() - value.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_function_passes_the_text_through() {
+        let mut c = CallText::new(Some("f"));
+        assert_eq!(c.push("{\"a\": 1").arguments, "{\"a\": 1");
+        assert_eq!(c.push("}").arguments, "}");
+        assert_eq!(c.finish(true), "");
+        assert_eq!(
+            CallText::whole(Some("f"), "{}", true),
+            Some(("f".into(), "{}".into()))
+        );
+    }
+
+    #[test]
+    fn the_envelope_streams_the_same_arguments_as_the_whole_text() {
+        let text = " {\n \"get_weather\" : {\"days\": {\"n\": 3}, \"x\": \"}\"} \n}  ";
+        let whole = CallText::whole(None, text, true);
+        assert_eq!(
+            whole,
+            Some((
+                "get_weather".into(),
+                "{\"days\": {\"n\": 3}, \"x\": \"}\"}".into()
+            ))
+        );
+        // Every way of cutting the text into two pieces gives the same stream.
+        for cut in 0..=text.len() {
+            let mut c = CallText::new(None);
+            let (a, b) = (c.push(&text[..cut]), c.push(&text[cut..]));
+            let named = a.named.or(b.named);
+            let args = a.arguments + &b.arguments + &c.finish(true);
+            assert_eq!(Some((named.unwrap(), args)), whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_text_cut_before_the_name_ends_has_no_call() {
+        assert_eq!(CallText::whole(None, "{\"get_wea", false), None);
+        // Cut inside the arguments: what there is, the envelope unclosed.
+        assert_eq!(
+            CallText::whole(None, "{\"f\": {\"a\": [1}", false),
+            Some(("f".into(), "{\"a\": [1}".into()))
+        );
+    }
+}
