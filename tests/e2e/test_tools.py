@@ -96,6 +96,19 @@ def test_required_with_several_tools_lets_the_model_pick_one(client, model_id):
         assert arguments == whole.message.tool_calls[0].function.arguments
 
 
+def test_a_call_cut_before_its_name_ends_is_the_same_text_streamed_or_whole(client, model_id):
+    args = dict(model=model_id, messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required", seed=1,
+                max_tokens=2)
+    whole = client.chat.completions.create(**args).choices[0]
+    assert whole.finish_reason == "length"
+    streamed = "".join(
+        c.choices[0].delta.content or "" for c in client.chat.completions.create(**args, stream=True) if c.choices
+    )
+    if whole.message.tool_calls is None:
+        assert whole.message.content == streamed
+        assert whole.message.content.strip() in ("", "{") or whole.message.content.lstrip().startswith('{"')
+
+
 class Unit(pydantic.BaseModel):
     celsius: bool
 

@@ -258,10 +258,22 @@ impl SseState {
                         Format::Chat { tool } => {
                             let closed = reason == FinishReason::Stop;
                             let reason = chat_finish_reason(reason, tool.as_ref());
-                            let rest = self.calls.get_mut(i).map(|c| c.finish(closed));
-                            if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+                            let (rest, unnamed) = match self.calls.get_mut(i) {
+                                Some(c) => (c.finish(closed), c.unnamed().map(str::to_owned)),
+                                None => (String::new(), None),
+                            };
+                            if !rest.is_empty() {
                                 let delta = wire::Delta {
                                     tool_calls: Some(vec![call_arguments(rest)]),
+                                    ..wire::Delta::default()
+                                };
+                                self.push_choice(index, delta, None, None);
+                            }
+                            // Cut before the function's name ended: the text as it is, as the
+                            // whole answer gives it.
+                            if let Some(text) = unnamed.filter(|t| !t.is_empty()) {
+                                let delta = wire::Delta {
+                                    content: Some(text),
                                     ..wire::Delta::default()
                                 };
                                 self.push_choice(index, delta, None, None);

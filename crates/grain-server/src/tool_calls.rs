@@ -92,6 +92,11 @@ impl CallText {
         rest.to_owned()
     }
 
+    /// The text, when it ended before the function's name did (no call can be made of it).
+    pub fn unnamed(&self) -> Option<&str> {
+        self.name.is_none().then_some(self.text.as_str())
+    }
+
     /// The whole call of a complete text: the function and its arguments; `None` when the text
     /// ended before the function's name did.
     pub fn whole(single: Option<&str>, text: &str, closed: bool) -> Option<(String, String)> {
@@ -158,6 +163,11 @@ mod tests {
     #[test]
     fn a_text_cut_before_the_name_ends_has_no_call() {
         assert_eq!(CallText::whole(None, "{\"get_wea", false), None);
+        let mut c = CallText::new(None);
+        assert_eq!(c.push("{\"get_wea"), CallDelta::default());
+        assert_eq!(c.finish(false), "");
+        assert_eq!(c.unnamed(), Some("{\"get_wea"));
+        assert_eq!(CallText::new(Some("f")).unnamed(), None);
         // Cut inside the arguments: what there is, the envelope unclosed.
         assert_eq!(
             CallText::whole(None, "{\"f\": {\"a\": [1}", false),
