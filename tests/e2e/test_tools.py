@@ -174,3 +174,27 @@ def test_none_answers_in_text(client, model_id):
     )
     msg = resp.choices[0].message
     assert msg.tool_calls is None and msg.content
+
+
+class Alarm(pydantic.BaseModel):
+    unit: Unit
+    loud: bool
+
+
+def test_several_pydantic_tools_with_shared_definitions(client, model_id):
+    """Both tools' `$defs` (the same `Unit`) move to the envelope's root; the SDK's `parse` fills
+    the arguments of whichever function the model picked."""
+    tools = [openai.pydantic_function_tool(Forecast), openai.pydantic_function_tool(Alarm)]
+    assert "$defs" in tools[0]["function"]["parameters"] and "$defs" in tools[1]["function"]["parameters"]
+    picked = {}
+    for seed in range(6):
+        try:
+            resp = client.chat.completions.parse(
+                model=model_id, messages=MESSAGES, tools=tools, tool_choice="required", seed=seed, max_tokens=100
+            )
+        except openai.LengthFinishReasonError:
+            continue
+        call = resp.choices[0].message.tool_calls[0]
+        assert isinstance(call.function.parsed_arguments, {"Forecast": Forecast, "Alarm": Alarm}[call.function.name])
+        picked[call.function.name] = picked.get(call.function.name, 0) + 1
+    assert picked, "no seed finished within max_tokens"

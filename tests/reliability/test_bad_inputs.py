@@ -142,6 +142,11 @@ CASES = [
         tools=[{"type": "function", "function": {"name": "f", "parameters": {
             "type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}}}],
         tool_choice="required"), code="invalid_value"),
+    Case("tools-conflicting-defs", msg(
+        tools=[{"type": "function", "function": {"name": n, "parameters": {
+            "type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"],
+            "$defs": {"A": {"type": t}}}}} for n, t in (("f", "string"), ("g", "integer"))],
+        tool_choice="required"), code="invalid_value"),
     Case("tools-with-json-format", msg(tools=[{"type": "function", "function": {"name": "f"}}],
                                        tool_choice="required", response_format={"type": "json_object"}),
          code="invalid_value"),

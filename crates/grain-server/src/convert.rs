@@ -296,9 +296,50 @@ fn call_schema(call: &wire::ForcedCall<'_>) -> Result<engine::JsonSchema, ApiErr
         return compile(one.parameters.unwrap_or(&none), param(one));
     }
     let mut alternatives = Vec::with_capacity(call.tools.len());
+    // Each function's definitions (`$defs`, `definitions`) move to the envelope's root, where
+    // its `$ref`s now point.
+    let mut defs = serde_json::Map::new();
     for t in &call.tools {
         let parameters = t.parameters.unwrap_or(&none);
         compile(parameters, param(t))?;
+        let mut parameters = parameters.clone();
+        if refers_to_root(&parameters) {
+            return Err(wire::RequestError::InvalidValue {
+                param: param(t),
+                message: "a '$ref' to '#' (the whole schema) is not supported with several \
+                          tools: name the function in tool_choice, or use $defs"
+                    .into(),
+            }
+            .into());
+        }
+        if let Some(obj) = parameters.as_object_mut() {
+            for key in ["$defs", "definitions"] {
+                let Some(serde_json::Value::Object(own)) = obj.remove(key) else {
+                    continue;
+                };
+                let slot = defs
+                    .entry(key)
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                let slot = slot.as_object_mut().expect("an object");
+                for (name, schema) in own {
+                    match slot.get(&name) {
+                        Some(other) if *other != schema => {
+                            return Err(wire::RequestError::InvalidValue {
+                                param: param(t),
+                                message: format!(
+                                    "'{key}/{name}' differs from another tool's definition of \
+                                     the same name"
+                                ),
+                            }
+                            .into())
+                        }
+                        _ => {
+                            slot.insert(name, schema);
+                        }
+                    }
+                }
+            }
+        }
         alternatives.push(serde_json::json!({
             "type": "object",
             "properties": {t.name: parameters},
@@ -306,5 +347,18 @@ fn call_schema(call: &wire::ForcedCall<'_>) -> Result<engine::JsonSchema, ApiErr
             "additionalProperties": false,
         }));
     }
-    compile(&serde_json::json!({"anyOf": alternatives}), "tools".into())
+    let mut envelope = serde_json::json!({"anyOf": alternatives});
+    envelope.as_object_mut().expect("an object").extend(defs);
+    compile(&envelope, "tools".into())
+}
+
+/// Whether a schema has a `$ref` to its own root anywhere.
+fn refers_to_root(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.get("$ref").and_then(|r| r.as_str()) == Some("#") || m.values().any(refers_to_root)
+        }
+        serde_json::Value::Array(a) => a.iter().any(refers_to_root),
+        _ => false,
+    }
 }

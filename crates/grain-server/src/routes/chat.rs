@@ -116,7 +116,7 @@ impl CompletionMeta {
 #[derive(Debug, Clone)]
 pub(crate) enum Format {
     /// `chat.completion` / `chat.completion.chunk`: messages and deltas; with `tool`, each
-    /// choice's text is the arguments of a call of that function.
+    /// choice's text is a forced call ([`ForcedCall`]).
     Chat { tool: Option<ForcedCall> },
     /// `text_completion` (`/v1/completions`): plain `text`, legacy log-probabilities.
     Text {
