@@ -146,6 +146,14 @@ fn unsupported_schemas_are_refused_by_name() {
         let e = JsonSchema::compile(&schema).expect_err(&schema.to_string());
         assert!(e.contains(says), "{schema}: {e}");
     }
+    // 65 alternatives, 64 of them keyed objects: more than the key's bit set holds.
+    let mut alts: Vec<Value> = (0..64)
+        .map(|i| json!({"type": "object", "properties": {format!("k{i}"): {}}, "required": [format!("k{i}")]}))
+        .collect();
+    alts.insert(0, json!({"type": "null"}));
+    let schema = json!({"type": "object", "properties": {"p": {"anyOf": alts}}});
+    let e = JsonSchema::compile(&schema).expect_err("65 alternatives");
+    assert!(e.contains("at most 64"), "{e}");
 }
 
 #[test]
@@ -314,4 +322,12 @@ fn objects_told_apart_by_their_first_required_key_may_share_an_any_of() {
         let e = JsonSchema::compile(&schema).expect_err(&schema.to_string());
         assert!(e.contains(says), "{schema}: {e}");
     }
+    // 65 alternatives, 64 of them keyed objects: more than the key's bit set holds.
+    let mut alts: Vec<Value> = (0..64)
+        .map(|i| json!({"type": "object", "properties": {format!("k{i}"): {}}, "required": [format!("k{i}")]}))
+        .collect();
+    alts.insert(0, json!({"type": "null"}));
+    let schema = json!({"type": "object", "properties": {"p": {"anyOf": alts}}});
+    let e = JsonSchema::compile(&schema).expect_err("65 alternatives");
+    assert!(e.contains("at most 64"), "{e}");
 }
