@@ -240,8 +240,20 @@ impl<'a> Compiler<'a> {
             return self.literals(std::iter::once(value), &format!("{path}/const"));
         }
         match map.get("type") {
-            None if map.contains_key("properties") => self.typed("object", map, path),
-            None if map.contains_key("items") => self.typed("array", map, path),
+            // Without `type`, object or array keywords make it one (their constraints would
+            // otherwise go unenforced on a free value; a value of that kind is valid either way).
+            None if ["properties", "required", "additionalProperties"]
+                .iter()
+                .any(|k| map.contains_key(*k)) =>
+            {
+                self.typed("object", map, path)
+            }
+            None if ["items", "minItems", "maxItems"]
+                .iter()
+                .any(|k| map.contains_key(*k)) =>
+            {
+                self.typed("array", map, path)
+            }
             None => self.add(Node::Any { object_only: false }),
             Some(Value::String(t)) => self.typed(t, map, path),
             Some(Value::Array(types)) if !types.is_empty() => {

@@ -331,3 +331,21 @@ fn objects_told_apart_by_their_first_required_key_may_share_an_any_of() {
     let e = JsonSchema::compile(&schema).expect_err("65 alternatives");
     assert!(e.contains("at most 64"), "{e}");
 }
+
+#[test]
+fn object_and_array_keywords_without_a_type_are_enforced() {
+    let s = compile(json!({"type": "object", "properties": {
+        "o": {"required": ["a"], "properties": {"a": {"type": "integer"}}},
+        "l": {"minItems": 2, "items": {"type": "boolean"}}
+    }, "required": ["o", "l"]}));
+    assert_eq!(
+        run(&s, r#"{"o": {"a": 1}, "l": [true, false]}"#),
+        (true, true)
+    );
+    assert!(!run(&s, r#"{"o": {}"#).0, "required holds without a type");
+    assert!(
+        !run(&s, r#"{"o": {"a": 1}, "l": [true]}"#).0,
+        "minItems holds without a type"
+    );
+    assert!(!run(&s, r#"{"o": 3"#).0);
+}
