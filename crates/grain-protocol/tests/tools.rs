@@ -1,12 +1,10 @@
 //! `tools`, `tool_choice` and `parallel_tool_calls`: which requests force a call, and how the
 //! others are refused (param and code, as the SDKs surface them).
 
-use grain_protocol::{parse_chat_request, ChatCompletionRequest, RequestError, RequestLimits};
 use serde_json::{json, Value};
 
-fn parse(body: &Value) -> Result<ChatCompletionRequest, RequestError> {
-    parse_chat_request(body.to_string().as_bytes(), &RequestLimits::default())
-}
+mod common;
+use common::{parse, refused};
 
 fn body(tools: Value, choice: Option<Value>) -> Value {
     let mut b =
@@ -23,13 +21,6 @@ fn tool(name: &str, parameters: Option<Value>) -> Value {
         f["parameters"] = p;
     }
     json!({"type": "function", "function": f})
-}
-
-fn refused(b: &Value, param: &str, code: &str) -> String {
-    let e = parse(b).expect_err(&b.to_string());
-    assert_eq!(e.param(), Some(param), "{e}");
-    assert_eq!(e.code(), code, "{e}");
-    e.to_string()
 }
 
 #[test]
