@@ -7,18 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from json_prefix import is_prefix_of_json
 
 MESSAGES = [{"role": "user", "content": "Describe a cat as a JSON object."}]
 JSON_OBJECT = {"type": "json_object"}
-
-
-def is_prefix_of_json(text: str) -> bool:
-    """Whether some continuation makes `text` valid JSON: json.loads fails only at its end."""
-    try:
-        json.loads(text)
-        return True
-    except json.JSONDecodeError as e:
-        return e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
 
 
 def test_choices_are_json_objects(client, model_id):

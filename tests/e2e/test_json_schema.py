@@ -15,6 +15,7 @@ import jsonschema
 import openai
 import pydantic
 import pytest
+from json_prefix import is_prefix_of_json
 
 MESSAGES = [{"role": "user", "content": "Describe a cat."}]
 
@@ -47,15 +48,6 @@ SCHEMA = {
 
 def response_format(schema: dict) -> dict:
     return {"type": "json_schema", "json_schema": {"name": "cat", "schema": schema, "strict": True}}
-
-
-def is_prefix_of_json(text: str) -> bool:
-    """Whether some continuation makes `text` valid JSON: json.loads fails only at its end."""
-    try:
-        json.loads(text)
-        return True
-    except json.JSONDecodeError as e:
-        return e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
 
 
 def test_finished_choices_validate_against_the_schema(client, model_id):
