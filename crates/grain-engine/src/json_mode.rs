@@ -90,7 +90,7 @@ impl JsonConstraint {
     ) -> Result<(), EngineError> {
         let done = self.is_done();
         // Most tokens fail on their first byte: test each byte value once.
-        let first: Vec<bool> = (0..=255u8).map(|b| !done && self.accepts(&[b])).collect();
+        let first: [bool; 256] = std::array::from_fn(|b| !done && self.accepts(&[b as u8]));
         let mut any = false;
         for (id, logit) in (0u32..).zip(row.iter_mut()) {
             let allowed = if eos.contains(&id) {

@@ -71,7 +71,8 @@ pub(crate) struct Compiled {
     pub nodes: Vec<Node>,
     pub root: NodeId,
     first: Vec<[u64; 4]>,
-    /// Per union node, [`keyed_objects`] of its alternatives (empty for other nodes).
+    /// Per node, [`keyed_objects`] of a union's alternatives: empty unless the union has
+    /// objects told apart by their first key.
     pub keyed: Vec<Vec<Option<NodeId>>>,
 }
 
@@ -102,18 +103,18 @@ impl JsonSchema {
         };
         let root = c.node(schema, "#")?;
         let nodes: Vec<Node> = c.nodes.into_iter().map(|n| n.expect("filled")).collect();
-        let mut first = vec![None; nodes.len()];
-        for id in 0..nodes.len() {
-            first_bytes(&nodes, id as NodeId, &mut first, 0)?;
-        }
-        let first: Vec<[u64; 4]> = first.into_iter().map(|f| f.expect("computed")).collect();
-        let keyed = nodes
+        let keyed: Vec<Vec<Option<NodeId>>> = nodes
             .iter()
             .map(|n| match n {
                 Node::Union(alts) => keyed_objects(&nodes, alts),
                 _ => Vec::new(),
             })
             .collect();
+        let mut first = vec![None; nodes.len()];
+        for id in 0..nodes.len() {
+            first_bytes((&nodes, &keyed), id as NodeId, &mut first, 0)?;
+        }
+        let first: Vec<[u64; 4]> = first.into_iter().map(|f| f.expect("computed")).collect();
         let compiled = Compiled {
             nodes,
             root,
@@ -423,7 +424,7 @@ impl<'a> Compiler<'a> {
 
 /// Node `id`'s first bytes, memoised in `first`; alternatives of a union must not share one.
 fn first_bytes(
-    nodes: &[Node],
+    (nodes, keyed_all): (&[Node], &[Vec<Option<NodeId>>]),
     id: NodeId,
     first: &mut Vec<Option<[u64; 4]>>,
     depth: usize,
@@ -451,12 +452,13 @@ fn first_bytes(
         Node::Array { .. } => add(&mut set, b"["),
         Node::Union(alts) => {
             // Objects whose first property is required are told apart by that key instead.
-            let keyed = keyed_objects(nodes, alts);
+            let keyed = &keyed_all[id as usize];
             let mut keys: Vec<&[u8]> = Vec::new();
             let brace = |f: &[u64; 4]| f[(b'{' >> 6) as usize] & (1 << (b'{' & 63)) != 0;
             let mut other_brace = false;
-            for (&alt, object) in alts.iter().zip(&keyed) {
-                let f = first_bytes(nodes, alt, first, depth + 1)?;
+            for (i, &alt) in alts.iter().enumerate() {
+                let object = keyed.get(i).copied().flatten();
+                let f = first_bytes((nodes, keyed_all), alt, first, depth + 1)?;
                 other_brace |= object.is_none() && brace(&f);
                 if other_brace && !keys.is_empty() {
                     return Err(
@@ -466,7 +468,7 @@ fn first_bytes(
                     );
                 }
                 if let Some(o) = object {
-                    let Node::Object(props) = &nodes[*o as usize] else {
+                    let Node::Object(props) = &nodes[o as usize] else {
                         unreachable!("keyed_objects returns objects")
                     };
                     if keys.contains(&&props[0].key[..]) {
@@ -505,7 +507,8 @@ fn first_bytes(
 
 /// For each alternative of a union: the object it is (through one-element unions, which `$ref`s
 /// are) when that object's first property is required, so that its key tells it apart; `None`
-/// for every other alternative. With a single object, it is `None` too (its `{` tells it apart).
+/// for every other alternative. Empty when fewer than two alternatives are such objects (a single
+/// object's `{` tells it apart).
 pub(crate) fn keyed_objects(nodes: &[Node], alts: &[NodeId]) -> Vec<Option<NodeId>> {
     let object = |mut id: NodeId| -> Option<NodeId> {
         for _ in 0..MAX_CHAIN {
@@ -521,7 +524,7 @@ pub(crate) fn keyed_objects(nodes: &[Node], alts: &[NodeId]) -> Vec<Option<NodeI
     };
     let found: Vec<Option<NodeId>> = alts.iter().map(|&a| object(a)).collect();
     if found.iter().flatten().count() < 2 {
-        return vec![None; alts.len()];
+        return Vec::new();
     }
     found
 }

@@ -196,9 +196,7 @@ impl SchemaState {
         }
         let free = |state, integer| Leaf::Free { state, integer };
         match &s.nodes[node as usize] {
-            Node::Union(_) if b == b'{' && s.keyed[node as usize].iter().any(Option::is_some) => {
-                self.open(node)
-            }
+            Node::Union(_) if b == b'{' && !s.keyed[node as usize].is_empty() => self.open(node),
             Node::Union(alts) => match alts.iter().find(|&&a| s.starts(a, b)) {
                 Some(&alt) => self.start(s, alt, b),
                 None => false,
