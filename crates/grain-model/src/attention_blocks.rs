@@ -85,16 +85,16 @@ pub(crate) fn attend(
         .zip(k.par_chunks(keys * hd).zip(v.par_chunks(keys * hd)))
         .for_each(|((oh, qh), (kh, vh))| {
             let packed = Panels::keys(kh, keys, hd).zip(Panels::values(vh, keys, hd));
+            let kv = match &packed {
+                Some(panels) => Kv::Packed(panels),
+                None => Kv::Rows(kh, vh),
+            };
             oh.par_chunks_mut(ROWS * hd)
                 .zip(qh.par_chunks(ROWS * hd))
                 .enumerate()
                 .for_each(|(b, (ob, qb))| {
                     SCRATCH.with_borrow_mut(|scratch| {
-                        let at = (b * ROWS, keys, hd);
-                        match &packed {
-                            Some(panels) => block_panels(qb, panels, at, mask, scratch, ob),
-                            None => block(qb, (kh, vh), at, mask, scratch, ob),
-                        }
+                        run_block(qb, kv, (b * ROWS, keys, hd), mask, scratch, ob)
                     })
                 });
         });
@@ -126,22 +126,67 @@ fn softmax_rows(
     }
 }
 
-/// One block of query rows `qb` starting at row `r0` of its head, against that head's packed
-/// keys and values.
-fn block_panels(
+/// A head's keys and values: packed into panels, or as `(keys, hd)` rows for the `gemm` crate.
+#[derive(Clone, Copy)]
+enum Kv<'a> {
+    Packed(&'a (Panels, Panels)),
+    Rows(&'a [f32], &'a [f32]),
+}
+
+/// One block of query rows `qb`, starting at row `r0` of its head.
+fn run_block(
     qb: &[f32],
-    (kp, vp): &(Panels, Panels),
+    kv: Kv<'_>,
     (r0, keys, hd): (usize, usize, usize),
     mask: Mask,
-    Scratch { s, e, o }: &mut Scratch,
+    scratch: &mut Scratch,
     ob: &mut [f32],
 ) {
-    let m = qb.len() / hd;
-    let kmax = mask.seen(r0 + m - 1, keys);
+    // The block's last row sees the most keys; nothing beyond is computed.
+    let kmax = mask.seen(r0 + qb.len() / hd - 1, keys);
     if kmax == 0 {
         ob.fill(0.0);
         return;
     }
+    let at = Block {
+        r0,
+        keys,
+        kmax,
+        hd,
+        mask,
+    };
+    match kv {
+        Kv::Packed(panels) => block_panels(qb, panels, at, scratch, ob),
+        Kv::Rows(kh, vh) => block(qb, (kh, vh), at, scratch, ob),
+    }
+}
+
+/// Where a block of query rows stands: its first row `r0` in its head, the head's `keys`, the
+/// keys its last row sees (`kmax`, at least one), the head width and the mask.
+#[derive(Clone, Copy)]
+struct Block {
+    r0: usize,
+    keys: usize,
+    kmax: usize,
+    hd: usize,
+    mask: Mask,
+}
+
+/// One block of query rows `qb` against its head's packed keys and values.
+fn block_panels(
+    qb: &[f32],
+    (kp, vp): &(Panels, Panels),
+    Block {
+        r0,
+        keys,
+        kmax,
+        hd,
+        mask,
+    }: Block,
+    Scratch { s, e, o }: &mut Scratch,
+    ob: &mut [f32],
+) {
+    let m = qb.len() / hd;
     // S = Q·Kᵀ on the panels holding keys `..kmax`; rows `kp.n()` apart.
     let stride = kp.n();
     s.resize(m * stride, 0.0);
@@ -165,18 +210,17 @@ fn block_panels(
 fn block(
     qb: &[f32],
     (kh, vh): (&[f32], &[f32]),
-    (r0, keys, hd): (usize, usize, usize),
-    mask: Mask,
+    Block {
+        r0,
+        keys,
+        kmax,
+        hd,
+        mask,
+    }: Block,
     Scratch { s, e, .. }: &mut Scratch,
     ob: &mut [f32],
 ) {
     let m = qb.len() / hd;
-    // The block's last row sees the most keys; nothing beyond is computed.
-    let kmax = mask.seen(r0 + m - 1, keys);
-    if kmax == 0 {
-        ob.fill(0.0);
-        return;
-    }
     s.resize(m * kmax, 0.0);
     let s = &mut s[..m * kmax];
     // S = Q·Kᵀ: Kᵀ (hd, kmax) read from K (keys, hd) row-major.
@@ -287,7 +331,8 @@ mod tests {
                     .zip(qh.chunks(ROWS * hd))
                     .enumerate()
                 {
-                    block(qb, (&kh, &vh), (b * ROWS, keys, hd), mask, &mut scratch, ob);
+                    let at = (b * ROWS, keys, hd);
+                    run_block(qb, Kv::Rows(&kh, &vh), at, mask, &mut scratch, ob);
                 }
             }
             for (path, got) in [("attend", &got), ("gemm blocks", &fallback)] {
