@@ -14,6 +14,18 @@
 
 use crate::host_dense::gelu_erf;
 
+/// Abramowitz–Stegun 7.1.28's coefficients, highest degree first (Horner order): `1 − erf(z) =
+/// (1 + a₁z + … + a₆z⁶)⁻¹⁶`. The 8- and 16-lane copies share them, so they give the same bits.
+const ERFC_POLY: [f32; 7] = [
+    4.306_38e-5,
+    2.765_672e-4,
+    1.520_143e-4,
+    9.270_527e-3,
+    4.228_201e-2,
+    7.052_307_8e-2,
+    1.0,
+];
+
 /// `acc[c] += Σ_r weights[r] · GELU(rows[r · d + c])` with `d = acc.len()`.
 pub(crate) fn gelu_weighted_sum(rows: &[f32], weights: &[f32], acc: &mut [f32]) {
     let d = acc.len();
@@ -40,6 +52,8 @@ pub(crate) fn gelu_weighted_sum(rows: &[f32], weights: &[f32], acc: &mut [f32]) 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    use super::ERFC_POLY;
 
     /// # Safety
     /// AVX2 and FMA; `acc.len()` a multiple of 8; `rows.len() == weights.len() · acc.len()`.
@@ -71,15 +85,8 @@ mod avx2 {
             _mm256_andnot_ps(c(-0.0), x),
             c(std::f32::consts::FRAC_1_SQRT_2),
         );
-        let mut p = c(4.306_38e-5);
-        for coef in [
-            2.765_672e-4,
-            1.520_143e-4,
-            9.270_527e-3,
-            4.228_201e-2,
-            7.052_307_8e-2,
-            1.0,
-        ] {
+        let mut p = c(ERFC_POLY[0]);
+        for &coef in &ERFC_POLY[1..] {
             p = _mm256_fmadd_ps(p, z, c(coef));
         }
         let p2 = _mm256_mul_ps(p, p);
@@ -97,6 +104,8 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    use super::ERFC_POLY;
 
     /// # Safety
     /// AVX-512F; `acc.len()` a multiple of 16; `rows.len() == weights.len() · acc.len()`.
@@ -123,15 +132,8 @@ mod avx512 {
     fn gelu16(x: __m512) -> __m512 {
         let c = _mm512_set1_ps;
         let z = _mm512_mul_ps(_mm512_abs_ps(x), c(std::f32::consts::FRAC_1_SQRT_2));
-        let mut p = c(4.306_38e-5);
-        for coef in [
-            2.765_672e-4,
-            1.520_143e-4,
-            9.270_527e-3,
-            4.228_201e-2,
-            7.052_307_8e-2,
-            1.0,
-        ] {
+        let mut p = c(ERFC_POLY[0]);
+        for &coef in &ERFC_POLY[1..] {
             p = _mm512_fmadd_ps(p, z, c(coef));
         }
         let p2 = _mm512_mul_ps(p, p);

@@ -119,19 +119,13 @@ unsafe fn attend_n<const N: usize>(qkv: &[f32], d: usize, out: &mut [f32]) {
 pub(super) fn exp16(x: __m512) -> __m512 {
     let c = _mm512_set1_ps;
     let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
-    const ROUND: f32 = 12_582_912.0;
+    use crate::simd::exp_consts::{LN2_HI, LN2_LO, POLY, ROUND};
     let x = _mm512_max_ps(_mm512_min_ps(x, c(88.0)), c(-87.0));
     let t = add(mul(x, c(std::f32::consts::LOG2_E)), c(ROUND));
     let k = sub(t, c(ROUND));
-    let r = add(sub(x, mul(k, c(0.693_359_4))), mul(k, c(2.121_944_4e-4)));
-    let mut p = c(1.987_569_1e-4);
-    for coef in [
-        1.398_2e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
+    let r = add(sub(x, mul(k, c(LN2_HI))), mul(k, c(LN2_LO)));
+    let mut p = c(POLY[0]);
+    for &coef in &POLY[1..] {
         p = add(mul(p, r), c(coef));
     }
     let e = add(add(mul(mul(p, r), r), r), c(1.0));

@@ -92,22 +92,38 @@ pub(crate) fn weighted_sum(
     }
 }
 
+/// [`exp`]'s constants, which its 8- and 16-lane copies (`router_attend`) share so that they give
+/// its bits.
+pub(crate) mod exp_consts {
+    /// 1.5·2²³: adding it rounds to an integer.
+    pub(crate) const ROUND: f32 = 12_582_912.0;
+    /// `ln 2` in two parts, high and low, for the range reduction.
+    pub(crate) const LN2_HI: f32 = 0.693_359_4;
+    pub(crate) const LN2_LO: f32 = 2.121_944_4e-4;
+    /// The polynomial's coefficients, highest degree first (Horner order).
+    pub(crate) const POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+}
+
 /// `eˣ` in `f32` (Cephes `expf`: range reduction by `ln 2`, degree-6 polynomial; relative error
 /// about 2e-7), branch-free so loops over it vectorise. Inputs are clamped to [-87, 88].
 #[inline]
 pub(crate) fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    use exp_consts::{LN2_HI, LN2_LO, POLY, ROUND};
     let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + ROUND;
+    let t = x * std::f32::consts::LOG2_E + ROUND;
     let k = t - ROUND;
-    let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
+    let r = x - k * LN2_HI + k * LN2_LO;
+    let mut p = POLY[0];
+    for coef in &POLY[1..] {
+        p = p * r + coef;
+    }
     let e = p * r * r + r + 1.0;
     // 2^k from `t`'s low mantissa bits, which hold k (integer ops only, so this vectorises; a
     // float-to-int cast would not).
