@@ -170,10 +170,11 @@ def test_unsupported_fields_are_refused_by_name(client, model_id):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=model_id, messages=HELLO, functions=[tool["function"]])
     assert err.value.param == "functions"
-    # Tools are taken, but `tool_choice: auto` (the default) is refused with what to do instead.
+    # Tools are taken; the deprecated `function_call` in a message is refused by name too.
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=model_id, messages=HELLO, tools=[tool])
-    assert err.value.param == "tool_choice" and "'auto'" in err.value.message
+        client.chat.completions.create(model=model_id, max_tokens=2, messages=[
+            *HELLO, {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}}])
+    assert err.value.param == "messages[1].function_call"
 
 
 def test_api_key_is_enforced():

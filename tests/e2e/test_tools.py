@@ -1,5 +1,5 @@
-"""Forced tool calls (`tools` with `tool_choice` naming a function, or `"required"` with one tool)
-through the official `openai` SDK on the real tiny model: the call's arguments are held to the
+"""Forced tool calls (`tools` with `tool_choice` naming a function, or `"required"`) through the
+official `openai` SDK on the real tiny model (`"auto"` and the tool loop: test_tool_loop.py): the call's arguments are held to the
 function's parameters, as the SDK's `pydantic_function_tool` and `parse` use them (instructor's
 tools mode sends the same). Judged by the SDK's pydantic parsing and by `jsonschema`."""
 
@@ -158,14 +158,6 @@ def test_a_streamed_call_equals_the_whole_one(client, model_id):
     assert len(ids) == 1 and name == "get_weather"
     assert arguments == whole.message.tool_calls[0].function.arguments
     assert reason == whole.finish_reason
-
-
-@pytest.mark.parametrize("choice", [None, "auto"])
-def test_auto_is_refused_with_what_to_do(client, model_id, choice):
-    extra = {} if choice is None else {"tool_choice": choice}
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=model_id, messages=MESSAGES, tools=[WEATHER], **extra)
-    assert err.value.param == "tool_choice" and "required" in err.value.message
 
 
 def test_none_answers_in_text(client, model_id):

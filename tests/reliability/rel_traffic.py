@@ -28,6 +28,8 @@ def _valid_bodies(model: str) -> list[tuple[str, dict]]:
         ("tool-call", {**p.chat("Weather?", model=model, max_tokens=8, stream=True),
                        "tools": [{"type": "function", "function": {"name": "cat", "parameters": p.CAT_SCHEMA}}],
                        "tool_choice": {"type": "function", "function": {"name": "cat"}}}),
+        ("tool-auto", {**p.chat("Weather?", model=model, max_tokens=8),
+                       "tools": [{"type": "function", "function": {"name": "cat", "parameters": p.CAT_SCHEMA}}]}),
         ("score", {"model": model, "prompt": "Once upon a time", "echo": True, "logprobs": 1,
                    "max_tokens": 0}),
     ]

@@ -117,7 +117,16 @@ CASES = [
     Case("messages-not-an-array", msg(messages="hello"), code="invalid_type"),
     Case("empty-messages", msg(messages=[]), code="invalid_value"),
     Case("unknown-role", messages({"role": "wizard", "content": "hi"}), code="invalid_value"),
-    Case("tool-role", messages({"role": "tool", "content": "hi", "tool_call_id": "x"})),
+    Case("tool-result-for-no-call", messages({"role": "tool", "content": "hi", "tool_call_id": "x"}),
+         code="invalid_value"),
+    Case("tool-result-without-id", messages(
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "content": "x"}), code="invalid_value"),
+    Case("malformed-past-tool-call", messages(
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}), code="invalid_value"),
     Case("message-without-role", messages({"content": "hi"})),
     Case("null-content", messages({"role": "user", "content": None}), code="invalid_value"),
     Case("numeric-content", messages({"role": "user", "content": 12}), code="invalid_value"),
@@ -130,8 +139,8 @@ CASES = [
         {"type": "image_url", "image_url": {"detail": "low"}}]}), code="invalid_value"),
     Case("unknown-top-level-field", msg(temprature=0.5), code="unknown_parameter"),
     Case("unsupported-openai-field", msg(functions=[{"name": "f"}]), code="unsupported_parameter"),
-    Case("tools-auto-choice", msg(tools=[{"type": "function", "function": {"name": "f"}}]),
-         code="invalid_value"),
+    Case("tools-auto-with-ignore-eos", msg(tools=[{"type": "function", "function": {"name": "f"}}],
+                                           ignore_eos=True), code="invalid_value"),
     Case("tools-unknown-choice", msg(tools=[{"type": "function", "function": {"name": "f"}}],
                                      tool_choice={"type": "function", "function": {"name": "g"}}),
          code="invalid_value"),

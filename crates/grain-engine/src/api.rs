@@ -144,10 +144,13 @@ pub enum ResponseFormat {
     /// `{"type": "json_schema"}`: one JSON document the schema accepts, nothing after it
     /// ([`crate::JsonSchema`] says which schemas compile).
     JsonSchema(crate::JsonSchema),
+    /// `tool_choice: "auto"`: a document of the schema (the tools' call envelope) when the text
+    /// opens with `{` after any JSON whitespace, free text when it opens with anything else.
+    CallOrText(crate::JsonSchema),
 }
 
 impl ResponseFormat {
-    /// Whether the text is held to JSON (an object or a schema's document).
+    /// Whether the text is held to JSON (an object or a schema's document), or may be (a call).
     pub fn is_json(&self) -> bool {
         !matches!(self, ResponseFormat::Text)
     }

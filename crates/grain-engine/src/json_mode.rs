@@ -3,6 +3,10 @@
 //! of the request's schema ([`SchemaState`]), gets a -inf logit; once the document is complete,
 //! only EOS may follow. The choice's text is therefore always a prefix of such a document and,
 //! when it ends with `stop`, a whole one.
+//!
+//! `tool_choice: "auto"` ([`JsonConstraint::call_or_text`]) leaves the choice free until its first
+//! byte that is not JSON whitespace: a `{` opens a call, held to the calls' schema from there on;
+//! any other byte makes the answer free text.
 
 use crate::api::EngineError;
 use crate::json_grammar::JsonState;
@@ -42,6 +46,24 @@ pub(crate) enum JsonConstraint {
         schema: JsonSchema,
         state: SchemaState,
     },
+    /// A call or free text, not yet decided: only JSON whitespace so far (fed to `state`).
+    CallOrText {
+        schema: JsonSchema,
+        state: SchemaState,
+    },
+    /// Decided for free text: nothing is masked.
+    Text,
+}
+
+/// JSON's whitespace: what may come before a call's `{` without making the answer text.
+fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Where a token's text stands on the call-or-text choice: all JSON whitespace (`None`), or its
+/// first other byte.
+fn first_non_ws(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|&b| !is_json_ws(b))
 }
 
 impl Default for JsonConstraint {
@@ -62,6 +84,15 @@ impl JsonConstraint {
         }
     }
 
+    /// A tool call (a document of `schema`, the calls' envelope) when the text opens with `{`
+    /// after any JSON whitespace, free text otherwise (`tool_choice: "auto"`).
+    pub fn call_or_text(schema: &JsonSchema) -> Self {
+        Self::CallOrText {
+            state: SchemaState::new(&schema.0),
+            schema: schema.clone(),
+        }
+    }
+
     /// Whether `bytes` continue the document (tested on a copy of the state).
     fn accepts(&self, bytes: &[u8]) -> bool {
         match self {
@@ -70,6 +101,11 @@ impl JsonConstraint {
                 next.feed(bytes)
             }
             Self::Schema { schema, state } => state.accepts(&schema.0, bytes),
+            Self::CallOrText { schema, state } => match first_non_ws(bytes) {
+                Some(b'{') => state.accepts(&schema.0, bytes),
+                None | Some(_) => true,
+            },
+            Self::Text => true,
         }
     }
 
@@ -77,6 +113,7 @@ impl JsonConstraint {
         match self {
             Self::Object(state) => state.is_done(),
             Self::Schema { state, .. } => state.is_done(),
+            Self::CallOrText { .. } | Self::Text => false,
         }
     }
 
@@ -88,6 +125,11 @@ impl JsonConstraint {
         table: &TokenTable,
         eos: &[u32],
     ) -> Result<(), EngineError> {
+        match self {
+            Self::Text => return Ok(()),
+            Self::CallOrText { .. } => return self.mask_call_or_text(row, table),
+            Self::Object(_) | Self::Schema { .. } => {}
+        }
         let done = self.is_done();
         // Most tokens fail on their first byte: test each byte value once.
         let first: [bool; 256] = std::array::from_fn(|b| !done && self.accepts(&[b as u8]));
@@ -116,16 +158,56 @@ impl JsonConstraint {
         }
     }
 
+    /// [`Self::mask`] before a call or text is decided: a token that opens a call must continue
+    /// its document; EOS, tokens without text and tokens that open text are all free. Whitespace
+    /// the call's grammar would not take is text.
+    fn mask_call_or_text(&self, row: &mut [f32], table: &TokenTable) -> Result<(), EngineError> {
+        let mut any = false;
+        for (id, logit) in (0u32..).zip(row.iter_mut()) {
+            let allowed = table.bytes(id).is_none_or(|b| self.accepts(b));
+            if !allowed {
+                *logit = f32::NEG_INFINITY;
+            } else if *logit > f32::NEG_INFINITY {
+                any = true;
+            }
+        }
+        if any {
+            Ok(())
+        } else {
+            Err(EngineError::invalid(
+                "the model has no token that can start the answer",
+                Some("tool_choice"),
+            ))
+        }
+    }
+
     /// Reads the sampled token's text.
     pub fn advance(&mut self, token: u32, table: &TokenTable) {
-        if let Some(b) = table.bytes(token) {
-            // The mask only let through tokens that continue the document.
-            let ok = match self {
-                Self::Object(state) => state.feed(b),
-                Self::Schema { schema, state } => state.feed(&schema.0, b),
-            };
-            debug_assert!(ok, "a masked-out token was sampled");
-        }
+        let Some(b) = table.bytes(token) else {
+            return;
+        };
+        // The mask only let through tokens that continue the document.
+        let ok = match self {
+            Self::Object(state) => state.feed(b),
+            Self::Schema { schema, state } => state.feed(&schema.0, b),
+            Self::CallOrText { schema, state } => match first_non_ws(b) {
+                Some(b'{') => {
+                    let ok = state.feed(&schema.0, b);
+                    *self = Self::Schema {
+                        schema: schema.clone(),
+                        state: *state,
+                    };
+                    ok
+                }
+                None if state.accepts(&schema.0, b) => state.feed(&schema.0, b),
+                _ => {
+                    *self = Self::Text;
+                    true
+                }
+            },
+            Self::Text => true,
+        };
+        debug_assert!(ok, "a masked-out token was sampled");
     }
 }
 
@@ -165,6 +247,48 @@ mod tests {
         );
         c.advance(u32::from(b'}'), &table);
         assert_eq!(allowed(&c, &table), vec![EOS]);
+    }
+
+    /// `tool_choice: "auto"`: whitespace keeps the choice open, a `{` holds the rest to the
+    /// calls' schema, anything else frees it; before that, only `{`-opening tokens the schema
+    /// refuses are masked.
+    #[test]
+    fn call_or_text_is_decided_by_the_first_byte_after_whitespace() {
+        let table = TokenTable::build(&ToyDecoder, VOCAB);
+        let schema = crate::json_schema::JsonSchema::compile(&serde_json::json!({
+            "anyOf": [{"type": "object", "properties": {"f": {"type": "object"}},
+                       "required": ["f"], "additionalProperties": false}]
+        }))
+        .unwrap();
+        let start = JsonConstraint::call_or_text(&schema);
+        let everything: Vec<u32> = (0..VOCAB as u32).collect();
+        assert_eq!(allowed(&start, &table), everything, "text, a call or EOS");
+        // Whitespace: still open, and the call's grammar has taken it.
+        let mut c = start.clone();
+        for &b in b" \n" {
+            c.advance(u32::from(b), &table);
+        }
+        assert!(matches!(c, JsonConstraint::CallOrText { .. }));
+        assert_eq!(allowed(&c, &table), everything);
+        // `{`: a call, exactly as the schema's own constraint after the same text.
+        let mut call = c.clone();
+        let mut doc = JsonConstraint::schema(&schema);
+        for &b in b" \n{" {
+            doc.advance(u32::from(b), &table);
+        }
+        call.advance(u32::from(b'{'), &table);
+        assert_eq!(allowed(&call, &table), allowed(&doc, &table));
+        assert!(!allowed(&call, &table).contains(&u32::from(b'x')));
+        for &b in b"\"f\": {}}" {
+            call.advance(u32::from(b), &table);
+        }
+        assert_eq!(allowed(&call, &table), vec![EOS], "the call is complete");
+        // Anything else: free text, `{` included later on.
+        let mut text = c;
+        text.advance(u32::from(b'h'), &table);
+        assert!(matches!(text, JsonConstraint::Text));
+        text.advance(u32::from(b'{'), &table);
+        assert_eq!(allowed(&text, &table), everything);
     }
 
     /// What the mask costs per sampled token on a LLaMA-sized vocabulary of random 1–8-byte

@@ -94,6 +94,13 @@ impl PartialEq for JsonSchema {
 }
 
 impl JsonSchema {
+    /// Whether `text` is one whole document of the schema: what a choice held to it has written
+    /// when only EOS may follow.
+    pub fn matches(&self, text: &[u8]) -> bool {
+        let mut state = crate::json_schema_state::SchemaState::new(&self.0);
+        state.feed(&self.0, text) && state.is_done()
+    }
+
     /// Compiles `schema`; the error says which keyword or part of it is not supported.
     pub fn compile(schema: &Value) -> Result<Self, String> {
         let mut c = Compiler {

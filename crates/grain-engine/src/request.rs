@@ -105,6 +105,7 @@ impl ActiveRequest {
                         ResponseFormat::Text => None,
                         ResponseFormat::JsonObject => Some(JsonConstraint::object()),
                         ResponseFormat::JsonSchema(s) => Some(JsonConstraint::schema(s)),
+                        ResponseFormat::CallOrText(s) => Some(JsonConstraint::call_or_text(s)),
                     },
                     finished: false,
                 }

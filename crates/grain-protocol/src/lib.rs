@@ -54,6 +54,7 @@ pub use tokenize::{
     TokenizeInput, TokenizeRequest, TokenizeResponse, MAX_DETOKENIZE_TOKENS,
 };
 pub use tools::{
-    ForcedCall, ForcedTool, FunctionCall, FunctionCallDelta, ToolCall, ToolCallDelta, MAX_TOOLS,
+    CallMode, CallPlan, FunctionCall, FunctionCallDelta, OfferedTool, PastCall, ToolCall,
+    ToolCallDelta, MAX_TOOLS,
 };
 pub use validate::{parse_chat_request, RequestLimits};

@@ -182,8 +182,10 @@ pub enum Role {
     Developer,
     User,
     Assistant,
-    /// Parsed so that the error can say tool calling is unsupported, rather than "unknown variant".
+    /// A tool's result, answering a call of the assistant message before it.
     Tool,
+    /// Parsed so that the error can say the deprecated role is unsupported, rather than "unknown
+    /// variant".
     Function,
 }
 
@@ -202,8 +204,9 @@ impl Role {
 
 /// One message of the conversation.
 ///
-/// `refusal`, `tool_calls`, `function_call`, `audio` and `annotations` are accepted only as
-/// `null`: clients that append a previous response's message object to the history send them.
+/// `refusal`, `function_call`, `audio` and `annotations` are accepted only as `null`: clients that
+/// append a previous response's message object to the history send them. `tool_calls` (assistant
+/// messages) and `tool_call_id` (tool messages) carry earlier tool calls and their results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
@@ -217,6 +220,9 @@ pub struct ChatMessage {
     pub refusal: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<serde_json::Value>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_call: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,6 +239,7 @@ impl ChatMessage {
             name: None,
             refusal: None,
             tool_calls: None,
+            tool_call_id: None,
             function_call: None,
             audio: None,
             annotations: None,

@@ -3,7 +3,8 @@
 //!
 //! `/tokenize` takes `prompt` (text, tokenized as `/v1/completions` tokenizes it) or `messages`
 //! (chat messages, rendered with the chat template as `/v1/chat/completions` renders them; text
-//! only: an image's tokens depend on its granularity). `model` is optional, as in vLLM.
+//! only: an image's tokens depend on its granularity), with the `tools` and `tool_choice` a chat
+//! completion would send (the tools' part of the system prompt). `model` is optional, as in vLLM.
 //! `/detokenize` takes `tokens`.
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,11 @@ pub struct TokenizeRequest {
     pub prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Value>,
+    /// With `messages`: the tools as a chat completion sends them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<Value>,
 }
 
 /// What to tokenize, validated.
@@ -40,6 +46,8 @@ const TOKENIZE_FIELDS: &[Field] = &[
     ("model", Kind::String, false),
     ("prompt", Kind::String, false),
     ("messages", Kind::Array, false),
+    ("tools", Kind::Array, false),
+    ("tool_choice", Kind::StringOrObject, false),
 ];
 
 /// Parses a `/tokenize` body: exactly one of `prompt` and `messages`; messages hold no images.
@@ -51,7 +59,13 @@ pub fn parse_tokenize_request(
     let input = match (&req.prompt, &req.messages) {
         (Some(p), None) => TokenizeInput::Prompt(p.clone()),
         (None, Some(messages)) => {
-            let chat = json!({"model": "tokenize", "messages": messages}).to_string();
+            let mut chat = json!({"model": "tokenize", "messages": messages});
+            for (key, value) in [("tools", &req.tools), ("tool_choice", &req.tool_choice)] {
+                if let Some(v) = value {
+                    chat[key] = v.clone();
+                }
+            }
+            let chat = chat.to_string();
             let chat = parse_chat_request(chat.as_bytes(), limits)?;
             for (i, m) in chat.messages.iter().enumerate() {
                 if let MessageContent::Parts(parts) = &m.content {
@@ -76,6 +90,14 @@ pub fn parse_tokenize_request(
             ))
         }
     };
+    if matches!(input, TokenizeInput::Prompt(_))
+        && (req.tools.is_some() || req.tool_choice.is_some())
+    {
+        return Err(RequestError::invalid_value(
+            "tools",
+            "tools are rendered with 'messages' only",
+        ));
+    }
     Ok((req, input))
 }
 

@@ -1,28 +1,26 @@
 //! Tool calling: `tools`, `tool_choice` and `parallel_tool_calls` on the request, `tool_calls` on
-//! the answer.
+//! the answer, and the calls and results of earlier turns in `messages`.
 //!
-//! Grain calls a tool only when the request forces one: `tool_choice` naming a function, or
-//! `"required"`. The engine then holds the choice's text to the function's `parameters` schema
-//! (structured outputs), and the text becomes the call's `arguments`; with `"required"` and
-//! several tools the model writes `{"<name>": <arguments>}`, its first key choosing the function.
-//! This is what structured-extraction clients send (instructor's tools mode, LangChain's
-//! `with_structured_output(method="function_calling")` and `tool_choice="any"`). `"auto"` (the
-//! default when tools are given) is refused: telling a tool call from prose needs a model and chat
-//! template trained for it, which LLaVA's are not. The tool definitions are not added to the
-//! prompt (the chat templates have no place for them); describe the task in the messages.
+//! `tool_choice` naming a function, or `"required"`, forces a call: the engine holds the choice's
+//! text to the function's `parameters` schema (structured outputs), and the text becomes the
+//! call's `arguments`; with `"required"` and several tools the model writes `{"<name>":
+//! <arguments>}`, its first key choosing the function. `"auto"` (the default when tools are given)
+//! lets the model choose: an answer that opens with `{` is such a call, held to the same
+//! envelope, and any other answer is text. Assistant messages may carry earlier `tool_calls`, and
+//! `tool` messages their results ([`validate_history`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::RequestError;
-use crate::request::ChatCompletionRequest;
+use crate::request::{ChatCompletionRequest, ChatMessage, Role};
 
 /// The most tools a request may define.
 pub const MAX_TOOLS: usize = 128;
 
-/// A function the request may force a call of.
+/// A function the request lets the model call.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ForcedTool<'a> {
+pub struct OfferedTool<'a> {
     /// Index in `tools`.
     pub index: usize,
     pub name: &'a str,
@@ -30,14 +28,23 @@ pub struct ForcedTool<'a> {
     pub parameters: Option<&'a Value>,
 }
 
-/// The call a request forces: of its one function, or (`"required"` with several tools) of the
-/// one the model picks.
+/// How `tool_choice` lets the model call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMode {
+    /// A call of the named function (finish reason `stop`, as OpenAI answers it).
+    Named,
+    /// `"required"`: a call of one of the tools (finish reason `tool_calls`).
+    Required,
+    /// `"auto"`: a call of one of the tools (finish reason `tool_calls`) or a text answer.
+    Auto,
+}
+
+/// The calls a request allows: of which functions, and whether one must be made.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ForcedCall<'a> {
-    pub tools: Vec<ForcedTool<'a>>,
-    /// Forced by `"required"` (finish reason `tool_calls`), not by name (finish reason `stop`,
-    /// as OpenAI answers a named `tool_choice`).
-    pub required: bool,
+pub struct CallPlan<'a> {
+    /// The named function, or every tool.
+    pub tools: Vec<OfferedTool<'a>>,
+    pub mode: CallMode,
 }
 
 /// `tool_calls[]` of an answer's message.
@@ -77,31 +84,32 @@ pub struct FunctionCallDelta {
 }
 
 impl ChatCompletionRequest {
-    /// The call this request forces, once validation has passed.
-    pub fn forced_call(&self) -> Option<ForcedCall<'_>> {
+    /// The calls this request allows, once validation has passed; `None` without tools or with
+    /// `tool_choice: "none"`.
+    pub fn call_plan(&self) -> Option<CallPlan<'_>> {
         let tools = self.tools.as_ref()?;
         let all = tools.iter().enumerate().filter_map(|(index, t)| {
             let (name, parameters) = function(t)?;
-            Some(ForcedTool {
+            Some(OfferedTool {
                 index,
                 name,
                 parameters,
             })
         });
-        match self.tool_choice.as_ref() {
-            Some(Value::String(s)) if s == "required" => Some(ForcedCall {
-                tools: all.collect(),
-                required: true,
-            }),
-            Some(Value::Object(o)) => {
-                let name = o.get("function")?.get("name")?.as_str()?;
-                Some(ForcedCall {
-                    tools: all.filter(|t| t.name == name).collect(),
-                    required: false,
-                })
-            }
-            _ => None,
-        }
+        let (mode, named) = match self.tool_choice.as_ref() {
+            None => (CallMode::Auto, None),
+            Some(Value::String(s)) if s == "auto" => (CallMode::Auto, None),
+            Some(Value::String(s)) if s == "required" => (CallMode::Required, None),
+            Some(Value::Object(o)) => (
+                CallMode::Named,
+                Some(o.get("function")?.get("name")?.as_str()?),
+            ),
+            _ => return None,
+        };
+        Some(CallPlan {
+            tools: all.filter(|t| named.is_none_or(|n| t.name == n)).collect(),
+            mode,
+        })
     }
 }
 
@@ -208,11 +216,10 @@ pub(crate) fn validate_tools(req: &ChatCompletionRequest) -> Result<(), RequestE
             ));
         }
     }
-    let forced = match &req.tool_choice {
+    let may_call = match &req.tool_choice {
         Some(Value::String(s)) if s == "none" => false,
-        Some(Value::String(s)) if s == "required" => true,
-        None => return Err(auto_refused()),
-        Some(Value::String(s)) if s == "auto" => return Err(auto_refused()),
+        None => true,
+        Some(Value::String(s)) if s == "required" || s == "auto" => true,
         Some(Value::Object(o)) => {
             let name = o
                 .get("function")
@@ -254,28 +261,110 @@ pub(crate) fn validate_tools(req: &ChatCompletionRequest) -> Result<(), RequestE
         .as_ref()
         .is_some_and(|f| f.kind != crate::request::ResponseFormat::TEXT);
     let s = req.sampling();
-    if forced && (s.ignores_eos() || s.min_tokens_value() > 0) {
+    if may_call && (s.ignores_eos() || s.min_tokens_value() > 0) {
         return Err(invalid(
             "tool_choice",
-            "a forced tool call ends where its arguments close: it cannot be combined with \
-             ignore_eos or min_tokens",
+            "a tool call ends where its arguments close: tools (unless tool_choice is 'none') \
+             cannot be combined with ignore_eos or min_tokens",
         ));
     }
-    if forced && json_format {
+    if may_call && json_format {
         return Err(invalid(
             "response_format",
-            "a forced tool call already holds the answer to the function's parameters; \
-             response_format json_object / json_schema cannot be combined with it",
+            "a tool call already holds the answer to the function's parameters; response_format \
+             json_object / json_schema cannot be combined with tools (unless tool_choice is \
+             'none')",
         ));
     }
     Ok(())
 }
 
-fn auto_refused() -> RequestError {
-    invalid(
-        "tool_choice",
-        "'auto' (the default when tools are given) is not supported: Grain does not parse tool \
-         calls out of free text. Force a call ('required', or {\"type\": \"function\", \
-         \"function\": {\"name\": ...}}), or pass 'none'",
-    )
+/// One call of an earlier assistant message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PastCall<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    /// As the client sent it back: normally the JSON text the model wrote.
+    pub arguments: &'a str,
+}
+
+impl ChatMessage {
+    /// The tool calls this (assistant) message made, once validation has passed; none for
+    /// other messages.
+    pub fn past_calls(&self) -> Vec<PastCall<'_>> {
+        self.tool_calls
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(|calls| calls.iter().filter_map(past_call).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// `{"id", "type": "function", "function": {"name", "arguments"}}` (other keys, such as a stream's
+/// `index`, are ignored).
+fn past_call(v: &Value) -> Option<PastCall<'_>> {
+    if v.get("type").is_some_and(|t| t != "function") {
+        return None;
+    }
+    let f = v.get("function")?;
+    Some(PastCall {
+        id: v.get("id")?.as_str()?,
+        name: f.get("name")?.as_str()?,
+        arguments: f.get("arguments")?.as_str()?,
+    })
+}
+
+/// Earlier calls and their results, as OpenAI checks them: `tool_calls` only on assistant
+/// messages, each call well formed; every `tool` message names, in `tool_call_id`, a call of the
+/// assistant message it follows (other results may come between).
+pub(crate) fn validate_history(req: &ChatCompletionRequest) -> Result<(), RequestError> {
+    let mut open: Vec<&str> = Vec::new();
+    for (i, msg) in req.messages.iter().enumerate() {
+        let calls = msg.tool_calls.as_ref().filter(|v| !v.is_null());
+        if let Some(calls) = calls {
+            let at = format!("messages[{i}].tool_calls");
+            if msg.role != Role::Assistant {
+                return Err(invalid(at, "only assistant messages carry tool calls"));
+            }
+            let calls = calls
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| invalid(&at, "must be a non-empty array of calls"))?;
+            if let Some(j) = calls.iter().position(|c| past_call(c).is_none()) {
+                return Err(invalid(
+                    format!("{at}[{j}]"),
+                    "must be {\"id\": \"...\", \"type\": \"function\", \"function\": {\"name\": \
+                     \"...\", \"arguments\": \"<JSON text>\"}}",
+                ));
+            }
+        }
+        match msg.role {
+            Role::Tool => {
+                let id = msg.tool_call_id.as_deref().ok_or_else(|| {
+                    invalid(
+                        format!("messages[{i}].tool_call_id"),
+                        "a tool message must name the call it answers",
+                    )
+                })?;
+                if !open.contains(&id) {
+                    return Err(invalid(
+                        format!("messages[{i}].tool_call_id"),
+                        format!(
+                            "'{id}' is not a call of the assistant message before it: a tool \
+                             message must answer one of that message's tool_calls"
+                        ),
+                    ));
+                }
+            }
+            _ if msg.tool_call_id.is_some() => {
+                return Err(invalid(
+                    format!("messages[{i}].tool_call_id"),
+                    "only tool messages answer a call",
+                ))
+            }
+            Role::Assistant => open = msg.past_calls().iter().map(|c| c.id).collect(),
+            _ => open.clear(),
+        }
+    }
+    Ok(())
 }

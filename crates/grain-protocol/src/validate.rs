@@ -489,19 +489,16 @@ fn validate_messages(
         ));
     }
     let mut images = 0usize;
+    crate::tools::validate_history(req)?;
     for (i, msg) in req.messages.iter().enumerate() {
-        if matches!(msg.role, Role::Tool | Role::Function) {
+        if msg.role == Role::Function {
             return Err(RequestError::invalid_value(
                 format!("messages[{i}].role"),
-                format!(
-                    "role '{}' is not supported: the chat templates have no place for tool \
-                     results (Grain makes forced tool calls, but does not read their results back)",
-                    msg.role.as_str()
-                ),
+                "role 'function' (deprecated) is not supported: send the result as a 'tool' \
+                 message with its tool_call_id",
             ));
         }
         for (field, value) in [
-            ("tool_calls", &msg.tool_calls),
             ("function_call", &msg.function_call),
             ("audio", &msg.audio),
             ("refusal", &msg.refusal),
@@ -510,15 +507,13 @@ fn validate_messages(
             if value.as_ref().is_some_and(|v| !v.is_null()) {
                 return Err(RequestError::UnsupportedField {
                     param: format!("messages[{i}].{field}"),
-                    hint: if field == "tool_calls" {
-                        " (previous tool calls cannot be rendered by the chat templates)"
-                    } else {
-                        ""
-                    },
+                    hint: "",
                 });
             }
         }
         match &msg.content {
+            // An assistant message that only called tools.
+            MessageContent::Null if !msg.past_calls().is_empty() => {}
             MessageContent::Null => {
                 return Err(RequestError::invalid_value(
                     format!("messages[{i}].content"),

@@ -6,6 +6,7 @@ use grain_protocol as wire;
 
 use crate::errors::ApiError;
 use crate::images::ImageLoader;
+use crate::tool_requests;
 
 /// Builds the engine request: images are fetched or decoded from their data URLs (concurrently),
 /// sampling fields get their OpenAI defaults.
@@ -14,21 +15,42 @@ pub async fn to_engine_request(
     request_id: String,
     images: &ImageLoader,
 ) -> Result<engine::ChatRequest, ApiError> {
-    let mut messages = Vec::with_capacity(req.messages.len());
+    let mut messages: Vec<engine::Message> = Vec::with_capacity(req.messages.len() + 1);
+    // The calls of the last assistant message (what `tool` messages answer), and whether the last
+    // message pushed is a turn of tool results (consecutive results share one).
+    let mut calls: Vec<wire::PastCall<'_>> = Vec::new();
+    let mut in_results = false;
     for (i, msg) in req.messages.iter().enumerate() {
         let role = match msg.role {
             wire::Role::System | wire::Role::Developer => engine::Role::System,
             wire::Role::User => engine::Role::User,
             wire::Role::Assistant => engine::Role::Assistant,
+            wire::Role::Tool => {
+                let id = msg.tool_call_id.as_deref().unwrap_or_default();
+                let name = calls.iter().find(|c| c.id == id).map_or("tool", |c| c.name);
+                let result = tool_requests::result_text(name, &plain_text(&msg.content));
+                match messages.last_mut() {
+                    Some(turn) if in_results => {
+                        tool_requests::append_text(&mut turn.parts, "\n", &result)
+                    }
+                    _ => messages.push(engine::Message {
+                        role: engine::Role::User,
+                        parts: vec![engine::Part::Text(result)],
+                    }),
+                }
+                in_results = true;
+                continue;
+            }
             // Refused by validation; kept explicit so a new role cannot slip through.
-            wire::Role::Tool | wire::Role::Function => {
+            wire::Role::Function => {
                 return Err(ApiError::Internal(format!(
                     "role {} passed validation",
                     msg.role.as_str()
                 )))
             }
         };
-        let parts = match &msg.content {
+        in_results = false;
+        let mut parts = match &msg.content {
             wire::MessageContent::Text(text) => vec![engine::Part::Text(text.clone())],
             wire::MessageContent::Parts(parts) => {
                 let loads = parts.iter().enumerate().map(|(j, part)| async move {
@@ -52,11 +74,21 @@ pub async fn to_engine_request(
                 });
                 try_join_all(loads).await?
             }
-            wire::MessageContent::Null => {
-                return Err(ApiError::Internal("null content passed validation".into()))
-            }
+            // An assistant message that only called tools (validation allows no other).
+            wire::MessageContent::Null => Vec::new(),
         };
+        if role == engine::Role::Assistant {
+            calls = msg.past_calls();
+            if !calls.is_empty() {
+                let lines: Vec<String> = calls.iter().map(tool_requests::call_text).collect();
+                tool_requests::append_text(&mut parts, "\n", &lines.join("\n"));
+            }
+        }
         messages.push(engine::Message { role, parts });
+    }
+    if let Some(plan) = req.call_plan() {
+        let tools = req.tools.as_deref().unwrap_or_default();
+        tool_requests::add_to_system(&mut messages, tool_requests::tools_prompt(&plan, tools));
     }
     Ok(engine::ChatRequest {
         request_id,
@@ -252,11 +284,33 @@ pub fn text_logprobs(
     out
 }
 
+/// A message's text parts, joined by newlines (a `tool` message's result).
+fn plain_text(content: &wire::MessageContent) -> String {
+    match content {
+        wire::MessageContent::Text(text) => text.clone(),
+        wire::MessageContent::Parts(parts) => parts
+            .iter()
+            .filter_map(|p| match p {
+                wire::ContentPart::Text { text } => Some(text.as_str()),
+                wire::ContentPart::ImageUrl { .. } => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        wire::MessageContent::Null => String::new(),
+    }
+}
+
 /// `response_format` for the engine: a `json_schema` is compiled here, and a schema it cannot
 /// hold the output to is a 400 naming the keyword.
 fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::ResponseFormat, ApiError> {
-    if let Some(call) = req.forced_call() {
-        return Ok(engine::ResponseFormat::JsonSchema(call_schema(&call)?));
+    if let Some(plan) = req.call_plan() {
+        let schema = crate::tool_requests::call_schema(&plan)?;
+        return Ok(match plan.mode {
+            wire::CallMode::Auto => engine::ResponseFormat::CallOrText(schema),
+            wire::CallMode::Named | wire::CallMode::Required => {
+                engine::ResponseFormat::JsonSchema(schema)
+            }
+        });
     }
     if req.wants_json_object() {
         return Ok(engine::ResponseFormat::JsonObject);
@@ -274,91 +328,4 @@ fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::Response
             )?)
         }
     })
-}
-
-/// The schema a forced call's text is held to: the function's parameters (none: `{}`), or with
-/// several functions `{"<name>": <parameters>}` for one of them, its first key naming it
-/// ([`crate::tool_calls`]). Each function's parameters are compiled alone first, so that an
-/// unsupported one is named.
-fn call_schema(call: &wire::ForcedCall<'_>) -> Result<engine::JsonSchema, ApiError> {
-    let none =
-        serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false});
-    let compile = |schema: &serde_json::Value, param: String| {
-        engine::JsonSchema::compile(schema).map_err(|message| {
-            ApiError::from(wire::RequestError::InvalidValue {
-                param,
-                message: format!("unsupported JSON Schema: {message}"),
-            })
-        })
-    };
-    let param = |t: &wire::ForcedTool<'_>| format!("tools[{}].function.parameters", t.index);
-    if let [one] = call.tools.as_slice() {
-        return compile(one.parameters.unwrap_or(&none), param(one));
-    }
-    let mut alternatives = Vec::with_capacity(call.tools.len());
-    // Each function's definitions (`$defs`, `definitions`) move to the envelope's root, where
-    // its `$ref`s now point.
-    let mut defs = serde_json::Map::new();
-    for t in &call.tools {
-        let parameters = t.parameters.unwrap_or(&none);
-        compile(parameters, param(t))?;
-        let mut parameters = parameters.clone();
-        if refers_to_root(&parameters) {
-            return Err(wire::RequestError::InvalidValue {
-                param: param(t),
-                message: "a '$ref' to '#' (the whole schema) is not supported with several \
-                          tools: name the function in tool_choice, or use $defs"
-                    .into(),
-            }
-            .into());
-        }
-        if let Some(obj) = parameters.as_object_mut() {
-            for key in ["$defs", "definitions"] {
-                let Some(serde_json::Value::Object(own)) = obj.remove(key) else {
-                    continue;
-                };
-                let slot = defs
-                    .entry(key)
-                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
-                let slot = slot.as_object_mut().expect("an object");
-                for (name, schema) in own {
-                    match slot.get(&name) {
-                        Some(other) if *other != schema => {
-                            return Err(wire::RequestError::InvalidValue {
-                                param: param(t),
-                                message: format!(
-                                    "'{key}/{name}' differs from another tool's definition of \
-                                     the same name"
-                                ),
-                            }
-                            .into())
-                        }
-                        _ => {
-                            slot.insert(name, schema);
-                        }
-                    }
-                }
-            }
-        }
-        alternatives.push(serde_json::json!({
-            "type": "object",
-            "properties": {t.name: parameters},
-            "required": [t.name],
-            "additionalProperties": false,
-        }));
-    }
-    let mut envelope = serde_json::json!({"anyOf": alternatives});
-    envelope.as_object_mut().expect("an object").extend(defs);
-    compile(&envelope, "tools".into())
-}
-
-/// Whether a schema has a `$ref` to its own root anywhere.
-fn refers_to_root(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::Object(m) => {
-            m.get("$ref").and_then(|r| r.as_str()) == Some("#") || m.values().any(refers_to_root)
-        }
-        serde_json::Value::Array(a) => a.iter().any(refers_to_root),
-        _ => false,
-    }
 }

@@ -26,6 +26,7 @@ pub mod shutdown;
 mod sse;
 pub mod state;
 mod tool_calls;
+mod tool_requests;
 
 use std::future::Future;
 

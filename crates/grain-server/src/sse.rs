@@ -23,7 +23,7 @@ use crate::convert;
 use crate::errors::ApiError;
 use crate::events::Events;
 use crate::routes::chat::{
-    chat_finish_reason, checked_index, CompletionMeta, ForcedCall, Format, Timing,
+    chat_finish_reason, checked_index, CallFormat, CompletionMeta, Format, Timing,
 };
 use crate::shutdown::InFlight;
 use crate::state::AppState;
@@ -53,7 +53,7 @@ pub(crate) async fn respond(
         (echo, Vec::new())
     };
     let calls = match &meta.format {
-        Format::Chat { tool: Some(t) } => vec![CallText::new(t.single.as_deref()); meta.n as usize],
+        Format::Chat { tool: Some(t) } => vec![t.reader(); meta.n as usize],
         _ => Vec::new(),
     };
     let mut sse = SseState {
@@ -106,7 +106,7 @@ pub(crate) async fn respond(
 fn call_header(name: &str) -> wire::ToolCallDelta {
     wire::ToolCallDelta {
         index: 0,
-        id: Some(ForcedCall::new_id()),
+        id: Some(CallFormat::new_id()),
         kind: Some("function".into()),
         function: wire::FunctionCallDelta {
             name: Some(name.to_owned()),
@@ -213,6 +213,14 @@ impl SseState {
                 // arrives as an empty delta: nothing to send unless it carries logprobs.
                 if let Some(call) = self.calls.get_mut(i) {
                     let d = call.push(&text);
+                    let mut logprobs = logprobs;
+                    if !d.content.is_empty() {
+                        let delta = wire::Delta {
+                            content: Some(d.content),
+                            ..wire::Delta::default()
+                        };
+                        self.push_choice(index, delta, logprobs.take(), None);
+                    }
                     if let Some(name) = d.named {
                         let header = wire::Delta {
                             tool_calls: Some(vec![call_header(&name)]),
@@ -257,11 +265,15 @@ impl SseState {
                     match &self.meta.format {
                         Format::Chat { tool } => {
                             let closed = reason == FinishReason::Stop;
-                            let reason = chat_finish_reason(reason, tool.as_ref());
-                            let (rest, unnamed) = match self.calls.get_mut(i) {
-                                Some(c) => (c.finish(closed), c.unnamed().map(str::to_owned)),
-                                None => (String::new(), None),
+                            let (rest, unnamed, called) = match self.calls.get_mut(i) {
+                                Some(c) => (
+                                    c.finish(closed),
+                                    c.unnamed().map(str::to_owned),
+                                    c.is_call(),
+                                ),
+                                None => (String::new(), None, false),
                             };
+                            let reason = chat_finish_reason(reason, tool.as_ref(), called);
                             if !rest.is_empty() {
                                 let delta = wire::Delta {
                                     tool_calls: Some(vec![call_arguments(rest)]),
@@ -269,8 +281,8 @@ impl SseState {
                                 };
                                 self.push_choice(index, delta, None, None);
                             }
-                            // Cut before the function's name ended: the text as it is, as the
-                            // whole answer gives it.
+                            // Cut before the function's name ended (or, under "auto", only
+                            // whitespace): the text as it is, as the whole answer gives it.
                             if let Some(text) = unnamed.filter(|t| !t.is_empty()) {
                                 let delta = wire::Delta {
                                     content: Some(text),

@@ -1,10 +1,12 @@
-//! A forced tool call's text turned into OpenAI's `tool_calls`, whole or as a stream.
+//! A tool call's text turned into OpenAI's `tool_calls`, whole or as a stream.
 //!
-//! With one function the choice's text is the call's arguments. With several (`tool_choice:
-//! "required"`), the engine held the text to `{"<name>": <arguments>}`: the first key names the
-//! function, and the arguments are the value, without the envelope's closing brace. While
-//! streaming, a run of `}` and whitespace at the end of the text so far is held back, since the
-//! last `}` closes the envelope and is not part of the arguments.
+//! With one forced function the choice's text is the call's arguments. Otherwise (several
+//! functions, or `tool_choice: "auto"`) the engine held the text to `{"<name>": <arguments>}`:
+//! the first key names the function, and the arguments are the value, without the envelope's
+//! closing brace. While streaming, a run of `}` and whitespace at the end of the text so far is
+//! held back, since the last `}` closes the envelope and is not part of the arguments. With
+//! `"auto"` a text that opens with anything but `{` (after whitespace, held back until then) is
+//! the answer's content instead.
 
 /// The envelope's whitespace, as the JSON grammar allows it.
 const WS: [char; 4] = [' ', '\t', '\n', '\r'];
@@ -21,6 +23,10 @@ pub(crate) struct CallText {
     emitted: usize,
     /// The text is `{"<name>": <arguments>}`.
     envelope: bool,
+    /// `tool_choice: "auto"`: the text may turn out to be content.
+    auto: bool,
+    /// It did (`auto` only): everything goes out as content.
+    prose: bool,
 }
 
 /// What a piece of text adds to the call.
@@ -30,6 +36,8 @@ pub(crate) struct CallDelta {
     pub named: Option<String>,
     /// More of the arguments.
     pub arguments: String,
+    /// More of the answer's content (`"auto"`, once the text is not a call).
+    pub content: String,
 }
 
 impl CallText {
@@ -41,6 +49,16 @@ impl CallText {
             args_start: single.map(|_| 0),
             emitted: 0,
             envelope: single.is_none(),
+            auto: false,
+            prose: false,
+        }
+    }
+
+    /// `tool_choice: "auto"`: a call in the envelope, or content.
+    pub fn auto() -> Self {
+        Self {
+            auto: true,
+            ..Self::new(None)
         }
     }
 
@@ -48,6 +66,19 @@ impl CallText {
     pub fn push(&mut self, piece: &str) -> CallDelta {
         self.text.push_str(piece);
         let mut delta = CallDelta::default();
+        if self.auto && !self.prose && self.name.is_none() {
+            match self.text.trim_start_matches(WS).chars().next() {
+                // Whitespace so far: held back until the answer shows what it is.
+                None => return delta,
+                Some('{') => {}
+                Some(_) => self.prose = true,
+            }
+        }
+        if self.prose {
+            delta.content = self.text[self.emitted..].to_owned();
+            self.emitted = self.text.len();
+            return delta;
+        }
         if self.name.is_none() {
             if let Some((name, start)) = envelope_head(&self.text) {
                 self.name = Some(name.clone());
@@ -92,9 +123,15 @@ impl CallText {
         rest.to_owned()
     }
 
-    /// The text, when it ended before the function's name did (no call can be made of it).
+    /// The text, when it ended before the function's name did (no call can be made of it) and
+    /// none of it went out as content.
     pub fn unnamed(&self) -> Option<&str> {
-        self.name.is_none().then_some(self.text.as_str())
+        (self.name.is_none() && !self.prose).then_some(self.text.as_str())
+    }
+
+    /// Whether the text is a call (its function is known).
+    pub fn is_call(&self) -> bool {
+        self.name.is_some()
     }
 
     /// The whole call of a complete text: the function and its arguments; `None` when the text
@@ -157,6 +194,39 @@ mod tests {
             let named = a.named.or(b.named);
             let args = a.arguments + &b.arguments + &c.finish(true);
             assert_eq!(Some((named.unwrap(), args)), whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn auto_streams_content_or_a_call_as_the_whole_text_reads_it() {
+        for (text, call) in [
+            ("  Hello {\"f\": 1}", None),
+            ("\n {\"f\": {\"a\": 1}}", Some(("f", "{\"a\": 1}"))),
+            (" \n", None),
+            ("", None),
+        ] {
+            let whole = CallText::whole(None, text, true);
+            assert_eq!(
+                whole,
+                call.map(|(n, a): (&str, &str)| (n.to_owned(), a.to_owned()))
+            );
+            for cut in 0..=text.len() {
+                let mut c = CallText::auto();
+                let (a, b) = (c.push(&text[..cut]), c.push(&text[cut..]));
+                let args = a.arguments.clone() + &b.arguments + &c.finish(true);
+                let content = a.content + &b.content + c.unnamed().unwrap_or_default();
+                match &whole {
+                    Some((name, arguments)) => {
+                        assert_eq!(a.named.or(b.named).as_ref(), Some(name), "cut {cut}");
+                        assert_eq!((&args, content.as_str()), (arguments, ""), "cut {cut}");
+                        assert!(c.is_call());
+                    }
+                    None => {
+                        assert_eq!((args.as_str(), content.as_str()), ("", text), "cut {cut}");
+                        assert!(!c.is_call());
+                    }
+                }
+            }
         }
     }
 

@@ -116,8 +116,8 @@ impl CompletionMeta {
 #[derive(Debug, Clone)]
 pub(crate) enum Format {
     /// `chat.completion` / `chat.completion.chunk`: messages and deltas; with `tool`, each
-    /// choice's text is a forced call ([`ForcedCall`]).
-    Chat { tool: Option<ForcedCall> },
+    /// choice's text is a call, or with `"auto"` may be one ([`CallFormat`]).
+    Chat { tool: Option<CallFormat> },
     /// `text_completion` (`/v1/completions`): plain `text`, legacy log-probabilities.
     Text {
         /// Per choice, its prompt, sent in front of its text (`echo: true`); empty without echo.
@@ -126,17 +126,26 @@ pub(crate) enum Format {
     },
 }
 
-/// The call a request forces (`tool_choice`): each choice's text is its arguments, or (with
-/// several functions) `{"<name>": <arguments>}` ([`crate::tool_calls`]).
+/// How a choice's text reads as a call (`tool_choice`): as the arguments of its one function, or
+/// as `{"<name>": <arguments>}` ([`crate::tool_calls`]).
 #[derive(Debug, Clone)]
-pub(crate) struct ForcedCall {
-    /// The one function the call can be of; `None` when the model picks among several.
+pub(crate) struct CallFormat {
+    /// The one function the text is the arguments of; `None` for the envelope.
     pub single: Option<String>,
-    /// Forced by `"required"`: the finish reason is `tool_calls` (by name: `stop`, as OpenAI).
-    pub required: bool,
+    pub mode: wire::CallMode,
 }
 
-impl ForcedCall {
+impl CallFormat {
+    /// A choice's reader of its text.
+    pub fn reader(&self) -> CallText {
+        match self.mode {
+            wire::CallMode::Auto => CallText::auto(),
+            wire::CallMode::Named | wire::CallMode::Required => {
+                CallText::new(self.single.as_deref())
+            }
+        }
+    }
+
     /// A fresh id for one call, as OpenAI's: `call_` and 24 characters.
     pub fn new_id() -> String {
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -144,13 +153,17 @@ impl ForcedCall {
     }
 }
 
-/// A chat choice's finish reason: the engine's, with `tool_calls` for a finished required call.
+/// A chat choice's finish reason: the engine's, with `tool_calls` for a finished call the model
+/// chose (`"required"` or `"auto"`; a named call ends with `stop`, as OpenAI's).
 pub(crate) fn chat_finish_reason(
     reason: grain_engine::FinishReason,
-    tool: Option<&ForcedCall>,
+    tool: Option<&CallFormat>,
+    called: bool,
 ) -> wire::FinishReason {
     match convert::finish_reason(reason) {
-        wire::FinishReason::Stop if tool.is_some_and(|t| t.required) => {
+        wire::FinishReason::Stop
+            if called && tool.is_some_and(|t| t.mode != wire::CallMode::Named) =>
+        {
             wire::FinishReason::ToolCalls
         }
         other => other,
@@ -212,12 +225,9 @@ async fn handle(
         logprobs: req.wants_logprobs(),
         include_usage: req.sampling().include_usage(),
         format: Format::Chat {
-            tool: req.forced_call().map(|c| ForcedCall {
-                single: match c.tools.as_slice() {
-                    [one] => Some(one.name.to_owned()),
-                    _ => None,
-                },
-                required: c.required,
+            tool: req.call_plan().map(|plan| CallFormat {
+                single: crate::tool_requests::single(&plan).map(|t| t.name.to_owned()),
+                mode: plan.mode,
             }),
         },
     };
@@ -407,20 +417,22 @@ async fn collect(
                 Format::Chat { tool } => tool.as_ref(),
                 Format::Text { .. } => None,
             };
+            let call = tool.and_then(|t| {
+                let closed = c.reason() == grain_engine::FinishReason::Stop;
+                CallText::whole(t.single.as_deref(), &c.text, closed)
+            });
             wire::ChatChoice {
                 index: i as u32,
-                finish_reason: chat_finish_reason(c.reason(), tool),
+                finish_reason: chat_finish_reason(c.reason(), tool, call.is_some()),
                 logprobs: meta.logprobs.then(|| wire::ChoiceLogprobs {
                     content: c.logprobs.iter().map(convert::logprob).collect(),
                 }),
-                message: match tool.and_then(|t| {
-                    let closed = c.reason() == grain_engine::FinishReason::Stop;
-                    CallText::whole(t.single.as_deref(), &c.text, closed)
-                }) {
+                message: match call {
                     Some((name, arguments)) => {
-                        wire::AssistantMessage::tool_call(ForcedCall::new_id(), name, arguments)
+                        wire::AssistantMessage::tool_call(CallFormat::new_id(), name, arguments)
                     }
-                    // No call (cut before the function's name): the text as it is.
+                    // No call (text under "auto", or cut before the function's name): the text
+                    // as it is.
                     None => wire::AssistantMessage::new(c.text),
                 },
             }

@@ -1,0 +1,350 @@
+//! What a request's tools become for the engine: the schema a call is held to, the tools
+//! described in the system prompt, and earlier calls and results written into the conversation.
+//!
+//! LLaVA's chat templates have no tool roles, so Grain writes tools, calls and results as text, in
+//! the same shape the model is held to when it calls:
+//! - the tools go into the system message (one is added when there is none): what the model may
+//!   call, and how ([`tools_prompt`]);
+//! - an assistant message's earlier `tool_calls` become its text, one `{"<name>": <arguments>}`
+//!   per line ([`call_text`]);
+//! - `tool` messages become a user turn, one `{"tool_result": {"name": ..., "content": ...}}` per
+//!   line, consecutive results in one turn ([`result_text`]).
+
+use grain_engine as engine;
+use grain_protocol as wire;
+use serde_json::{json, Value};
+
+use crate::errors::ApiError;
+
+/// The one function a call's text is the arguments of (a named choice, or `"required"` with one
+/// tool); `None` when the text is `{"<name>": <arguments>}` (several tools, or `"auto"`, where
+/// a call must be told from text).
+pub(crate) fn single<'a>(plan: &'a wire::CallPlan<'_>) -> Option<&'a wire::OfferedTool<'a>> {
+    match (plan.mode, plan.tools.as_slice()) {
+        (wire::CallMode::Auto, _) => None,
+        (_, [one]) => Some(one),
+        _ => None,
+    }
+}
+
+/// The schema a call's text is held to: the function's parameters (none: `{}`) when one function
+/// is forced, or else (several functions, or `"auto"`) `{"<name>": <parameters>}` for one of them,
+/// its first key naming it ([`crate::tool_calls`]). Each function's parameters are compiled alone
+/// first, so that an unsupported one is named.
+pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchema, ApiError> {
+    let none = json!({"type": "object", "properties": {}, "additionalProperties": false});
+    let compile = |schema: &Value, param: String| {
+        engine::JsonSchema::compile(schema).map_err(|message| {
+            ApiError::from(wire::RequestError::InvalidValue {
+                param,
+                message: format!("unsupported JSON Schema: {message}"),
+            })
+        })
+    };
+    let param = |t: &wire::OfferedTool<'_>| format!("tools[{}].function.parameters", t.index);
+    if let Some(one) = single(call) {
+        return compile(one.parameters.unwrap_or(&none), param(one));
+    }
+    let mut alternatives = Vec::with_capacity(call.tools.len());
+    // Each function's definitions (`$defs`, `definitions`) move to the envelope's root, where
+    // its `$ref`s now point.
+    let mut defs = serde_json::Map::new();
+    for t in &call.tools {
+        let parameters = t.parameters.unwrap_or(&none);
+        compile(parameters, param(t))?;
+        let mut parameters = parameters.clone();
+        if let Some(obj) = parameters.as_object_mut() {
+            for key in ["$defs", "definitions"] {
+                let Some(Value::Object(own)) = obj.remove(key) else {
+                    continue;
+                };
+                let slot = defs
+                    .entry(key)
+                    .or_insert_with(|| Value::Object(Default::default()));
+                let slot = slot.as_object_mut().expect("an object");
+                for (name, schema) in own {
+                    match slot.get(&name) {
+                        Some(other) if *other != schema => {
+                            return Err(wire::RequestError::InvalidValue {
+                                param: param(t),
+                                message: format!(
+                                    "'{key}/{name}' differs from another tool's definition of \
+                                     the same name"
+                                ),
+                            }
+                            .into())
+                        }
+                        _ => {
+                            slot.insert(name, schema);
+                        }
+                    }
+                }
+            }
+        }
+        if refers_to_root(&parameters) {
+            // The function's own root is no longer the schema's: it becomes a definition, and
+            // its `$ref`s to `#` point there.
+            let home = format!("grain_tool_{}", t.name);
+            let target = format!("#/$defs/{home}");
+            point_root_refs(&mut parameters, &target);
+            let slot = defs
+                .entry("$defs")
+                .or_insert_with(|| Value::Object(Default::default()));
+            let slot = slot.as_object_mut().expect("an object");
+            if slot.contains_key(&home) {
+                return Err(wire::RequestError::InvalidValue {
+                    param: param(t),
+                    message: format!("'$defs/{home}' is a name Grain keeps for itself"),
+                }
+                .into());
+            }
+            slot.insert(home, parameters);
+            parameters = json!({"$ref": target});
+        }
+        alternatives.push(json!({
+            "type": "object",
+            "properties": {t.name: parameters},
+            "required": [t.name],
+            "additionalProperties": false,
+        }));
+    }
+    let mut envelope = json!({"anyOf": alternatives});
+    envelope.as_object_mut().expect("an object").extend(defs);
+    compile(&envelope, "tools".into())
+}
+
+/// Points every `$ref` to the schema's root (`#`) at `target`.
+fn point_root_refs(v: &mut Value, target: &str) {
+    match v {
+        Value::Object(m) => {
+            if m.get("$ref").and_then(|r| r.as_str()) == Some("#") {
+                m.insert("$ref".into(), Value::String(target.to_owned()));
+            }
+            m.values_mut().for_each(|v| point_root_refs(v, target));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| point_root_refs(v, target)),
+        _ => {}
+    }
+}
+
+/// Whether a schema has a `$ref` to its own root anywhere.
+fn refers_to_root(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            m.get("$ref").and_then(|r| r.as_str()) == Some("#") || m.values().any(refers_to_root)
+        }
+        Value::Array(a) => a.iter().any(refers_to_root),
+        _ => false,
+    }
+}
+
+/// The system prompt's part that offers the tools: each as one line of JSON (name, description,
+/// parameters), and how to call.
+pub(crate) fn tools_prompt(plan: &wire::CallPlan<'_>, tools: &[Value]) -> String {
+    let mut text = String::from(match (plan.mode, single(plan)) {
+        (wire::CallMode::Auto, _) => {
+            "You can call these tools. To call one, answer with only a JSON object whose one key \
+             is the tool's name and whose value is its arguments, {\"<name>\": <arguments>}; \
+             otherwise answer in text."
+        }
+        (_, Some(_)) => "Call this tool: answer with only its arguments, as a JSON object.",
+        (_, None) => {
+            "Call one of these tools: answer with only a JSON object whose one key is the tool's \
+             name and whose value is its arguments, {\"<name>\": <arguments>}."
+        }
+    });
+    text.push_str("\nTools:");
+    for t in &plan.tools {
+        let f = tools.get(t.index).and_then(|v| v.get("function"));
+        let mut line = json!({"name": t.name});
+        if let Some(d) = f.and_then(|f| f.get("description")) {
+            line["description"] = d.clone();
+        }
+        if let Some(p) = t.parameters {
+            line["parameters"] = p.clone();
+        }
+        text.push('\n');
+        text.push_str(&line.to_string());
+    }
+    text
+}
+
+/// An earlier call as the model writes one: `{"<name>": <arguments>}`. Arguments that are not
+/// JSON (a client's own) go in as a JSON string.
+pub(crate) fn call_text(call: &wire::PastCall<'_>) -> String {
+    let arguments = serde_json::from_str::<Value>(call.arguments)
+        .unwrap_or_else(|_| Value::String(call.arguments.to_owned()));
+    let mut envelope = serde_json::Map::new();
+    envelope.insert(call.name.to_owned(), arguments);
+    Value::Object(envelope).to_string()
+}
+
+/// A tool's result: `{"tool_result": {"name": ..., "content": ...}}`, the content as JSON when it
+/// is JSON text, else as a string.
+pub(crate) fn result_text(name: &str, content: &str) -> String {
+    let content = serde_json::from_str::<Value>(content)
+        .ok()
+        .filter(|v| v.is_object() || v.is_array())
+        .unwrap_or_else(|| Value::String(content.to_owned()));
+    json!({"tool_result": {"name": name, "content": content}}).to_string()
+}
+
+/// Adds `text` to a message's last text part after `sep`, or as a part of its own (after an
+/// image, or in a message with no parts).
+pub(crate) fn append_text(parts: &mut Vec<engine::Part>, sep: &str, text: &str) {
+    match parts.last_mut() {
+        Some(engine::Part::Text(last)) => {
+            last.push_str(sep);
+            last.push_str(text);
+        }
+        _ => parts.push(engine::Part::Text(text.to_owned())),
+    }
+}
+
+/// Adds `prompt` to the conversation's system message, or puts one first.
+pub(crate) fn add_to_system(messages: &mut Vec<engine::Message>, prompt: String) {
+    match messages.first_mut() {
+        Some(m) if m.role == engine::Role::System => append_text(&mut m.parts, "\n\n", &prompt),
+        _ => messages.insert(
+            0,
+            engine::Message {
+                role: engine::Role::System,
+                parts: vec![engine::Part::Text(prompt)],
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_and_results_are_written_as_json_lines() {
+        let call = wire::PastCall {
+            id: "call_1",
+            name: "get_weather",
+            arguments: "{\"city\": \"Paris\"}",
+        };
+        assert_eq!(call_text(&call), r#"{"get_weather":{"city":"Paris"}}"#);
+        let odd = wire::PastCall {
+            arguments: "city=Paris",
+            ..call
+        };
+        assert_eq!(call_text(&odd), r#"{"get_weather":"city=Paris"}"#);
+        assert_eq!(
+            result_text("get_weather", "{\"temp\": 21}"),
+            r#"{"tool_result":{"name":"get_weather","content":{"temp":21}}}"#
+        );
+        assert_eq!(
+            result_text("get_weather", "21 degrees"),
+            r#"{"tool_result":{"name":"get_weather","content":"21 degrees"}}"#
+        );
+        // A bare JSON scalar stays the client's text.
+        assert_eq!(
+            result_text("f", "21"),
+            r#"{"tool_result":{"name":"f","content":"21"}}"#
+        );
+    }
+
+    /// A function whose parameters refer to their own root (a recursive schema) keeps that
+    /// recursion inside the envelope: its root becomes a definition. The envelope accepts the
+    /// same documents under the function's name.
+    #[test]
+    fn a_recursive_function_keeps_its_recursion_in_the_envelope() {
+        let node = json!({"type": "object",
+            "properties": {"v": {"type": "integer"}, "next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+            "required": ["v", "next"], "additionalProperties": false});
+        let plan = wire::CallPlan {
+            tools: vec![wire::OfferedTool {
+                index: 0,
+                name: "walk",
+                parameters: Some(&node),
+            }],
+            mode: wire::CallMode::Auto,
+        };
+        let schema = call_schema(&plan).expect("compiles");
+        let ok = br#"{"walk": {"v": 1, "next": {"v": 2, "next": null}}}"#;
+        assert!(schema.matches(ok));
+        let bad = br#"{"walk": {"v": 1, "next": {"v": 2}}}"#;
+        assert!(!schema.matches(bad));
+    }
+
+    #[test]
+    fn the_prompt_lists_the_offered_tools_and_says_how_to_call() {
+        let params = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        let tools = vec![
+            json!({"type": "function", "function": {"name": "a", "description": "first"}}),
+            json!({"type": "function", "function": {"name": "b", "parameters": params}}),
+        ];
+        let offered = |index, name, parameters| wire::OfferedTool {
+            index,
+            name,
+            parameters,
+        };
+        let all = vec![offered(0, "a", None), offered(1, "b", Some(&params))];
+        let auto = wire::CallPlan {
+            tools: all.clone(),
+            mode: wire::CallMode::Auto,
+        };
+        let text = tools_prompt(&auto, &tools);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("otherwise answer in text"), "{text}");
+        assert_eq!(lines[1], "Tools:");
+        let listed: Vec<Value> = lines[2..]
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                json!({"name": "a", "description": "first"}),
+                json!({"name": "b", "parameters": params})
+            ]
+        );
+        let named = wire::CallPlan {
+            tools: vec![offered(1, "b", Some(&params))],
+            mode: wire::CallMode::Named,
+        };
+        let text = tools_prompt(&named, &tools);
+        assert!(text.starts_with("Call this tool"), "{text}");
+        assert_eq!(text.lines().count(), 3);
+        assert!(single(&named).is_some() && single(&auto).is_none());
+    }
+
+    #[test]
+    fn the_prompt_joins_the_system_message_or_comes_first() {
+        let text = |m: &engine::Message| match &m.parts[..] {
+            [engine::Part::Text(t)] => t.clone(),
+            parts => format!("{parts:?}"),
+        };
+        let user = engine::Message {
+            role: engine::Role::User,
+            parts: vec![engine::Part::Text("hi".into())],
+        };
+        let mut messages = vec![user.clone()];
+        add_to_system(&mut messages, "T".into());
+        assert_eq!(messages[0].role, engine::Role::System);
+        assert_eq!((text(&messages[0]), messages.len()), ("T".into(), 2));
+        let mut messages = vec![
+            engine::Message {
+                role: engine::Role::System,
+                parts: vec![engine::Part::Text("Be brief.".into())],
+            },
+            user,
+        ];
+        add_to_system(&mut messages, "T".into());
+        assert_eq!(
+            (text(&messages[0]), messages.len()),
+            ("Be brief.\n\nT".into(), 2)
+        );
+        let image = engine::Part::Image {
+            data: vec![1],
+            detail: engine::Detail::Auto,
+        };
+        let mut parts = vec![image.clone()];
+        append_text(&mut parts, "\n", "a");
+        append_text(&mut parts, "\n", "b");
+        assert_eq!(parts, [image, engine::Part::Text("a\nb".into())]);
+    }
+}
