@@ -165,6 +165,19 @@ def test_broken_image_is_a_bad_request(client, model_id, url):
     assert err.value.code == "invalid_image"
 
 
+def test_bookkeeping_fields_are_taken_and_change_nothing(client, model_id):
+    args = dict(model=model_id, messages=HELLO, max_tokens=6, temperature=0)
+    plain = client.chat.completions.create(**args)
+    kept = client.chat.completions.create(
+        **args, user="u-1", store=False, metadata={"team": "e2e"}, service_tier="auto",
+        extra_body={"safety_identifier": "hash-1", "prompt_cache_key": "tenant-1"},
+    )
+    assert kept.choices[0].message.content == plain.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**args, store=True)
+    assert err.value.param == "store"
+
+
 def test_unsupported_fields_are_refused_by_name(client, model_id):
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError) as err:

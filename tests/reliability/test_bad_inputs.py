@@ -139,6 +139,8 @@ CASES = [
         {"type": "image_url", "image_url": {"detail": "low"}}]}), code="invalid_value"),
     Case("unknown-top-level-field", msg(temprature=0.5), code="unknown_parameter"),
     Case("unsupported-openai-field", msg(functions=[{"name": "f"}]), code="unsupported_parameter"),
+    Case("store-true", msg(store=True), code="invalid_value"),
+    Case("metadata-not-strings", msg(metadata={"k": 1}), code="invalid_value"),
     Case("tools-auto-with-ignore-eos", msg(tools=[{"type": "function", "function": {"name": "f"}}],
                                            ignore_eos=True), code="invalid_value"),
     Case("tools-unknown-choice", msg(tools=[{"type": "function", "function": {"name": "f"}}],

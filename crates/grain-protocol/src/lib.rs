@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bookkeeping;
 mod completion;
 mod error;
 mod request;

@@ -49,6 +49,21 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `user`'s successor; like it, accepted and not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_identifier: Option<String>,
+    /// Up to 16 string pairs for the caller's own bookkeeping (checked, not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Only `false`: Grain keeps no completions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<bool>,
+    /// `"auto"` or `"default"`: Grain has one tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+    /// A hint for routing to a cache; Grain's prefix cache keys on the prompt itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
     /// Extension: the visual granularity for every image of the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<GranularityRequest>,
@@ -104,6 +119,11 @@ impl ChatCompletionRequest {
             stream: None,
             stream_options: None,
             user: None,
+            safety_identifier: None,
+            metadata: None,
+            store: None,
+            service_tier: None,
+            prompt_cache_key: None,
             granularity: None,
             logit_bias: None,
             ignore_eos: None,

@@ -111,6 +111,11 @@ const SUPPORTED: &[Field] = &[
     ("stream", Kind::Bool, false),
     ("stream_options", Kind::Object, false),
     ("user", Kind::String, false),
+    ("safety_identifier", Kind::String, false),
+    ("metadata", Kind::Object, false),
+    ("store", Kind::Bool, false),
+    ("service_tier", Kind::String, false),
+    ("prompt_cache_key", Kind::String, false),
     ("granularity", Kind::StringOrInteger, false),
     ("logit_bias", Kind::Object, false),
     ("ignore_eos", Kind::Bool, false),
@@ -137,14 +142,9 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("audio", " (audio output is not implemented)"),
     ("modalities", " (only text output is implemented)"),
     ("prediction", ""),
-    ("store", ""),
-    ("metadata", ""),
-    ("service_tier", ""),
     ("reasoning_effort", ""),
     ("web_search_options", ""),
     ("verbosity", ""),
-    ("prompt_cache_key", ""),
-    ("safety_identifier", ""),
     ("best_of", ""),
     ("echo", ""),
     ("suffix", ""),
@@ -273,6 +273,7 @@ fn validate(req: &ChatCompletionRequest, limits: &RequestLimits) -> Result<(), R
     validate_sampling(&req.sampling(), max_tokens, limits)?;
     crate::response_format::validate_response_format(req)?;
     crate::tools::validate_tools(req)?;
+    crate::bookkeeping::validate_bookkeeping(req)?;
     if let Some(t) = req.top_logprobs {
         if t < 0 || t > i64::from(limits.max_top_logprobs) {
             return Err(RequestError::invalid_value(
