@@ -135,6 +135,41 @@ def test_streamed_document_equals_the_whole_answer(client, model_id):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
 
 
+LOOSE = {
+    "type": "object",
+    "properties": {
+        "name": {"enum": ["Tom", "Kitty"], "maxLength": 3},
+        "age": {"type": "integer", "minimum": 0, "maximum": 20},
+        "indoor": {"type": "boolean"},
+    },
+    "required": ["name", "age", "indoor"],
+    "additionalProperties": False,
+}
+
+
+def test_a_non_strict_schema_holds_the_structure_and_leaves_narrowing_keywords(client, model_id):
+    """OpenAI's `strict: false` (its default) promises no more than the structure: keywords that
+    only narrow a value (`minimum`, `maxLength`, …) are taken but not enforced. The same schema
+    with `strict: true` is refused by keyword."""
+    loose = {"type": "json_schema", "json_schema": {"name": "cat", "schema": LOOSE}}
+    resp = client.chat.completions.create(
+        model=model_id, messages=MESSAGES, response_format=loose, n=8, seed=4, temperature=1.0, max_tokens=160
+    )
+    structure = json.loads(json.dumps(LOOSE))
+    for prop in structure["properties"].values():
+        for kw in ("minimum", "maximum", "maxLength"):
+            prop.pop(kw, None)
+    finished = [c for c in resp.choices if c.finish_reason == "stop"]
+    assert finished, [c.message.content for c in resp.choices]
+    for c in finished:
+        jsonschema.validate(json.loads(c.message.content), structure)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model=model_id, messages=MESSAGES, response_format=response_format(LOOSE), max_tokens=5
+        )
+    assert "maxLength" in err.value.message or "minimum" in err.value.message
+
+
 @pytest.mark.parametrize(
     "schema, says",
     [

@@ -150,9 +150,13 @@ CASES = [
     Case("tools-duplicate-names", msg(tools=[{"type": "function", "function": {"name": "f"}}] * 2,
                                       tool_choice="required"), code="invalid_value"),
     Case("tools-bad-parameters-schema", msg(
-        tools=[{"type": "function", "function": {"name": "f", "parameters": {
+        tools=[{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
             "type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}}}],
         tool_choice="required"), code="invalid_value"),
+    Case("tools-unsupported-keyword-even-loose", msg(
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"type": "string", "not": {"const": "x"}}}}}}]),
+         code="invalid_value"),
     Case("tools-conflicting-defs", msg(
         tools=[{"type": "function", "function": {"name": n, "parameters": {
             "type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"],
@@ -167,7 +171,8 @@ CASES = [
     Case("stop-token-ids-negative", msg(stop_token_ids=[1, -5]), code="invalid_value"),
     Case("stop-token-ids-not-a-list", msg(stop_token_ids=7), code="invalid_type"),
     Case("response-format-json-schema-pattern", msg(response_format={"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a"}}}}}),
+        "name": "x", "strict": True, "schema": {"type": "object", "properties": {"a": {"type": "string",
+                                                                                         "pattern": "^a"}}}}}),
          code="invalid_value"),
     Case("response-format-json-schema-no-name", msg(response_format={"type": "json_schema", "json_schema": {
         "schema": {"type": "object"}}}), code="missing_required_parameter"),

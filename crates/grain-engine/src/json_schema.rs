@@ -14,11 +14,14 @@
 //! - `items`, `minItems`, `maxItems`;
 //! - `$ref` to `#`, `#/$defs/…` or `#/definitions/…`, recursion included;
 //! - annotations, which change nothing: `title`, `description`, `default`, `examples`,
-//!   `$schema`, `$id`, `$comment`, and `format` (an annotation unless a schema opts into format
-//!   assertions, JSON Schema 2020-12 §7.2).
+//!   `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`, and `format` (an
+//!   annotation unless a schema opts into format assertions, JSON Schema 2020-12 §7.2).
 //!
-//! Any other keyword (`pattern`, `minLength`, `minimum`, …) is refused by name rather than
-//! ignored, since the output could then break it. The root must be an object.
+//! Any other keyword (`pattern`, `minLength`, `minimum`, …) is refused by name by
+//! [`JsonSchema::compile`] rather than ignored, since the output could then break it: what a
+//! `strict` schema needs. [`JsonSchema::compile_best_effort`], for OpenAI's non-strict schemas
+//! (which promise no more), leaves the keywords that only narrow a value's range
+//! (`NARROWING`) unenforced and holds the output to the rest. The root must be an object.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,10 +106,23 @@ impl JsonSchema {
 
     /// Compiles `schema`; the error says which keyword or part of it is not supported.
     pub fn compile(schema: &Value) -> Result<Self, String> {
+        Self::compile_with(schema, false)
+    }
+
+    /// [`Self::compile`], but the keywords that only narrow a value's range (`pattern`,
+    /// `minimum`, `maxLength`, …: `NARROWING`) are left unenforced instead of refused: the
+    /// output has the schema's structure (types, properties, enums) and may break those. For
+    /// OpenAI's non-strict schemas, which promise no more.
+    pub fn compile_best_effort(schema: &Value) -> Result<Self, String> {
+        Self::compile_with(schema, true)
+    }
+
+    fn compile_with(schema: &Value, best_effort: bool) -> Result<Self, String> {
         let mut c = Compiler {
             root: schema,
             nodes: Vec::new(),
             refs: HashMap::new(),
+            best_effort,
         };
         let root = c.node(schema, "#")?;
         let nodes: Vec<Node> = c.nodes.into_iter().map(|n| n.expect("filled")).collect();
@@ -135,7 +151,7 @@ impl JsonSchema {
     }
 }
 
-const ANNOTATIONS: [&str; 8] = [
+const ANNOTATIONS: [&str; 11] = [
     "title",
     "description",
     "default",
@@ -144,6 +160,27 @@ const ANNOTATIONS: [&str; 8] = [
     "$id",
     "$comment",
     "format",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+];
+
+/// Assertions that only narrow the values of a type the schema already gives (dropping one
+/// admits more documents, never fewer): unenforced by [`JsonSchema::compile_best_effort`].
+pub(crate) const NARROWING: [&str; 13] = [
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "contentEncoding",
+    "contentMediaType",
 ];
 
 struct Compiler<'a> {
@@ -151,6 +188,8 @@ struct Compiler<'a> {
     /// `None` while a node is being compiled (a `$ref` to it may already use its id).
     nodes: Vec<Option<Node>>,
     refs: HashMap<String, NodeId>,
+    /// [`NARROWING`] keywords are passed over like annotations.
+    best_effort: bool,
 }
 
 impl<'a> Compiler<'a> {
@@ -164,6 +203,11 @@ impl<'a> Compiler<'a> {
         let id = self.reserve()?;
         self.nodes[id as usize] = Some(node);
         Ok(id)
+    }
+
+    /// A keyword that changes nothing here: an annotation, or (best effort) a narrowing one.
+    fn passed_over(&self, key: &str) -> bool {
+        ANNOTATIONS.contains(&key) || (self.best_effort && NARROWING.contains(&key))
     }
 
     /// Compiles the schema `v` found at `path` (for error messages).
@@ -191,19 +235,15 @@ impl<'a> Compiler<'a> {
                     | "$ref"
                     | "$defs"
                     | "definitions"
-            ) || ANNOTATIONS.contains(&key.as_str());
+            ) || self.passed_over(key);
             if !known {
                 return Err(format!("{path}: keyword '{key}' is not supported"));
             }
         }
         // Keywords that replace the rest: refused where they would be combined with others.
         let structural = |except: &str| {
-            map.keys().any(|k| {
-                k != except
-                    && k != "$defs"
-                    && k != "definitions"
-                    && !ANNOTATIONS.contains(&k.as_str())
-            })
+            map.keys()
+                .any(|k| k != except && k != "$defs" && k != "definitions" && !self.passed_over(k))
         };
         if let Some(r) = map.get("$ref") {
             if structural("$ref") {

@@ -344,3 +344,54 @@ fn object_and_array_keywords_without_a_type_are_enforced() {
     );
     assert!(!run(&s, r#"{"o": 3"#).0);
 }
+
+/// OpenAI's non-strict schemas: keywords that only narrow a value's range are left unenforced,
+/// the structure is held; a strict compile refuses the same schema by keyword. Keywords that do
+/// more than narrow one value (`patternProperties`, `not`, `if`) are refused either way.
+#[test]
+fn best_effort_passes_over_narrowing_keywords_and_holds_the_structure() {
+    let schema = json!({"type": "object", "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 30, "multipleOf": 1},
+        "name": {"type": "string", "minLength": 1, "maxLength": 8, "pattern": "^[A-Z]"},
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true},
+        "meta": {"type": "object", "maxProperties": 2, "readOnly": true}
+    }, "required": ["age", "name"], "additionalProperties": false});
+    let e = JsonSchema::compile(&schema).expect_err("strict refuses");
+    assert!(e.contains("minimum"), "{e}");
+    let s = JsonSchema::compile_best_effort(&schema).unwrap();
+    // The narrowing keywords are not enforced: 99 and a lowercase name pass.
+    assert_eq!(run(&s, r#"{"age": 99, "name": "tom"}"#), (true, true));
+    assert_eq!(
+        run(
+            &s,
+            r#"{"age": 3, "name": "Tom", "tags": ["a", "a"], "meta": {}}"#
+        ),
+        (true, true)
+    );
+    // The structure is.
+    for bad in [
+        r#"{"age": "3""#,
+        r#"{"age": 3.5"#,
+        r#"{"age": 3, "nick""#,
+        r#"{"age": 3, "name": 1"#,
+        r#"{"age": 3, "tags": [1"#,
+    ] {
+        assert!(!run(&s, bad).0, "accepted: {bad}");
+    }
+    assert_eq!(run(&s, r#"{"age": 3}"#), (false, false), "name is required");
+    // Annotations are annotations in both modes.
+    compile(
+        json!({"type": "object", "properties": {"a": {"type": "integer", "deprecated": true,
+        "writeOnly": false}}}),
+    );
+    for (kw, sub) in [
+        ("patternProperties", json!({"^x": {"type": "integer"}})),
+        ("not", json!({"type": "null"})),
+        ("if", json!({"type": "integer"})),
+    ] {
+        let mut schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        schema["properties"]["a"][kw] = sub;
+        let e = JsonSchema::compile_best_effort(&schema).expect_err(kw);
+        assert!(e.contains(kw), "{e}");
+    }
+}

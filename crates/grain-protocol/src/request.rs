@@ -183,6 +183,16 @@ impl ChatCompletionRequest {
             .then(|| f.json_schema.as_ref().and_then(|s| s.get("schema")))
     }
 
+    /// Whether `response_format.json_schema` says `strict: true` (OpenAI's default is false).
+    pub fn json_schema_is_strict(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .and_then(|f| f.json_schema.as_ref())
+            .and_then(|s| s.get("strict"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+
     pub fn wants_logprobs(&self) -> bool {
         self.logprobs.unwrap_or(false)
     }

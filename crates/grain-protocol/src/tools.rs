@@ -26,6 +26,9 @@ pub struct OfferedTool<'a> {
     pub name: &'a str,
     /// The function's `parameters` (a JSON Schema); `None` when it takes none.
     pub parameters: Option<&'a Value>,
+    /// `strict: true`: the arguments must keep every keyword of `parameters` (OpenAI's default
+    /// is false).
+    pub strict: bool,
 }
 
 /// How `tool_choice` lets the model call.
@@ -90,10 +93,12 @@ impl ChatCompletionRequest {
         let tools = self.tools.as_ref()?;
         let all = tools.iter().enumerate().filter_map(|(index, t)| {
             let (name, parameters) = function(t)?;
+            let strict = t.get("function")?.get("strict") == Some(&Value::Bool(true));
             Some(OfferedTool {
                 index,
                 name,
                 parameters,
+                strict,
             })
         });
         let (mode, named) = match self.tool_choice.as_ref() {

@@ -300,6 +300,19 @@ fn plain_text(content: &wire::MessageContent) -> String {
     }
 }
 
+/// A schema compiled as its `strict` asks: every keyword enforced (an unsupported one refused),
+/// or OpenAI's non-strict best effort (keywords that only narrow a value's range unenforced).
+pub(crate) fn compile_schema(
+    schema: &serde_json::Value,
+    strict: bool,
+) -> Result<engine::JsonSchema, String> {
+    if strict {
+        engine::JsonSchema::compile(schema)
+    } else {
+        engine::JsonSchema::compile_best_effort(schema)
+    }
+}
+
 /// `response_format` for the engine: a `json_schema` is compiled here, and a schema it cannot
 /// hold the output to is a 400 naming the keyword.
 fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::ResponseFormat, ApiError> {
@@ -319,13 +332,13 @@ fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::Response
         None => engine::ResponseFormat::Text,
         // No schema: any JSON object, as OpenAI's API reads it.
         Some(None) => engine::ResponseFormat::JsonObject,
-        Some(Some(schema)) => {
-            engine::ResponseFormat::JsonSchema(engine::JsonSchema::compile(schema).map_err(
-                |message| wire::RequestError::InvalidValue {
+        Some(Some(schema)) => engine::ResponseFormat::JsonSchema(
+            compile_schema(schema, req.json_schema_is_strict()).map_err(|message| {
+                wire::RequestError::InvalidValue {
                     param: "response_format.json_schema.schema".into(),
                     message: format!("unsupported JSON Schema: {message}"),
-                },
-            )?)
-        }
+                }
+            })?,
+        ),
     })
 }

@@ -30,11 +30,12 @@ pub(crate) fn single<'a>(plan: &'a wire::CallPlan<'_>) -> Option<&'a wire::Offer
 /// The schema a call's text is held to: the function's parameters (none: `{}`) when one function
 /// is forced, or else (several functions, or `"auto"`) `{"<name>": <parameters>}` for one of them,
 /// its first key naming it ([`crate::tool_calls`]). Each function's parameters are compiled alone
-/// first, so that an unsupported one is named.
+/// first, so that an unsupported one is named; as its `strict` asks
+/// ([`crate::convert::compile_schema`]).
 pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchema, ApiError> {
     let none = json!({"type": "object", "properties": {}, "additionalProperties": false});
-    let compile = |schema: &Value, param: String| {
-        engine::JsonSchema::compile(schema).map_err(|message| {
+    let compile = |schema: &Value, strict: bool, param: String| {
+        crate::convert::compile_schema(schema, strict).map_err(|message| {
             ApiError::from(wire::RequestError::InvalidValue {
                 param,
                 message: format!("unsupported JSON Schema: {message}"),
@@ -43,7 +44,7 @@ pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchem
     };
     let param = |t: &wire::OfferedTool<'_>| format!("tools[{}].function.parameters", t.index);
     if let Some(one) = single(call) {
-        return compile(one.parameters.unwrap_or(&none), param(one));
+        return compile(one.parameters.unwrap_or(&none), one.strict, param(one));
     }
     let mut alternatives = Vec::with_capacity(call.tools.len());
     // Each function's definitions (`$defs`, `definitions`) move to the envelope's root, where
@@ -51,7 +52,7 @@ pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchem
     let mut defs = serde_json::Map::new();
     for t in &call.tools {
         let parameters = t.parameters.unwrap_or(&none);
-        compile(parameters, param(t))?;
+        compile(parameters, t.strict, param(t))?;
         let mut parameters = parameters.clone();
         if let Some(obj) = parameters.as_object_mut() {
             for key in ["$defs", "definitions"] {
@@ -110,7 +111,13 @@ pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchem
     }
     let mut envelope = json!({"anyOf": alternatives});
     envelope.as_object_mut().expect("an object").extend(defs);
-    compile(&envelope, "tools".into())
+    // Each strict function compiled strictly on its own, so it has no keyword that best effort
+    // would leave unenforced: the envelope is strict only where every function is.
+    compile(
+        &envelope,
+        call.tools.iter().all(|t| t.strict),
+        "tools".into(),
+    )
 }
 
 /// Points every `$ref` to the schema's root (`#`) at `target`.
@@ -260,6 +267,7 @@ mod tests {
                 index: 0,
                 name: "walk",
                 parameters: Some(&node),
+                strict: true,
             }],
             mode: wire::CallMode::Auto,
         };
@@ -281,6 +289,7 @@ mod tests {
             index,
             name,
             parameters,
+            strict: false,
         };
         let all = vec![offered(0, "a", None), offered(1, "b", Some(&params))];
         let auto = wire::CallPlan {

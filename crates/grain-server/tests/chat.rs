@@ -530,16 +530,17 @@ async fn json_mode_on_a_model_that_cannot_write_json_is_a_clear_error() {
     assert_eq!(chat(&h.app, &body).await.status, 200);
 }
 
-/// Structured outputs: a schema the engine cannot enforce is a 400 naming the keyword and
-/// `response_format.json_schema.schema`; a supported one reaches the engine (the mock model, which
-/// writes only letters and spaces, then cannot begin the object: the same 400 as JSON mode).
+/// Structured outputs: a strict schema the engine cannot enforce is a 400 naming the keyword and
+/// `response_format.json_schema.schema`; a supported one (or, not strict, one whose narrowing
+/// keywords are left unenforced) reaches the engine (the mock model, which writes only letters
+/// and spaces, then cannot begin the object: the same 400 as JSON mode).
 #[tokio::test]
 async fn json_schema_is_compiled_and_unsupported_keywords_are_named() {
     let h = harness(ServerConfig::default()).await;
     let mut body = user("hi");
     let schema = json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}});
-    body["response_format"] =
-        json!({"type": "json_schema", "json_schema": {"name": "t", "schema": schema}});
+    body["response_format"] = json!({"type": "json_schema",
+        "json_schema": {"name": "t", "schema": schema, "strict": true}});
     let err = assert_error(
         &chat(&h.app, &body).await,
         400,
@@ -550,6 +551,17 @@ async fn json_schema_is_compiled_and_unsupported_keywords_are_named() {
     assert!(
         err["message"].as_str().unwrap().contains("'pattern'"),
         "{err}"
+    );
+    body["response_format"]["json_schema"]["strict"] = json!(false);
+    let err = assert_error(
+        &chat(&h.app, &body).await,
+        400,
+        "invalid_request_error",
+        "invalid_value",
+    );
+    assert_eq!(
+        err["param"], "response_format",
+        "compiled best effort: {err}"
     );
     let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
     body["response_format"] =
