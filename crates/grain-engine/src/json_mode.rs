@@ -55,6 +55,29 @@ pub(crate) enum JsonConstraint {
     Text,
 }
 
+/// Sets the logit of every token that `allowed` refuses to -inf. Fails, naming `param`, when no
+/// token the model gives a chance is left.
+fn keep_only(
+    row: &mut [f32],
+    allowed: impl Fn(u32) -> bool,
+    message: &str,
+    param: &str,
+) -> Result<(), EngineError> {
+    let mut any = false;
+    for (id, logit) in (0u32..).zip(row.iter_mut()) {
+        if !allowed(id) {
+            *logit = f32::NEG_INFINITY;
+        } else if *logit > f32::NEG_INFINITY {
+            any = true;
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(EngineError::invalid(message, Some(param)))
+    }
+}
+
 /// JSON's whitespace: what may come before a call's `{` without making the answer text.
 fn is_json_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
@@ -133,52 +156,33 @@ impl JsonConstraint {
         let done = self.is_done();
         // Most tokens fail on their first byte: test each byte value once.
         let first: [bool; 256] = std::array::from_fn(|b| !done && self.accepts(&[b as u8]));
-        let mut any = false;
-        for (id, logit) in (0u32..).zip(row.iter_mut()) {
-            let allowed = if eos.contains(&id) {
+        let allowed = |id| {
+            if eos.contains(&id) {
                 done
             } else {
                 table
                     .bytes(id)
                     .is_some_and(|b| first[b[0] as usize] && (b.len() == 1 || self.accepts(b)))
-            };
-            if !allowed {
-                *logit = f32::NEG_INFINITY;
-            } else if *logit > f32::NEG_INFINITY {
-                any = true;
             }
-        }
-        if any {
-            Ok(())
-        } else {
-            Err(EngineError::invalid(
-                "the model has no token that continues the JSON document here",
-                Some("response_format"),
-            ))
-        }
+        };
+        keep_only(
+            row,
+            allowed,
+            "the model has no token that continues the JSON document here",
+            "response_format",
+        )
     }
 
     /// [`Self::mask`] before a call or text is decided: a token that opens a call must continue
     /// its document; EOS, tokens without text and tokens that open text are all free. Whitespace
     /// the call's grammar would not take is text.
     fn mask_call_or_text(&self, row: &mut [f32], table: &TokenTable) -> Result<(), EngineError> {
-        let mut any = false;
-        for (id, logit) in (0u32..).zip(row.iter_mut()) {
-            let allowed = table.bytes(id).is_none_or(|b| self.accepts(b));
-            if !allowed {
-                *logit = f32::NEG_INFINITY;
-            } else if *logit > f32::NEG_INFINITY {
-                any = true;
-            }
-        }
-        if any {
-            Ok(())
-        } else {
-            Err(EngineError::invalid(
-                "the model has no token that can start the answer",
-                Some("tool_choice"),
-            ))
-        }
+        keep_only(
+            row,
+            |id| table.bytes(id).is_none_or(|b| self.accepts(b)),
+            "the model has no token that can start the answer",
+            "tool_choice",
+        )
     }
 
     /// Reads the sampled token's text.

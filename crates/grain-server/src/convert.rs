@@ -317,7 +317,7 @@ pub(crate) fn compile_schema(
 /// hold the output to is a 400 naming the keyword.
 fn response_format(req: &wire::ChatCompletionRequest) -> Result<engine::ResponseFormat, ApiError> {
     if let Some(plan) = req.call_plan() {
-        let schema = crate::tool_requests::call_schema(&plan)?;
+        let schema = tool_requests::call_schema(&plan)?;
         return Ok(match plan.mode {
             wire::CallMode::Auto => engine::ResponseFormat::CallOrText(schema),
             wire::CallMode::Named | wire::CallMode::Required => {
