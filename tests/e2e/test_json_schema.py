@@ -125,6 +125,29 @@ def test_the_sdks_parse_returns_the_pydantic_model(client, model_id):
     assert parsed, "no seed finished within max_tokens"
 
 
+class Rating(pydantic.BaseModel):
+    stars: int = pydantic.Field(ge=1, le=5)
+    votes: int = pydantic.Field(gt=-3, lt=40)
+    best: bool
+
+
+def test_bounded_integers_from_pydantic_stay_in_range(client, model_id):
+    """`Field(ge=…, le=…)` on an int: the strict schema's `minimum` / `exclusiveMaximum` are
+    enforced digit by digit, and pydantic's own validation in `parse` is the judge."""
+    parsed = []
+    for seed in range(6):
+        try:
+            resp = client.chat.completions.parse(
+                model=model_id, messages=MESSAGES, response_format=Rating, temperature=1.0, seed=seed, max_tokens=150
+            )
+        except openai.LengthFinishReasonError:
+            continue
+        rating = resp.choices[0].message.parsed
+        assert isinstance(rating, Rating) and 1 <= rating.stars <= 5 and -3 < rating.votes < 40
+        parsed.append(rating)
+    assert parsed, "no seed finished within max_tokens"
+
+
 def test_streamed_document_equals_the_whole_answer(client, model_id):
     args = dict(
         model=model_id, messages=MESSAGES, response_format=response_format(SCHEMA), temperature=0.8, seed=2,

@@ -12,6 +12,8 @@
 //!   may be left out), `additionalProperties` (only the listed properties are written; an object
 //!   schema without `properties` takes any object unless `additionalProperties` is `false`);
 //! - `items`, `minItems`, `maxItems`;
+//! - on integers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`
+//!   ([`crate::json_schema_int`]: no digit that leads out of the range is written);
 //! - `$ref` to `#`, `#/$defs/…` or `#/definitions/…`, recursion included;
 //! - annotations, which change nothing: `title`, `description`, `default`, `examples`,
 //!   `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`, and `format` (an
@@ -28,11 +30,14 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::json_schema_first::{first_bytes, keyed_objects};
+use crate::json_schema_int::{IntRange, BOUNDS};
+
 /// Index of a node in [`Compiled::nodes`].
 pub(crate) type NodeId = u16;
 
 /// The longest chain of references and unions before a value starts.
-const MAX_CHAIN: usize = 256;
+pub(crate) const MAX_CHAIN: usize = 256;
 
 /// The most properties an object, or literals an `enum`, may list (a bit set tracks them).
 pub(crate) const MAX_CHOICES: usize = 64;
@@ -47,6 +52,8 @@ pub(crate) enum Node {
     Number {
         integer: bool,
     },
+    /// An integer within bounds.
+    Integer(IntRange),
     /// One of these JSON texts, compact: `enum`, `const`, `boolean`, `null`.
     Literals(Vec<Box<[u8]>>),
     /// The properties in the order they are written.
@@ -235,7 +242,8 @@ impl<'a> Compiler<'a> {
                     | "$ref"
                     | "$defs"
                     | "definitions"
-            ) || self.passed_over(key);
+            ) || self.passed_over(key)
+                || (BOUNDS.contains(&key.as_str()) && integer_only(map));
             if !known {
                 return Err(format!("{path}: keyword '{key}' is not supported"));
             }
@@ -329,7 +337,10 @@ impl<'a> Compiler<'a> {
         match t {
             "string" => self.add(Node::String),
             "number" => self.add(Node::Number { integer: false }),
-            "integer" => self.add(Node::Number { integer: true }),
+            "integer" => match IntRange::of(map, path)? {
+                Some(range) => self.add(Node::Integer(range)),
+                None => self.add(Node::Number { integer: true }),
+            },
             "boolean" => self.add(Node::Literals(vec![
                 b"true".as_slice().into(),
                 b"false".as_slice().into(),
@@ -469,109 +480,14 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// Node `id`'s first bytes, memoised in `first`; alternatives of a union must not share one.
-fn first_bytes(
-    (nodes, keyed_all): (&[Node], &[Vec<Option<NodeId>>]),
-    id: NodeId,
-    first: &mut Vec<Option<[u64; 4]>>,
-    depth: usize,
-) -> Result<[u64; 4], String> {
-    if let Some(f) = first[id as usize] {
-        return Ok(f);
-    }
-    if depth > MAX_CHAIN {
-        return Err(format!(
-            "a $ref cycle never reaches a value, or references nest more than {MAX_CHAIN} deep"
-        ));
-    }
-    let mut set = [0u64; 4];
-    fn add(set: &mut [u64; 4], bytes: &[u8]) {
-        for &b in bytes {
-            set[(b >> 6) as usize] |= 1 << (b & 63);
+/// Whether the schema's values are integers (and `null`): its bounds are then enforced.
+fn integer_only(map: &Map<String, Value>) -> bool {
+    match map.get("type") {
+        Some(Value::String(t)) => t == "integer",
+        Some(Value::Array(types)) => {
+            types.iter().any(|t| t == "integer")
+                && types.iter().all(|t| t == "integer" || t == "null")
         }
+        _ => false,
     }
-    match &nodes[id as usize] {
-        Node::Any { object_only: true } | Node::Object(_) => add(&mut set, b"{"),
-        Node::Any { object_only: false } => add(&mut set, b"{[\"-0123456789tfn"),
-        Node::String => add(&mut set, b"\""),
-        Node::Number { .. } => add(&mut set, b"-0123456789"),
-        Node::Literals(l) => l.iter().for_each(|t| add(&mut set, &t[..1])),
-        Node::Array { .. } => add(&mut set, b"["),
-        Node::Union(alts) => {
-            // Objects whose first property is required are told apart by that key instead.
-            let keyed = &keyed_all[id as usize];
-            let mut keys: Vec<&[u8]> = Vec::new();
-            let brace = |f: &[u64; 4]| f[(b'{' >> 6) as usize] & (1 << (b'{' & 63)) != 0;
-            let mut other_brace = false;
-            for (i, &alt) in alts.iter().enumerate() {
-                let object = keyed.get(i).copied().flatten();
-                let f = first_bytes((nodes, keyed_all), alt, first, depth + 1)?;
-                other_brace |= object.is_none() && brace(&f);
-                if other_brace && !keys.is_empty() {
-                    return Err(
-                        "anyOf: an alternative that may start with '{' besides objects \
-                                told apart by their first property is not supported"
-                            .into(),
-                    );
-                }
-                if let Some(o) = object {
-                    let Node::Object(props) = &nodes[o as usize] else {
-                        unreachable!("keyed_objects returns objects")
-                    };
-                    if keys.contains(&&props[0].key[..]) {
-                        return Err(format!(
-                            "anyOf: two object alternatives start with the same required \
-                             property {}; they must differ in their first property",
-                            String::from_utf8_lossy(&props[0].key)
-                        ));
-                    }
-                    keys.push(&props[0].key);
-                    add(&mut set, b"{");
-                    continue;
-                }
-                if f.iter().zip(&set).any(|(a, b)| a & b != 0) {
-                    return Err(
-                        "anyOf / type list: alternatives that start with the same byte (two \
-                         strings, two arrays, …; objects must differ in their first, required, \
-                         property) are not supported"
-                            .into(),
-                    );
-                }
-                set.iter_mut().zip(f).for_each(|(s, f)| *s |= f);
-            }
-            // The first key's candidates are a bit set over the alternatives.
-            if !keys.is_empty() && alts.len() > MAX_CHOICES {
-                return Err(format!(
-                    "anyOf: at most {MAX_CHOICES} alternatives where objects are told apart by \
-                     their first property"
-                ));
-            }
-        }
-    }
-    first[id as usize] = Some(set);
-    Ok(set)
-}
-
-/// For each alternative of a union: the object it is (through one-element unions, which `$ref`s
-/// are) when that object's first property is required, so that its key tells it apart; `None`
-/// for every other alternative. Empty when fewer than two alternatives are such objects (a single
-/// object's `{` tells it apart).
-pub(crate) fn keyed_objects(nodes: &[Node], alts: &[NodeId]) -> Vec<Option<NodeId>> {
-    let object = |mut id: NodeId| -> Option<NodeId> {
-        for _ in 0..MAX_CHAIN {
-            match &nodes[id as usize] {
-                Node::Union(inner) if inner.len() == 1 => id = inner[0],
-                Node::Object(props) if props.first().is_some_and(|p| p.required) => {
-                    return Some(id)
-                }
-                _ => return None,
-            }
-        }
-        None
-    };
-    let found: Vec<Option<NodeId>> = alts.iter().map(|&a| object(a)).collect();
-    if found.iter().flatten().count() < 2 {
-        return Vec::new();
-    }
-    found
 }

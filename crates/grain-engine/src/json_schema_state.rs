@@ -3,8 +3,9 @@
 //! accepts. Like [`JsonState`] it is `Copy` (a fixed stack of containers), so
 //! [`crate::json_mode`] tests each candidate token on a copy.
 //!
-//! Strings, numbers and free values (`{}` schemas) go through [`JsonState`]; the schema's own
-//! objects, arrays and literals through the stack here. Objects write their properties in the
+//! Strings, numbers and free values (`{}` schemas) go through [`JsonState`], bounded integers
+//! through [`crate::json_schema_int`]; the schema's own objects, arrays and literals through the
+//! stack here. Objects write their properties in the
 //! schema's order, optional ones may be skipped; whitespace between tokens is allowed as in
 //! [`JsonState`] (at most [`MAX_WHITESPACE`] bytes in a row). Schema containers nest at most
 //! [`MAX_NESTING`] deep: a recursive schema's document ends there.
@@ -56,6 +57,14 @@ enum Leaf {
     },
     /// A string, number or free value, through the plain grammar.
     Free { state: JsonState, integer: bool },
+    /// An integer of node `node` ([`Node::Integer`]): a `-` read (`neg`), then `digits` digits
+    /// worth `mag`.
+    Int {
+        node: NodeId,
+        neg: bool,
+        mag: u64,
+        digits: u8,
+    },
 }
 
 /// A text's progress through a schema.
@@ -150,6 +159,12 @@ impl SchemaState {
                 }
                 return false;
             }
+            Leaf::Int {
+                node,
+                neg,
+                mag,
+                digits,
+            } => return self.int_byte(s, node, (neg, mag, digits), b),
             Leaf::None | Leaf::Pending(_) => {}
         }
         if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
@@ -223,7 +238,54 @@ impl SchemaState {
                 self.leaf = free(JsonState::any_value(), integer);
                 self.step(s, b)
             }
+            Node::Integer(_) => {
+                self.leaf = Leaf::Int {
+                    node,
+                    neg: false,
+                    mag: 0,
+                    digits: 0,
+                };
+                self.step(s, b)
+            }
         }
+    }
+
+    /// A byte of a bounded integer: a digit (or the first `-`) that can still lead to a value
+    /// in the range, or else the end of the integer when it is one.
+    fn int_byte(
+        &mut self,
+        s: &Compiled,
+        node: NodeId,
+        (neg, mag, digits): (bool, u64, u8),
+        b: u8,
+    ) -> bool {
+        let Node::Integer(range) = s.nodes[node as usize] else {
+            return false;
+        };
+        let next = match b {
+            b'-' if digits == 0 && !neg => Some((true, 0, 0)),
+            // After a leading `0` no digit may follow.
+            b'0'..=b'9' if digits == 0 || mag != 0 => mag
+                .checked_mul(10)
+                .and_then(|m| m.checked_add(u64::from(b - b'0')))
+                .map(|m| (neg, m, digits.saturating_add(1))),
+            _ => None,
+        };
+        if let Some((neg, mag, digits)) = next.filter(|&(n, m, d)| range.reachable(n, m, d)) {
+            self.leaf = Leaf::Int {
+                node,
+                neg,
+                mag,
+                digits,
+            };
+            return true;
+        }
+        if range.contains(neg, mag, digits) {
+            self.leaf = Leaf::None;
+            self.value_done();
+            return self.step(s, b);
+        }
+        false
     }
 
     /// Opens a container (or a union of keyed objects) of `node`.

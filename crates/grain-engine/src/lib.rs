@@ -13,6 +13,8 @@ mod handle;
 pub mod json_grammar;
 mod json_mode;
 mod json_schema;
+mod json_schema_first;
+mod json_schema_int;
 mod json_schema_state;
 pub mod mock;
 mod prefix;

@@ -1,0 +1,104 @@
+//! `{"type": "integer"}` with `minimum`, `maximum`, `exclusiveMinimum` or `exclusiveMaximum`
+//! (what pydantic writes for `Field(ge=…, le=…)`): the bounds as one inclusive range, and whether
+//! a JSON integer written so far can still end inside it, so that decoding never writes a digit
+//! that leads out of the range.
+
+use serde_json::{Map, Value};
+
+/// The keywords read here.
+pub(crate) const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+
+/// Integers `lo ..= hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IntRange {
+    pub lo: i64,
+    pub hi: i64,
+}
+
+impl IntRange {
+    /// The range `map`'s bounds give an integer; `None` when it has none.
+    pub fn of(map: &Map<String, Value>, path: &str) -> Result<Option<Self>, String> {
+        if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+            return Ok(None);
+        }
+        let (mut lo, mut hi) = (i128::from(i64::MIN), i128::from(i64::MAX));
+        for k in BOUNDS {
+            let Some(v) = map.get(k) else { continue };
+            let lower = k.ends_with("inimum");
+            let exclusive = k.starts_with("exclusive");
+            // The nearest integer on the range's side of the bound.
+            let bound = match v.as_i64() {
+                Some(i) => {
+                    let i = i128::from(i);
+                    match (lower, exclusive) {
+                        (true, true) => i + 1,
+                        (false, true) => i - 1,
+                        _ => i,
+                    }
+                }
+                None => {
+                    let x = v
+                        .as_f64()
+                        .filter(|x| x.is_finite())
+                        .ok_or(format!("{path}/{k}: must be a number"))?;
+                    let x = match (lower, exclusive) {
+                        (true, false) => x.ceil(),
+                        (true, true) => x.floor() + 1.0,
+                        (false, false) => x.floor(),
+                        (false, true) => x.ceil() - 1.0,
+                    };
+                    // Saturating: beyond i64 the bound excludes nothing (or everything).
+                    x.clamp(-1e20, 1e20) as i128
+                }
+            };
+            if lower {
+                lo = lo.max(bound);
+            } else {
+                hi = hi.min(bound);
+            }
+        }
+        if lo > hi {
+            return Err(format!("{path}: no integer lies within its bounds"));
+        }
+        Ok(Some(Self {
+            lo: lo as i64,
+            hi: hi as i64,
+        }))
+    }
+
+    /// Whether a JSON integer begun as `-` (`neg`) and `digits` digits whose value is `mag` can
+    /// still end inside the range (`0` and `-0` take no more digits).
+    pub fn reachable(self, neg: bool, mag: u64, digits: u8) -> bool {
+        let (lo, hi) = (i128::from(self.lo), i128::from(self.hi));
+        if digits == 0 {
+            return !neg || lo <= 0;
+        }
+        if mag == 0 {
+            return lo <= 0 && 0 <= hi;
+        }
+        // The magnitudes it can end with: `mag`, then `mag·10ᵏ ..= mag·10ᵏ + 10ᵏ − 1`.
+        let (a, b) = if neg {
+            ((-hi).max(1), -lo)
+        } else {
+            (lo.max(1), hi)
+        };
+        let (mut low, mut high) = (i128::from(mag), i128::from(mag));
+        while low <= b {
+            if high >= a {
+                return true;
+            }
+            (low, high) = (low * 10, high * 10 + 9);
+        }
+        false
+    }
+
+    /// Whether the integer written so far is in the range (it may end here).
+    pub fn contains(self, neg: bool, mag: u64, digits: u8) -> bool {
+        let v = if neg {
+            -i128::from(mag)
+        } else {
+            i128::from(mag)
+        };
+        digits > 0 && i128::from(self.lo) <= v && v <= i128::from(self.hi)
+    }
+}
