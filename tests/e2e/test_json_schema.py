@@ -128,22 +128,25 @@ def test_the_sdks_parse_returns_the_pydantic_model(client, model_id):
 class Rating(pydantic.BaseModel):
     stars: int = pydantic.Field(ge=1, le=5)
     votes: int = pydantic.Field(gt=-3, lt=40)
+    confidence: float = pydantic.Field(ge=0, le=1)
     best: bool
 
 
-def test_bounded_integers_from_pydantic_stay_in_range(client, model_id):
-    """`Field(ge=…, le=…)` on an int: the strict schema's `minimum` / `exclusiveMaximum` are
-    enforced digit by digit, and pydantic's own validation in `parse` is the judge."""
+def test_bounded_numbers_from_pydantic_stay_in_range(client, model_id):
+    """`Field(ge=…, le=…)` on an int or a float: the strict schema's `minimum` /
+    `exclusiveMaximum` are enforced digit by digit, and pydantic's own validation in `parse` is
+    the judge."""
     parsed = []
     for seed in range(6):
         try:
             resp = client.chat.completions.parse(
-                model=model_id, messages=MESSAGES, response_format=Rating, temperature=1.0, seed=seed, max_tokens=150
+                model=model_id, messages=MESSAGES, response_format=Rating, temperature=1.0, seed=seed, max_tokens=200
             )
         except openai.LengthFinishReasonError:
             continue
         rating = resp.choices[0].message.parsed
         assert isinstance(rating, Rating) and 1 <= rating.stars <= 5 and -3 < rating.votes < 40
+        assert 0 <= rating.confidence <= 1
         parsed.append(rating)
     assert parsed, "no seed finished within max_tokens"
 

@@ -333,7 +333,17 @@ mod tests {
         for &b in b"{\"name\": \"a cat\", \"age\":" {
             schema_value.advance(u32::from(b), &toy);
         }
+        let bounded = crate::json_schema::JsonSchema::compile(&serde_json::json!({
+            "type": "object",
+            "properties": {"p": {"type": "number", "minimum": 0, "maximum": 1}}
+        }))
+        .unwrap();
+        let mut in_bounded = JsonConstraint::schema(&bounded);
+        for &b in b"{\"p\": 0.1" {
+            in_bounded.advance(u32::from(b), &toy);
+        }
         for (what, c) in [
+            ("schema, inside a bounded number", in_bounded),
             ("inside a string", in_string),
             ("at the start", JsonConstraint::default()),
             ("schema, inside a string", schema_string),

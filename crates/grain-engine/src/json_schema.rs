@@ -12,8 +12,9 @@
 //!   may be left out), `additionalProperties` (only the listed properties are written; an object
 //!   schema without `properties` takes any object unless `additionalProperties` is `false`);
 //! - `items`, `minItems`, `maxItems`;
-//! - on integers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`
-//!   ([`crate::json_schema_int`]: no digit that leads out of the range is written);
+//! - on integers and numbers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`
+//!   ([`crate::json_schema_int`], [`crate::json_schema_num`]: no digit that leads out of the
+//!   range is written);
 //! - `$ref` to `#`, `#/$defs/…` or `#/definitions/…`, recursion included;
 //! - annotations, which change nothing: `title`, `description`, `default`, `examples`,
 //!   `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`, and `format` (an
@@ -32,6 +33,7 @@ use serde_json::{Map, Value};
 
 use crate::json_schema_first::{first_bytes, keyed_objects};
 use crate::json_schema_int::{IntRange, BOUNDS};
+use crate::json_schema_num::NumRange;
 
 /// Index of a node in [`Compiled::nodes`].
 pub(crate) type NodeId = u16;
@@ -54,6 +56,8 @@ pub(crate) enum Node {
     },
     /// An integer within bounds.
     Integer(IntRange),
+    /// A number within bounds, written without an exponent.
+    BoundedNumber(NumRange),
     /// One of these JSON texts, compact: `enum`, `const`, `boolean`, `null`.
     Literals(Vec<Box<[u8]>>),
     /// The properties in the order they are written.
@@ -243,7 +247,7 @@ impl<'a> Compiler<'a> {
                     | "$defs"
                     | "definitions"
             ) || self.passed_over(key)
-                || (BOUNDS.contains(&key.as_str()) && integer_only(map));
+                || (BOUNDS.contains(&key.as_str()) && numeric_only(map));
             if !known {
                 return Err(format!("{path}: keyword '{key}' is not supported"));
             }
@@ -336,7 +340,10 @@ impl<'a> Compiler<'a> {
     ) -> Result<NodeId, String> {
         match t {
             "string" => self.add(Node::String),
-            "number" => self.add(Node::Number { integer: false }),
+            "number" => match NumRange::of(map, path)? {
+                Some(range) => self.add(Node::BoundedNumber(range)),
+                None => self.add(Node::Number { integer: false }),
+            },
             "integer" => match IntRange::of(map, path)? {
                 Some(range) => self.add(Node::Integer(range)),
                 None => self.add(Node::Number { integer: true }),
@@ -480,13 +487,13 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// Whether the schema's values are integers (and `null`): its bounds are then enforced.
-fn integer_only(map: &Map<String, Value>) -> bool {
+/// Whether the schema's values are numbers (and `null`): its bounds are then enforced.
+fn numeric_only(map: &Map<String, Value>) -> bool {
+    let numeric = |t: &Value| t == "integer" || t == "number";
     match map.get("type") {
-        Some(Value::String(t)) => t == "integer",
+        Some(t @ Value::String(_)) => numeric(t),
         Some(Value::Array(types)) => {
-            types.iter().any(|t| t == "integer")
-                && types.iter().all(|t| t == "integer" || t == "null")
+            types.iter().any(numeric) && types.iter().all(|t| numeric(t) || t == "null")
         }
         _ => false,
     }

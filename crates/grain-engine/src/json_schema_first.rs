@@ -30,6 +30,16 @@ pub(crate) fn first_bytes(
         Node::Any { object_only: false } => add(&mut set, b"{[\"-0123456789tfn"),
         Node::String => add(&mut set, b"\""),
         Node::Number { .. } => add(&mut set, b"-0123456789"),
+        Node::BoundedNumber(range) => {
+            if range.reachable(true, &[], false, 0) {
+                add(&mut set, b"-");
+            }
+            for d in 0..=9u8 {
+                if range.reachable(false, &[d], false, 0) {
+                    add(&mut set, &[b'0' + d]);
+                }
+            }
+        }
         &Node::Integer(range) => {
             if range.reachable(true, 0, 0) {
                 add(&mut set, b"-");

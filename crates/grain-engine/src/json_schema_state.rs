@@ -12,6 +12,7 @@
 
 use crate::json_grammar::{JsonState, MAX_WHITESPACE};
 use crate::json_schema::{Compiled, Node, NodeId, Prop};
+use crate::json_schema_num::MAX_DIGITS;
 
 /// Deepest nesting of the schema's own objects and arrays.
 pub(crate) const MAX_NESTING: usize = 16;
@@ -65,6 +66,55 @@ enum Leaf {
         mag: u64,
         digits: u8,
     },
+    /// A number of node `node` ([`Node::BoundedNumber`]).
+    Num { node: NodeId, num: NumText },
+}
+
+/// A bounded number as written so far: a `-` (`neg`), then `len` digits, the last `frac` of them
+/// after a `.` (`dot`).
+#[derive(Debug, Clone, Copy)]
+struct NumText {
+    neg: bool,
+    digits: [u8; MAX_DIGITS],
+    len: u8,
+    dot: bool,
+    frac: u8,
+}
+
+impl NumText {
+    const EMPTY: NumText = NumText {
+        neg: false,
+        digits: [0; MAX_DIGITS],
+        len: 0,
+        dot: false,
+        frac: 0,
+    };
+
+    /// The text with byte `b` added, if the grammar takes it (no exponent, at most
+    /// [`MAX_DIGITS`] digits, no digit after a leading `0`).
+    fn with(mut self, b: u8) -> Option<NumText> {
+        let len = self.len as usize;
+        match b {
+            b'-' if len == 0 && !self.neg && !self.dot => self.neg = true,
+            b'.' if len > 0 && !self.dot => self.dot = true,
+            b'0'..=b'9' if len < MAX_DIGITS && (self.dot || len != 1 || self.digits[0] != 0) => {
+                self.digits[len] = b - b'0';
+                self.len += 1;
+                self.frac += u8::from(self.dot);
+            }
+            _ => return None,
+        }
+        Some(self)
+    }
+
+    fn parts(&self) -> (bool, &[u8], bool, usize) {
+        (
+            self.neg,
+            &self.digits[..self.len as usize],
+            self.dot,
+            self.frac as usize,
+        )
+    }
 }
 
 /// A text's progress through a schema.
@@ -165,6 +215,7 @@ impl SchemaState {
                 mag,
                 digits,
             } => return self.int_byte(s, node, (neg, mag, digits), b),
+            Leaf::Num { node, num } => return self.num_byte(s, node, num, b),
             Leaf::None | Leaf::Pending(_) => {}
         }
         if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
@@ -238,6 +289,13 @@ impl SchemaState {
                 self.leaf = free(JsonState::any_value(), integer);
                 self.step(s, b)
             }
+            Node::BoundedNumber(_) => {
+                self.leaf = Leaf::Num {
+                    node,
+                    num: NumText::EMPTY,
+                };
+                self.step(s, b)
+            }
             Node::Integer(_) => {
                 self.leaf = Leaf::Int {
                     node,
@@ -248,6 +306,29 @@ impl SchemaState {
                 self.step(s, b)
             }
         }
+    }
+
+    /// A byte of a bounded number: one that can still lead to a value in the range, or else the
+    /// end of the number when it is one.
+    fn num_byte(&mut self, s: &Compiled, node: NodeId, num: NumText, b: u8) -> bool {
+        let Node::BoundedNumber(range) = &s.nodes[node as usize] else {
+            return false;
+        };
+        let next = num.with(b).filter(|n| {
+            let (neg, digits, dot, frac) = n.parts();
+            range.reachable(neg, digits, dot, frac)
+        });
+        if let Some(num) = next {
+            self.leaf = Leaf::Num { node, num };
+            return true;
+        }
+        let (neg, digits, dot, frac) = num.parts();
+        if range.contains(neg, digits, dot, frac) {
+            self.leaf = Leaf::None;
+            self.value_done();
+            return self.step(s, b);
+        }
+        false
     }
 
     /// A byte of a bounded integer: a digit (or the first `-`) that can still lead to a value
@@ -457,3 +538,7 @@ impl SchemaState {
 #[cfg(test)]
 #[path = "json_schema_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "json_schema_bounds_tests.rs"]
+mod bounds_tests;

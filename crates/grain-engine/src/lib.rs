@@ -15,6 +15,7 @@ mod json_mode;
 mod json_schema;
 mod json_schema_first;
 mod json_schema_int;
+mod json_schema_num;
 mod json_schema_state;
 pub mod mock;
 mod prefix;

@@ -1,0 +1,212 @@
+//! Bounded integers and numbers ([`crate::json_schema_int`], [`crate::json_schema_num`]) through
+//! [`super::SchemaState`]: brute force over short texts, and the bounds' edge cases.
+
+use serde_json::{json, Value};
+
+use super::tests::{compile, refused, run};
+use crate::json_schema::JsonSchema;
+
+/// Bounded integers against brute force: over small ranges, every text of up to four bytes from
+/// `-0123456789` is a whole value exactly when it is a JSON integer inside the range, and a
+/// prefix is taken exactly when some completion is.
+#[test]
+fn bounded_integers_write_only_values_in_range() {
+    fn valid(t: &str, (lo, hi): (i64, i64)) -> bool {
+        let digits = t.strip_prefix('-').unwrap_or(t);
+        let json = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        json && t.parse::<i64>().is_ok_and(|v| lo <= v && v <= hi)
+    }
+    let alphabet = b"-0123456789";
+    let mut texts = vec![String::new()];
+    for len in 1..=4 {
+        let mut more = Vec::new();
+        for t in texts.iter().filter(|t| t.len() == len - 1) {
+            for &b in alphabet {
+                more.push(format!("{t}{}", b as char));
+            }
+        }
+        texts.extend(more);
+    }
+    for (lo, hi) in [(0, 20), (-150, -3), (-7, 99), (5, 5), (1, 1000), (-999, 0)] {
+        let s = compile(json!({"type": "object", "properties": {
+            "a": {"type": "integer", "minimum": lo, "maximum": hi}}, "required": ["a"]}));
+        for t in &texts {
+            let whole = run(&s, &format!("{{\"a\":{t}}}"));
+            assert_eq!(whole.1, valid(t, (lo, hi)), "[{lo}, {hi}] {t:?}");
+            let some_completion = texts
+                .iter()
+                .any(|u| u.starts_with(t.as_str()) && valid(u, (lo, hi)));
+            assert_eq!(
+                run(&s, &format!("{{\"a\":{t}")).0,
+                some_completion,
+                "[{lo}, {hi}] prefix {t:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn integer_bounds_read_as_json_schema_2020_12_says() {
+    let range = |bounds: Value| {
+        let mut m = bounds.as_object().unwrap().clone();
+        m.insert("type".into(), json!("integer"));
+        crate::json_schema_int::IntRange::of(&m, "#").map(|r| r.map(|r| (r.lo, r.hi)))
+    };
+    assert_eq!(
+        range(json!({"minimum": 0.5, "maximum": 9.5})),
+        Ok(Some((1, 9)))
+    );
+    assert_eq!(
+        range(json!({"exclusiveMinimum": 0, "exclusiveMaximum": 10})),
+        Ok(Some((1, 9)))
+    );
+    assert_eq!(
+        range(json!({"exclusiveMinimum": -0.5, "exclusiveMaximum": 2.5})),
+        Ok(Some((0, 2)))
+    );
+    assert_eq!(range(json!({"minimum": 3})), Ok(Some((3, i64::MAX))));
+    assert_eq!(range(json!({})), Ok(None));
+    assert!(range(json!({"minimum": 3, "maximum": 2})).is_err());
+    assert!(range(json!({"minimum": "3"})).is_err());
+    // At the ends of i64 (exact, not through f64).
+    let s = compile(json!({"type": "object", "properties": {
+        "a": {"type": "integer", "minimum": i64::MAX - 1}}}));
+    assert_eq!(run(&s, &format!("{{\"a\":{}}}", i64::MAX)), (true, true));
+    assert!(!run(&s, &format!("{{\"a\":{}", i64::MAX - 2)).0);
+    assert!(!run(&s, "{\"a\":-").0);
+    // Strict schemas may bound integers and numbers (with `null` too), not other values.
+    compile(json!({"type": "object", "properties": {
+        "a": {"type": ["integer", "null"], "exclusiveMinimum": 0},
+        "b": {"type": "number", "minimum": 0}}}));
+    refused(
+        &json!({"type": "object", "properties": {"a": {"type": ["string", "number"], "minimum": 0}}}),
+        "minimum",
+    );
+}
+
+/// Bounded numbers against brute force: every text of up to four bytes from `-.0123456789` is
+/// a whole value exactly when it is a JSON number (no exponent) inside the range, and every
+/// prefix of up to three bytes is taken exactly when a text of up to five bytes completes it.
+#[test]
+fn bounded_numbers_write_only_values_in_range() {
+    type Range = (Option<(f64, bool)>, Option<(f64, bool)>);
+    fn valid(t: &str, (lo, hi): Range) -> bool {
+        let body = t.strip_prefix('-').unwrap_or(t);
+        let (int, frac) = match body.split_once('.') {
+            Some((i, f)) => (i, Some(f)),
+            None => (body, None),
+        };
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let json = digits(int) && (int == "0" || !int.starts_with('0')) && frac.is_none_or(digits);
+        let Ok(v) = t.parse::<f64>() else {
+            return false;
+        };
+        json && lo.is_none_or(|(l, closed)| v > l || (closed && v == l))
+            && hi.is_none_or(|(h, closed)| v < h || (closed && v == h))
+    }
+    fn texts(max: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|t| {
+                    b"-.0123456789"
+                        .iter()
+                        .map(move |&b| format!("{t}{}", b as char))
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+    let (short, long) = (texts(4), texts(5));
+    let ranges: [Range; 7] = [
+        (Some((0.0, true)), Some((1.0, true))),
+        (Some((-2.5, false)), Some((3.0, true))),
+        (Some((0.25, true)), Some((0.75, false))),
+        (Some((-1.0, true)), Some((-0.5, true))),
+        (Some((10.0, true)), Some((10.0, true))),
+        (Some((0.0, false)), None),
+        (None, Some((-0.05, true))),
+    ];
+    for range in ranges {
+        let mut bounds = serde_json::Map::new();
+        if let Some((v, closed)) = range.0 {
+            bounds.insert(
+                (if closed {
+                    "minimum"
+                } else {
+                    "exclusiveMinimum"
+                })
+                .into(),
+                json!(v),
+            );
+        }
+        if let Some((v, closed)) = range.1 {
+            bounds.insert(
+                (if closed {
+                    "maximum"
+                } else {
+                    "exclusiveMaximum"
+                })
+                .into(),
+                json!(v),
+            );
+        }
+        let mut a = json!({"type": "number"});
+        a.as_object_mut().unwrap().extend(bounds);
+        let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
+        for t in &short {
+            let whole = run(&s, &format!("{{\"a\":{t}}}"));
+            assert_eq!(whole.1, valid(t, range), "{range:?} {t:?}");
+        }
+        let completed: std::collections::HashSet<&str> = long
+            .iter()
+            .filter(|u| valid(u, range))
+            .flat_map(|u| (0..=u.len()).map(move |i| &u[..i]))
+            .collect();
+        for t in short.iter().filter(|t| t.len() <= 3) {
+            assert_eq!(
+                run(&s, &format!("{{\"a\":{t}")).0,
+                completed.contains(t.as_str()),
+                "{range:?} prefix {t:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn number_bounds_hold_at_extreme_magnitudes() {
+    let s = compile(json!({"type": "object", "properties": {
+        "tiny": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e-30},
+        "big": {"type": "number", "minimum": 1e38}}}));
+    let tiny = format!("0.{}1", "0".repeat(29));
+    assert_eq!(run(&s, &format!("{{\"tiny\":{tiny}}}")), (true, true));
+    let over = format!("0.{}11", "0".repeat(29));
+    assert!(!run(&s, &format!("{{\"tiny\":{over}}}")).1);
+    assert!(!run(&s, "{\"tiny\":0}").1 && !run(&s, "{\"tiny\":1").0);
+    let big = format!("1{}", "0".repeat(38));
+    assert_eq!(run(&s, &format!("{{\"big\":{big}}}")), (true, true));
+    assert!(!run(&s, "{\"big\":1.").0, "a fraction keeps it below 1e38");
+    // 1e300 needs 301 digits, more than a bounded number may have.
+    refused(
+        &json!({"type": "object", "properties": {"a": {"type": "number", "minimum": 1e300}}}),
+        "at most 40 digits",
+    );
+    for (bounds, ok) in [
+        (json!({"minimum": 3, "maximum": 2}), false),
+        (json!({"exclusiveMinimum": 1, "maximum": 1}), false),
+        (json!({"minimum": 1, "maximum": 1}), true),
+        (json!({"minimum": "1"}), false),
+    ] {
+        let mut a = json!({"type": "number"});
+        a.as_object_mut()
+            .unwrap()
+            .extend(bounds.as_object().unwrap().clone());
+        let schema = json!({"type": "object", "properties": {"a": a}});
+        assert_eq!(JsonSchema::compile(&schema).is_ok(), ok, "{schema}");
+    }
+}
