@@ -127,8 +127,8 @@ def test_the_tool_loop_sends_the_result_back_and_gets_an_answer(server, client, 
         assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
         if choice == "none":
             assert answer.choices[0].message.tool_calls is None
-    # The prompt Grain built: the tools offered in the system turn, the call as the model writes
-    # one, the result in a user turn.
+    # The prompt Grain built: the tools offered before the user's text (the template's own system
+    # prompt stays), the call as the model writes one, the result in a user turn.
     dumped = [*MESSAGES, assistant.model_dump(exclude_none=True), history[-1]]
     status, tok = post(server, "/tokenize", {"messages": dumped, "tools": [WEATHER, NOOP]})
     assert status == 200, tok
@@ -143,6 +143,10 @@ def test_the_tool_loop_sends_the_result_back_and_gets_an_answer(server, client, 
         < prompt.index("tool_result")
     status, without = post(server, "/tokenize", {"messages": MESSAGES})
     assert status == 200 and without["count"] < tok["count"]
+    status, plain = post(server, "/detokenize", {"tokens": without["tokens"]})
+    assert status == 200, plain
+    before_user_text = plain["prompt"].split("What is the weather")[0]
+    assert prompt.startswith(before_user_text + "You can call"), (before_user_text, prompt)
 
 
 def test_a_result_must_answer_a_call_before_it(client, model_id):

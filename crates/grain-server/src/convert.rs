@@ -88,7 +88,7 @@ pub async fn to_engine_request(
     }
     if let Some(plan) = req.call_plan() {
         let tools = req.tools.as_deref().unwrap_or_default();
-        tool_requests::add_to_system(&mut messages, tool_requests::tools_prompt(&plan, tools));
+        tool_requests::add_tools_prompt(&mut messages, tool_requests::tools_prompt(&plan, tools));
     }
     Ok(engine::ChatRequest {
         request_id,

@@ -3,8 +3,8 @@
 //!
 //! LLaVA's chat templates have no tool roles, so Grain writes tools, calls and results as text, in
 //! the same shape the model is held to when it calls:
-//! - the tools go into the system message (one is added when there is none): what the model may
-//!   call, and how ([`tools_prompt`]);
+//! - the tools go into the system message, or before the first user text when there is none:
+//!   what the model may call, and how ([`tools_prompt`], [`add_tools_prompt`]);
 //! - an assistant message's earlier `tool_calls` become its text, one `{"<name>": <arguments>}`
 //!   per line ([`call_text`]);
 //! - `tool` messages become a user turn, one `{"tool_result": {"name": ..., "content": ...}}` per
@@ -208,17 +208,28 @@ pub(crate) fn append_text(parts: &mut Vec<engine::Part>, sep: &str, text: &str) 
     }
 }
 
-/// Adds `prompt` to the conversation's system message, or puts one first.
-pub(crate) fn add_to_system(messages: &mut Vec<engine::Message>, prompt: String) {
-    match messages.first_mut() {
-        Some(m) if m.role == engine::Role::System => append_text(&mut m.parts, "\n\n", &prompt),
-        _ => messages.insert(
-            0,
-            engine::Message {
-                role: engine::Role::System,
-                parts: vec![engine::Part::Text(prompt)],
-            },
-        ),
+/// Adds `prompt` to the conversation's system message. Where there is none, it goes before the
+/// first user message's text (after any image there) rather than into a new system message:
+/// a template's default system text (Vicuna's) would give way to it, and some templates take no
+/// system message at all.
+pub(crate) fn add_tools_prompt(messages: &mut Vec<engine::Message>, prompt: String) {
+    if let Some(m) = messages
+        .first_mut()
+        .filter(|m| m.role == engine::Role::System)
+    {
+        return append_text(&mut m.parts, "\n\n", &prompt);
+    }
+    let Some(user) = messages.iter_mut().find(|m| m.role == engine::Role::User) else {
+        let parts = vec![engine::Part::Text(prompt)];
+        let role = engine::Role::System;
+        return messages.insert(0, engine::Message { role, parts });
+    };
+    match user.parts.iter_mut().find_map(|p| match p {
+        engine::Part::Text(t) => Some(t),
+        engine::Part::Image { .. } => None,
+    }) {
+        Some(text) => *text = format!("{prompt}\n\n{text}"),
+        None => user.parts.push(engine::Part::Text(prompt)),
     }
 }
 
@@ -322,35 +333,58 @@ mod tests {
     }
 
     #[test]
-    fn the_prompt_joins_the_system_message_or_comes_first() {
-        let text = |m: &engine::Message| match &m.parts[..] {
-            [engine::Part::Text(t)] => t.clone(),
-            parts => format!("{parts:?}"),
-        };
-        let user = engine::Message {
-            role: engine::Role::User,
-            parts: vec![engine::Part::Text("hi".into())],
-        };
-        let mut messages = vec![user.clone()];
-        add_to_system(&mut messages, "T".into());
-        assert_eq!(messages[0].role, engine::Role::System);
-        assert_eq!((text(&messages[0]), messages.len()), ("T".into(), 2));
-        let mut messages = vec![
-            engine::Message {
-                role: engine::Role::System,
-                parts: vec![engine::Part::Text("Be brief.".into())],
-            },
-            user,
-        ];
-        add_to_system(&mut messages, "T".into());
-        assert_eq!(
-            (text(&messages[0]), messages.len()),
-            ("Be brief.\n\nT".into(), 2)
-        );
+    fn the_prompt_joins_the_system_message_or_the_first_user_text() {
+        let text = |t: &str| engine::Part::Text(t.into());
         let image = engine::Part::Image {
             data: vec![1],
             detail: engine::Detail::Auto,
         };
+        let message = |role, parts| engine::Message { role, parts };
+        let (system, user, assistant) = (
+            engine::Role::System,
+            engine::Role::User,
+            engine::Role::Assistant,
+        );
+        let cases = [
+            (
+                vec![
+                    message(system, vec![text("Be brief.")]),
+                    message(user, vec![text("hi")]),
+                ],
+                vec![
+                    message(system, vec![text("Be brief.\n\nT")]),
+                    message(user, vec![text("hi")]),
+                ],
+            ),
+            // No system message: before the first user text, after its image.
+            (
+                vec![
+                    message(user, vec![image.clone(), text("what is it?")]),
+                    message(assistant, vec![text("a cat")]),
+                    message(user, vec![text("sure?")]),
+                ],
+                vec![
+                    message(user, vec![image.clone(), text("T\n\nwhat is it?")]),
+                    message(assistant, vec![text("a cat")]),
+                    message(user, vec![text("sure?")]),
+                ],
+            ),
+            (
+                vec![message(user, vec![image.clone()])],
+                vec![message(user, vec![image.clone(), text("T")])],
+            ),
+            (
+                vec![message(assistant, vec![text("x")])],
+                vec![
+                    message(system, vec![text("T")]),
+                    message(assistant, vec![text("x")]),
+                ],
+            ),
+        ];
+        for (mut messages, want) in cases {
+            add_tools_prompt(&mut messages, "T".into());
+            assert_eq!(messages, want);
+        }
         let mut parts = vec![image.clone()];
         append_text(&mut parts, "\n", "a");
         append_text(&mut parts, "\n", "b");
