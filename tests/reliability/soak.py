@@ -74,6 +74,9 @@ def _bodies(model: str) -> list[dict]:
             elif i % 8 == 5:
                 body["response_format"] = {"type": "json_schema", "json_schema": {
                     "name": "cat", "schema": p.CAT_SCHEMA}}
+            elif i % 8 == 1:
+                # Tools with tool_choice "auto" (the default): a call or text.
+                body["tools"] = [{"type": "function", "function": {"name": "cat", "parameters": p.CAT_SCHEMA}}]
         body.update(stream=True, stream_options={"include_usage": True}, temperature=0.8)
         bodies.append(body)
     return bodies
