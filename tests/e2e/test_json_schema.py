@@ -108,21 +108,28 @@ class Cat(pydantic.BaseModel):
     hungry: bool
 
 
+def parsed_over_seeds(client, model_id, model, seeds, temperature):
+    """`chat.completions.parse` with `model` once per seed: the parsed answers of the seeds that
+    finished (one cut by max_tokens is a prefix, which the first test checks)."""
+    parsed = []
+    for seed in range(seeds):
+        try:
+            resp = client.chat.completions.parse(
+                model=model_id, messages=MESSAGES, response_format=model, temperature=temperature, seed=seed,
+                max_tokens=200,
+            )
+        except openai.LengthFinishReasonError:
+            continue
+        parsed.append(resp.choices[0].message.parsed)
+    assert parsed, "no seed finished within max_tokens"
+    return parsed
+
+
 def test_the_sdks_parse_returns_the_pydantic_model(client, model_id):
     """`chat.completions.parse` sends the strict schema pydantic writes (refs, anyOf with null,
     enums) and validates the answer with pydantic."""
-    parsed = []
-    for seed in range(4):
-        try:
-            resp = client.chat.completions.parse(
-                model=model_id, messages=MESSAGES, response_format=Cat, temperature=0.7, seed=seed, max_tokens=200
-            )
-        except openai.LengthFinishReasonError:
-            continue  # Cut by max_tokens: a prefix, which the first test checks.
-        cat = resp.choices[0].message.parsed
+    for cat in parsed_over_seeds(client, model_id, Cat, 4, 0.7):
         assert isinstance(cat, Cat) and len(cat.lives) <= 3
-        parsed.append(cat)
-    assert parsed, "no seed finished within max_tokens"
 
 
 class Rating(pydantic.BaseModel):
@@ -136,19 +143,9 @@ def test_bounded_numbers_from_pydantic_stay_in_range(client, model_id):
     """`Field(ge=…, le=…)` on an int or a float: the strict schema's `minimum` /
     `exclusiveMaximum` are enforced digit by digit, and pydantic's own validation in `parse` is
     the judge."""
-    parsed = []
-    for seed in range(6):
-        try:
-            resp = client.chat.completions.parse(
-                model=model_id, messages=MESSAGES, response_format=Rating, temperature=1.0, seed=seed, max_tokens=200
-            )
-        except openai.LengthFinishReasonError:
-            continue
-        rating = resp.choices[0].message.parsed
+    for rating in parsed_over_seeds(client, model_id, Rating, 6, 1.0):
         assert isinstance(rating, Rating) and 1 <= rating.stars <= 5 and -3 < rating.votes < 40
         assert 0 <= rating.confidence <= 1
-        parsed.append(rating)
-    assert parsed, "no seed finished within max_tokens"
 
 
 def test_streamed_document_equals_the_whole_answer(client, model_id):
