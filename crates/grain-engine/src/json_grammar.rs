@@ -16,6 +16,11 @@ pub const MAX_DEPTH: u8 = 64;
 /// Longest run of whitespace outside strings.
 pub const MAX_WHITESPACE: u8 = 32;
 
+/// JSON's whitespace (RFC 8259: space, tab, line feed, carriage return).
+pub(crate) fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Before the top-level object.
@@ -251,7 +256,7 @@ impl JsonState {
             }
             return true;
         }
-        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+        if is_json_ws(b) {
             self.whitespace += 1;
             return self.whitespace <= MAX_WHITESPACE;
         }

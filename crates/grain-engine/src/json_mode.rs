@@ -9,7 +9,7 @@
 //! any other byte makes the answer free text.
 
 use crate::api::EngineError;
-use crate::json_grammar::JsonState;
+use crate::json_grammar::{is_json_ws, JsonState};
 use crate::json_schema::JsonSchema;
 use crate::json_schema_state::SchemaState;
 use crate::runner::TokenDecoder;
@@ -78,13 +78,8 @@ fn keep_only(
     }
 }
 
-/// JSON's whitespace: what may come before a call's `{` without making the answer text.
-fn is_json_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-/// Where a token's text stands on the call-or-text choice: all JSON whitespace (`None`), or its
-/// first other byte.
+/// Where a token's text stands on the call-or-text choice: all JSON whitespace (`None`, what may
+/// come before a call's `{` without making the answer text), or its first other byte.
 fn first_non_ws(bytes: &[u8]) -> Option<u8> {
     bytes.iter().copied().find(|&b| !is_json_ws(b))
 }

@@ -10,7 +10,7 @@
 //! [`JsonState`] (at most [`MAX_WHITESPACE`] bytes in a row). Schema containers nest at most
 //! [`MAX_NESTING`] deep: a recursive schema's document ends there.
 
-use crate::json_grammar::{JsonState, MAX_WHITESPACE};
+use crate::json_grammar::{is_json_ws, JsonState, MAX_WHITESPACE};
 use crate::json_schema::{Compiled, Node, NodeId, Prop};
 use crate::json_schema_num::MAX_DIGITS;
 
@@ -218,7 +218,7 @@ impl SchemaState {
             Leaf::Num { node, num } => return self.num_byte(s, node, num, b),
             Leaf::None | Leaf::Pending(_) => {}
         }
-        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+        if is_json_ws(b) {
             self.whitespace = self.whitespace.saturating_add(1);
             return self.whitespace <= MAX_WHITESPACE;
         }

@@ -91,16 +91,10 @@ impl ChatCompletionRequest {
     /// `tool_choice: "none"`.
     pub fn call_plan(&self) -> Option<CallPlan<'_>> {
         let tools = self.tools.as_ref()?;
-        let all = tools.iter().enumerate().filter_map(|(index, t)| {
-            let (name, parameters) = function(t)?;
-            let strict = t.get("function")?.get("strict") == Some(&Value::Bool(true));
-            Some(OfferedTool {
-                index,
-                name,
-                parameters,
-                strict,
-            })
-        });
+        let all = tools
+            .iter()
+            .enumerate()
+            .filter_map(|(index, t)| offered(index, t));
         let (mode, named) = match self.tool_choice.as_ref() {
             None => (CallMode::Auto, None),
             Some(Value::String(s)) if s == "auto" => (CallMode::Auto, None),
@@ -118,10 +112,15 @@ impl ChatCompletionRequest {
     }
 }
 
-/// A tool's function name and parameters.
-fn function(tool: &Value) -> Option<(&str, Option<&Value>)> {
+/// Tool `index` of `tools` (validated): its function's name, parameters and `strict`.
+fn offered(index: usize, tool: &Value) -> Option<OfferedTool<'_>> {
     let f = tool.get("function")?;
-    Some((f.get("name")?.as_str()?, f.get("parameters")))
+    Some(OfferedTool {
+        index,
+        name: f.get("name")?.as_str()?,
+        parameters: f.get("parameters"),
+        strict: f.get("strict") == Some(&Value::Bool(true)),
+    })
 }
 
 fn invalid(param: impl Into<String>, message: impl Into<String>) -> RequestError {
