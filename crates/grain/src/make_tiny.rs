@@ -16,9 +16,11 @@ pub struct MakeTinyArgs {
     /// Seed for the random weights; the same seed writes the same bytes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// `tiny` (tests), `small` (benchmarks: compute dominates on CPU) or `7b` (AVG-LLaVA-7B's
-    /// shapes with the tiny vocabulary, in bf16: 13.8 GB, for GPU benchmarks).
-    #[arg(long, default_value = "tiny", value_parser = ["tiny", "small", "7b"])]
+    /// `tiny` (tests), `small` (benchmarks: compute dominates on CPU), `medium` (the LM 2× as
+    /// wide and deep as `small`, 377 MB: weights far larger than a CPU's caches, like a real
+    /// model's) or `7b` (AVG-LLaVA-7B's shapes with the tiny vocabulary, in bf16: 13.8 GB, for
+    /// GPU benchmarks).
+    #[arg(long, default_value = "tiny", value_parser = ["tiny", "small", "medium", "7b"])]
     size: String,
 }
 
