@@ -151,7 +151,7 @@ CASES = [
                                       tool_choice="required"), code="invalid_value"),
     Case("tools-bad-parameters-schema", msg(
         tools=[{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
-            "type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}}}],
+            "type": "object", "properties": {"a": {"type": "string", "pattern": "^a+$"}}}}}],
         tool_choice="required"), code="invalid_value"),
     Case("tools-unsupported-keyword-even-loose", msg(
         tools=[{"type": "function", "function": {"name": "f", "parameters": {

@@ -15,12 +15,14 @@
 //! - on integers and numbers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`
 //!   ([`crate::json_schema_int`], [`crate::json_schema_num`]: no digit that leads out of the
 //!   range is written);
+//! - on strings, `minLength` and `maxLength` ([`crate::json_schema_str`]: in code points, as JSON
+//!   Schema counts them; no character past the maximum, no closing quote before the minimum);
 //! - `$ref` to `#`, `#/$defs/…` or `#/definitions/…`, recursion included;
 //! - annotations, which change nothing: `title`, `description`, `default`, `examples`,
 //!   `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`, and `format` (an
 //!   annotation unless a schema opts into format assertions, JSON Schema 2020-12 §7.2).
 //!
-//! Any other keyword (`pattern`, `minLength`, `minimum`, …) is refused by name by
+//! Any other keyword (`pattern`, `multipleOf`, `uniqueItems`, …) is refused by name by
 //! [`JsonSchema::compile`] rather than ignored, since the output could then break it: what a
 //! `strict` schema needs. [`JsonSchema::compile_best_effort`], for OpenAI's non-strict schemas
 //! (which promise no more), leaves the keywords that only narrow a value's range
@@ -51,6 +53,11 @@ pub(crate) enum Node {
         object_only: bool,
     },
     String,
+    /// A string of `min ..= max` characters (`minLength`, `maxLength`; [`crate::json_schema_str`]).
+    BoundedString {
+        min: u32,
+        max: u32,
+    },
     Number {
         integer: bool,
     },
@@ -247,7 +254,8 @@ impl<'a> Compiler<'a> {
                     | "$defs"
                     | "definitions"
             ) || self.passed_over(key)
-                || (BOUNDS.contains(&key.as_str()) && numeric_only(map));
+                || (BOUNDS.contains(&key.as_str()) && numeric_only(map))
+                || (LENGTHS.contains(&key.as_str()) && only_of(map, &["string"]));
             if !known {
                 return Err(format!("{path}: keyword '{key}' is not supported"));
             }
@@ -339,7 +347,18 @@ impl<'a> Compiler<'a> {
         path: &str,
     ) -> Result<NodeId, String> {
         match t {
-            "string" => self.add(Node::String),
+            "string" => {
+                let min = count(map, "minLength", path)?;
+                let max = count(map, "maxLength", path)?;
+                if min.is_none() && max.is_none() {
+                    return self.add(Node::String);
+                }
+                let (min, max) = (min.unwrap_or(0), max.unwrap_or(u32::MAX));
+                if min > max {
+                    return Err(format!("{path}: minLength is above maxLength"));
+                }
+                self.add(Node::BoundedString { min, max })
+            }
             "number" => match NumRange::of(map, path)? {
                 Some(range) => self.add(Node::BoundedNumber(range)),
                 None => self.add(Node::Number { integer: false }),
@@ -355,16 +374,8 @@ impl<'a> Compiler<'a> {
             "null" => self.add(Node::Literals(vec![b"null".as_slice().into()])),
             "object" => self.object(map, path),
             "array" => {
-                let count = |k: &str| -> Result<Option<u32>, String> {
-                    map.get(k)
-                        .map(|v| {
-                            v.as_u64()
-                                .and_then(|n| u32::try_from(n).ok())
-                                .ok_or(format!("{path}/{k}: must be a count"))
-                        })
-                        .transpose()
-                };
-                let (min, max) = (count("minItems")?.unwrap_or(0), count("maxItems")?);
+                let min = count(map, "minItems", path)?.unwrap_or(0);
+                let max = count(map, "maxItems", path)?;
                 let max = max.unwrap_or(u32::MAX);
                 if min > max {
                     return Err(format!("{path}: minItems is above maxItems"));
@@ -489,12 +500,31 @@ impl<'a> Compiler<'a> {
 
 /// Whether the schema's values are numbers (and `null`): its bounds are then enforced.
 fn numeric_only(map: &Map<String, Value>) -> bool {
-    let numeric = |t: &Value| t == "integer" || t == "number";
+    only_of(map, &["integer", "number"])
+}
+
+/// Whether the schema's `type` is one of `types`, or a list of them (and maybe `null`).
+fn only_of(map: &Map<String, Value>, types: &[&str]) -> bool {
+    let listed = |t: &Value| types.iter().any(|n| t == *n);
     match map.get("type") {
-        Some(t @ Value::String(_)) => numeric(t),
-        Some(Value::Array(types)) => {
-            types.iter().any(numeric) && types.iter().all(|t| numeric(t) || t == "null")
+        Some(t @ Value::String(_)) => listed(t),
+        Some(Value::Array(list)) => {
+            list.iter().any(listed) && list.iter().all(|t| listed(t) || t == "null")
         }
         _ => false,
     }
 }
+
+/// Keyword `k` of `map` as a count (`minItems`, `maxLength`, …), if there.
+fn count(map: &Map<String, Value>, k: &str, path: &str) -> Result<Option<u32>, String> {
+    map.get(k)
+        .map(|v| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or(format!("{path}/{k}: must be a count"))
+        })
+        .transpose()
+}
+
+/// The length bounds of strings, enforced ([`crate::json_schema_str`]).
+const LENGTHS: [&str; 2] = ["minLength", "maxLength"];

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::tests::{compile, refused, run};
+use super::SchemaState;
 use crate::json_schema::JsonSchema;
 
 /// Bounded integers against brute force: over small ranges, every text of up to four bytes from
@@ -209,4 +210,72 @@ fn number_bounds_hold_at_extreme_magnitudes() {
         let schema = json!({"type": "object", "properties": {"a": a}});
         assert_eq!(JsonSchema::compile(&schema).is_ok(), ok, "{schema}");
     }
+}
+
+/// Bounded strings against brute force: every sequence of up to four pieces (plain, two- and
+/// four-byte characters, escapes, a surrogate pair, the quote) is a whole value exactly when
+/// serde_json reads it as one string whose code points are within the bounds, and a string left
+/// open is taken exactly when it is not already too long.
+#[test]
+fn bounded_strings_write_only_lengths_in_range() {
+    let pieces = ["a", "é", "😀", "\\n", "\\u00e9", "\\ud83d\\ude00", "\""];
+    let mut seqs: Vec<Vec<usize>> = vec![Vec::new()];
+    for len in 1..=4 {
+        let longer: Vec<Vec<usize>> = seqs
+            .iter()
+            .filter(|s| s.len() == len - 1)
+            .flat_map(|s| (0..pieces.len()).map(move |p| [s.clone(), vec![p]].concat()))
+            .collect();
+        seqs.extend(longer);
+    }
+    for (min, max) in [(0, 0), (1, 1), (2, 3), (0, 2), (3, u32::MAX)] {
+        let mut bounds = json!({"type": "string", "minLength": min});
+        if max != u32::MAX {
+            bounds["maxLength"] = json!(max);
+        }
+        let s = compile(json!({"type": "object", "properties": {"s": bounds}, "required": ["s"]}));
+        let within = |n: usize| (min as usize..=max as usize).contains(&n);
+        for seq in &seqs {
+            let body: String = seq.iter().map(|&p| pieces[p]).collect();
+            let text = format!("{{\"s\":\"{body}}}");
+            let want = match serde_json::from_str::<Value>(&text) {
+                Ok(v) => within(v["s"].as_str().unwrap().chars().count()),
+                Err(_) => false,
+            };
+            assert_eq!(run(&s, &text).1, want, "[{min}, {max}] {text}");
+            if !body.contains('"') {
+                let open = format!("{{\"s\":\"{body}");
+                let n = serde_json::from_str::<String>(&format!("\"{body}\""))
+                    .unwrap()
+                    .chars()
+                    .count();
+                assert_eq!(run(&s, &open).0, n <= max as usize, "[{min}, {max}] {open}");
+                // `accepts` (the leaf's copy alone) agrees with feeding the whole state, with
+                // the closing quote too.
+                let mut at = SchemaState::new(&s.0);
+                assert!(at.feed(&s.0, b"{\"s\":\""));
+                for token in [body.clone(), format!("{body}\"")] {
+                    let mut copy = at;
+                    let fed = copy.feed(&s.0, token.as_bytes());
+                    assert_eq!(at.accepts(&s.0, token.as_bytes()), fed, "{token}");
+                }
+            }
+        }
+    }
+    // Strict schemas take the lengths on a string (or a string or null), not elsewhere.
+    compile(json!({"type": "object", "properties": {
+        "a": {"type": ["string", "null"], "maxLength": 2}}}));
+    refused(
+        &json!({"type": "object", "properties": {"a": {"enum": ["x"], "maxLength": 2}}}),
+        "maxLength",
+    );
+    refused(
+        &json!({"type": "object", "properties": {"a": {"type": "string", "minLength": 3,
+        "maxLength": 2}}}),
+        "minLength is above maxLength",
+    );
+    refused(
+        &json!({"type": "object", "properties": {"a": {"type": "string", "maxLength": -1}}}),
+        "must be a count",
+    );
 }

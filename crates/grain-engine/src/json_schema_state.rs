@@ -13,6 +13,7 @@
 use crate::json_grammar::{is_json_ws, JsonState, MAX_WHITESPACE};
 use crate::json_schema::{Compiled, Node, NodeId, Prop};
 use crate::json_schema_num::MAX_DIGITS;
+use crate::json_schema_str::{continues, StrLen, StrStep};
 
 /// Deepest nesting of the schema's own objects and arrays.
 pub(crate) const MAX_NESTING: usize = 16;
@@ -68,6 +69,13 @@ enum Leaf {
     },
     /// A number of node `node` ([`Node::BoundedNumber`]).
     Num { node: NodeId, num: NumText },
+    /// A string of node `node` ([`Node::BoundedString`]) after its opening quote: its grammar
+    /// and its length so far.
+    Str {
+        node: NodeId,
+        state: JsonState,
+        len: StrLen,
+    },
 }
 
 /// A bounded number as written so far: a `-` (`neg`), then `len` digits, the last `frac` of them
@@ -174,6 +182,13 @@ impl SchemaState {
                 return true;
             }
         }
+        if let Leaf::Str { node, state, len } = self.leaf {
+            if let Node::BoundedString { min, max } = s.nodes[node as usize] {
+                if continues(state, len, (min, max), bytes) {
+                    return true;
+                }
+            }
+        }
         let mut next = *self;
         next.feed(s, bytes)
     }
@@ -216,6 +231,7 @@ impl SchemaState {
                 digits,
             } => return self.int_byte(s, node, (neg, mag, digits), b),
             Leaf::Num { node, num } => return self.num_byte(s, node, num, b),
+            Leaf::Str { node, state, len } => return self.str_byte(s, (node, state, len), b),
             Leaf::None | Leaf::Pending(_) => {}
         }
         if is_json_ws(b) {
@@ -289,6 +305,17 @@ impl SchemaState {
                 self.leaf = free(JsonState::any_value(), integer);
                 self.step(s, b)
             }
+            Node::BoundedString { .. } => {
+                // `starts` let only the opening quote through.
+                let mut state = JsonState::any_value();
+                let opened = state.feed(&[b]);
+                self.leaf = Leaf::Str {
+                    node,
+                    state,
+                    len: StrLen::default(),
+                };
+                opened
+            }
             Node::BoundedNumber(_) => {
                 self.leaf = Leaf::Num {
                     node,
@@ -306,6 +333,31 @@ impl SchemaState {
                 self.step(s, b)
             }
         }
+    }
+
+    /// A byte of a bounded string: one the grammar takes that keeps its length within bounds.
+    fn str_byte(
+        &mut self,
+        s: &Compiled,
+        (node, state, len): (NodeId, JsonState, StrLen),
+        b: u8,
+    ) -> bool {
+        let Node::BoundedString { min, max } = s.nodes[node as usize] else {
+            return false;
+        };
+        let mut state = state;
+        if !state.feed(&[b]) {
+            return false;
+        }
+        match len.step(b, (min, max)) {
+            Some(StrStep::Open(len)) => self.leaf = Leaf::Str { node, state, len },
+            Some(StrStep::Closed) => {
+                self.leaf = Leaf::None;
+                self.value_done();
+            }
+            None => return false,
+        }
+        true
     }
 
     /// A byte of a bounded number: one that can still lead to a value in the range, or else the

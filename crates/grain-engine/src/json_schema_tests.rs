@@ -359,8 +359,11 @@ fn best_effort_passes_over_narrowing_keywords_and_holds_the_structure() {
     let e = JsonSchema::compile(&schema).expect_err("strict refuses");
     assert!(e.contains("multipleOf"), "{e}");
     let s = JsonSchema::compile_best_effort(&schema).unwrap();
-    // The narrowing keywords are not enforced: 99.3 and a lowercase name pass.
+    // The ones it cannot enforce are not: 99.3 and a lowercase name pass.
     assert_eq!(run(&s, r#"{"age": 99.3, "name": "tom"}"#), (true, true));
+    // A string's length is, in both modes: not empty, at most eight characters.
+    assert!(!run(&s, r##"{"age": 3, "name": """##).0);
+    assert!(!run(&s, r#"{"age": 3, "name": "abcdefghi"#).0);
     // A number's bounds are, in both modes.
     let bounded = json!({"type": "object", "properties": {
         "n": {"type": "integer", "minimum": 1, "maximum": 5}}, "required": ["n"]});
