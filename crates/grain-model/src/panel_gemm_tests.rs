@@ -50,7 +50,7 @@ fn avx512_tiles_give_the_avx2_bits() {
             return;
         };
         let bias = values(n, 3, 1.0);
-        for m in [1usize, 2, 7, 8, 9, 15, 16, 17, 48, 49, 100] {
+        for m in [1usize, 2, 7, 8, 9, 12, 15, 16, 17, 48, 49, 60, 100] {
             let x = values(m * k, (m + 7 * k) as u64, 2.0);
             for relu in [false, true] {
                 let mut wide = vec![f32::NAN; m * n];
