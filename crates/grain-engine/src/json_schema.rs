@@ -15,14 +15,16 @@
 //! - on integers and numbers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`
 //!   ([`crate::json_schema_int`], [`crate::json_schema_num`]: no digit that leads out of the
 //!   range is written);
-//! - on strings, `minLength` and `maxLength` ([`crate::json_schema_str`]: in code points, as JSON
-//!   Schema counts them; no character past the maximum, no closing quote before the minimum);
+//! - on strings, `minLength` and `maxLength` (in code points, as JSON Schema counts them; no
+//!   character past the maximum, no closing quote before the minimum) and `pattern` (a DFA of
+//!   the decoded text: no byte after which it cannot match; [`crate::json_schema_str`]);
 //! - `$ref` to `#`, `#/$defs/…` or `#/definitions/…`, recursion included;
 //! - annotations, which change nothing: `title`, `description`, `default`, `examples`,
 //!   `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`, and `format` (an
 //!   annotation unless a schema opts into format assertions, JSON Schema 2020-12 §7.2).
 //!
-//! Any other keyword (`pattern`, `multipleOf`, `uniqueItems`, …) is refused by name by
+//! Any other keyword (`multipleOf`, `uniqueItems`, …), or a pattern beyond a DFA (look-around,
+//! back-references), is refused by name by
 //! [`JsonSchema::compile`] rather than ignored, since the output could then break it: what a
 //! `strict` schema needs. [`JsonSchema::compile_best_effort`], for OpenAI's non-strict schemas
 //! (which promise no more), leaves the keywords that only narrow a value's range
@@ -36,6 +38,7 @@ use serde_json::{Map, Value};
 use crate::json_schema_first::{first_bytes, keyed_objects};
 use crate::json_schema_int::{IntRange, BOUNDS};
 use crate::json_schema_num::NumRange;
+use crate::json_schema_str::{Pattern, StrRule};
 
 /// Index of a node in [`Compiled::nodes`].
 pub(crate) type NodeId = u16;
@@ -53,11 +56,8 @@ pub(crate) enum Node {
         object_only: bool,
     },
     String,
-    /// A string of `min ..= max` characters (`minLength`, `maxLength`; [`crate::json_schema_str`]).
-    BoundedString {
-        min: u32,
-        max: u32,
-    },
+    /// A string with `minLength`, `maxLength` or a `pattern` ([`crate::json_schema_str`]).
+    BoundedString(StrRule),
     Number {
         integer: bool,
     },
@@ -95,6 +95,8 @@ pub(crate) struct Compiled {
     /// Per node, [`keyed_objects`] of a union's alternatives: empty unless the union has
     /// objects told apart by their first key.
     pub keyed: Vec<Vec<Option<NodeId>>>,
+    /// The strings' patterns ([`StrRule::pattern`] indexes them).
+    pub patterns: Vec<Pattern>,
 }
 
 impl Compiled {
@@ -141,6 +143,7 @@ impl JsonSchema {
             nodes: Vec::new(),
             refs: HashMap::new(),
             best_effort,
+            patterns: Vec::new(),
         };
         let root = c.node(schema, "#")?;
         let nodes: Vec<Node> = c.nodes.into_iter().map(|n| n.expect("filled")).collect();
@@ -161,6 +164,7 @@ impl JsonSchema {
             root,
             first,
             keyed,
+            patterns: c.patterns,
         };
         if (0..=255u8).any(|b| b != b'{' && compiled.starts(root, b)) {
             return Err("the root must be an object schema".into());
@@ -208,6 +212,7 @@ struct Compiler<'a> {
     refs: HashMap<String, NodeId>,
     /// [`NARROWING`] keywords are passed over like annotations.
     best_effort: bool,
+    patterns: Vec<Pattern>,
 }
 
 impl<'a> Compiler<'a> {
@@ -255,7 +260,7 @@ impl<'a> Compiler<'a> {
                     | "definitions"
             ) || self.passed_over(key)
                 || (BOUNDS.contains(&key.as_str()) && numeric_only(map))
-                || (LENGTHS.contains(&key.as_str()) && only_of(map, &["string"]));
+                || (STRING_RULES.contains(&key.as_str()) && only_of(map, &["string"]));
             if !known {
                 return Err(format!("{path}: keyword '{key}' is not supported"));
             }
@@ -350,14 +355,15 @@ impl<'a> Compiler<'a> {
             "string" => {
                 let min = count(map, "minLength", path)?;
                 let max = count(map, "maxLength", path)?;
-                if min.is_none() && max.is_none() {
+                let pattern = self.pattern(map, path)?;
+                if min.is_none() && max.is_none() && pattern.is_none() {
                     return self.add(Node::String);
                 }
                 let (min, max) = (min.unwrap_or(0), max.unwrap_or(u32::MAX));
                 if min > max {
                     return Err(format!("{path}: minLength is above maxLength"));
                 }
-                self.add(Node::BoundedString { min, max })
+                self.add(Node::BoundedString(StrRule { min, max, pattern }))
             }
             "number" => match NumRange::of(map, path)? {
                 Some(range) => self.add(Node::BoundedNumber(range)),
@@ -389,6 +395,27 @@ impl<'a> Compiler<'a> {
                 Ok(id)
             }
             other => Err(format!("{path}/type: unknown type '{other}'")),
+        }
+    }
+
+    /// The string's `pattern`, compiled, as an index into the patterns. Best effort passes over
+    /// one it cannot compile; strict refuses it.
+    fn pattern(&mut self, map: &Map<String, Value>, path: &str) -> Result<Option<u16>, String> {
+        let Some(p) = map.get("pattern") else {
+            return Ok(None);
+        };
+        let p = p
+            .as_str()
+            .ok_or(format!("{path}/pattern: must be a string"))?;
+        match Pattern::compile(p) {
+            Ok(pattern) => {
+                let id = u16::try_from(self.patterns.len())
+                    .map_err(|_| format!("{path}: too many patterns"))?;
+                self.patterns.push(pattern);
+                Ok(Some(id))
+            }
+            Err(_) if self.best_effort => Ok(None),
+            Err(e) => Err(format!("{path}: {e}")),
         }
     }
 
@@ -526,5 +553,5 @@ fn count(map: &Map<String, Value>, k: &str, path: &str) -> Result<Option<u32>, S
         .transpose()
 }
 
-/// The length bounds of strings, enforced ([`crate::json_schema_str`]).
-const LENGTHS: [&str; 2] = ["minLength", "maxLength"];
+/// The string keywords that are enforced ([`crate::json_schema_str`]).
+const STRING_RULES: [&str; 3] = ["minLength", "maxLength", "pattern"];

@@ -279,3 +279,67 @@ fn bounded_strings_write_only_lengths_in_range() {
         "must be a count",
     );
 }
+
+/// Patterns against the `regex` crate's own search on the decoded string (which runs its own
+/// engines, not this DFA): every sequence of up to four pieces (ASCII, a digit, a two-byte
+/// character, one-letter escapes, the quote) is a whole value exactly when serde_json reads it
+/// as one string the pattern matches somewhere in, and every prefix of such a value is taken.
+#[test]
+fn patterns_hold_as_a_regex_search_of_the_decoded_string() {
+    let pieces = ["a", "b", "1", "é", "\\n", "\\\"", "\\/", "\""];
+    let mut seqs: Vec<Vec<usize>> = vec![Vec::new()];
+    for len in 1..=4 {
+        let longer: Vec<Vec<usize>> = seqs
+            .iter()
+            .filter(|s| s.len() == len - 1)
+            .flat_map(|s| (0..pieces.len()).map(move |p| [s.clone(), vec![p]].concat()))
+            .collect();
+        seqs.extend(longer);
+    }
+    // (the schema's pattern, the same in the `regex` crate's syntax: ECMA-262's `\d` and `\w`
+    // are ASCII, the crate's Unicode).
+    let patterns = [
+        ("^[ab]+$", "^[ab]+$"),
+        ("b", "b"),
+        ("^a|1$", "^a|1$"),
+        ("^(ab)*$", "^(ab)*$"),
+        ("^.{2}$", "^.{2}$"),
+        ("é", "é"),
+        (r"^\d\w", "^[0-9][0-9A-Za-z_]"),
+        ("\n", "\n"),
+        ("^a/?b", "^a/?b"),
+        ("\"", "\""),
+        ("^[^a]*$", "^[^a]*$"),
+        ("x", "x"),
+    ];
+    for (pattern, reference) in patterns {
+        let s = compile(json!({"type": "object", "properties": {
+            "s": {"type": "string", "pattern": pattern}}, "required": ["s"]}));
+        let re = regex::Regex::new(reference).unwrap();
+        for seq in &seqs {
+            let body: String = seq.iter().map(|&p| pieces[p]).collect();
+            let text = format!("{{\"s\":\"{body}}}");
+            let want = serde_json::from_str::<Value>(&text)
+                .is_ok_and(|v| re.is_match(v["s"].as_str().unwrap()));
+            assert_eq!(run(&s, &text).1, want, "{pattern:?} {text}");
+            if want {
+                for cut in 0..text.len() {
+                    if text.is_char_boundary(cut) {
+                        assert!(run(&s, &text[..cut]).0, "{pattern:?} {}", &text[..cut]);
+                    }
+                }
+            }
+            // `accepts` (the string's state alone) agrees with feeding the whole state.
+            let mut at = SchemaState::new(&s.0);
+            assert!(at.feed(&s.0, b"{\"s\":\""));
+            let mut copy = at;
+            let fed = copy.feed(&s.0, body.as_bytes());
+            assert_eq!(at.accepts(&s.0, body.as_bytes()), fed, "{pattern:?} {body}");
+        }
+    }
+    // An unsatisfiable string (no text of length 0 starts with `a`): nothing may follow its
+    // opening quote.
+    let never = compile(json!({"type": "object", "properties": {
+        "s": {"type": "string", "pattern": "^a", "maxLength": 0}}, "required": ["s"]}));
+    assert!(!run(&never, "{\"s\":\"\"").0 && !run(&never, "{\"s\":\"a").0);
+}

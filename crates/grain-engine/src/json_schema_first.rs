@@ -28,7 +28,7 @@ pub(crate) fn first_bytes(
     match &nodes[id as usize] {
         Node::Any { object_only: true } | Node::Object(_) => add(&mut set, b"{"),
         Node::Any { object_only: false } => add(&mut set, b"{[\"-0123456789tfn"),
-        Node::String | Node::BoundedString { .. } => add(&mut set, b"\""),
+        Node::String | Node::BoundedString(_) => add(&mut set, b"\""),
         Node::Number { .. } => add(&mut set, b"-0123456789"),
         Node::BoundedNumber(range) => {
             if range.reachable(true, &[], false, 0) {

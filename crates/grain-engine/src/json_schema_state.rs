@@ -13,7 +13,7 @@
 use crate::json_grammar::{is_json_ws, JsonState, MAX_WHITESPACE};
 use crate::json_schema::{Compiled, Node, NodeId, Prop};
 use crate::json_schema_num::MAX_DIGITS;
-use crate::json_schema_str::{continues, StrLen, StrStep};
+use crate::json_schema_str::{continues, StrAt, StrNext};
 
 /// Deepest nesting of the schema's own objects and arrays.
 pub(crate) const MAX_NESTING: usize = 16;
@@ -69,13 +69,8 @@ enum Leaf {
     },
     /// A number of node `node` ([`Node::BoundedNumber`]).
     Num { node: NodeId, num: NumText },
-    /// A string of node `node` ([`Node::BoundedString`]) after its opening quote: its grammar
-    /// and its length so far.
-    Str {
-        node: NodeId,
-        state: JsonState,
-        len: StrLen,
-    },
+    /// A string of node `node` ([`Node::BoundedString`]) after its opening quote.
+    Str { node: NodeId, at: StrAt },
 }
 
 /// A bounded number as written so far: a `-` (`neg`), then `len` digits, the last `frac` of them
@@ -182,9 +177,9 @@ impl SchemaState {
                 return true;
             }
         }
-        if let Leaf::Str { node, state, len } = self.leaf {
-            if let Node::BoundedString { min, max } = s.nodes[node as usize] {
-                if continues(state, len, (min, max), bytes) {
+        if let Leaf::Str { node, at } = self.leaf {
+            if let Node::BoundedString(rule) = &s.nodes[node as usize] {
+                if continues(at, rule, &s.patterns, bytes) {
                     return true;
                 }
             }
@@ -231,7 +226,7 @@ impl SchemaState {
                 digits,
             } => return self.int_byte(s, node, (neg, mag, digits), b),
             Leaf::Num { node, num } => return self.num_byte(s, node, num, b),
-            Leaf::Str { node, state, len } => return self.str_byte(s, (node, state, len), b),
+            Leaf::Str { node, at } => return self.str_byte(s, (node, at), b),
             Leaf::None | Leaf::Pending(_) => {}
         }
         if is_json_ws(b) {
@@ -305,16 +300,11 @@ impl SchemaState {
                 self.leaf = free(JsonState::any_value(), integer);
                 self.step(s, b)
             }
-            Node::BoundedString { .. } => {
+            Node::BoundedString(rule) => {
                 // `starts` let only the opening quote through.
-                let mut state = JsonState::any_value();
-                let opened = state.feed(&[b]);
-                self.leaf = Leaf::Str {
-                    node,
-                    state,
-                    len: StrLen::default(),
-                };
-                opened
+                let at = StrAt::open(rule, &s.patterns);
+                self.leaf = Leaf::Str { node, at };
+                true
             }
             Node::BoundedNumber(_) => {
                 self.leaf = Leaf::Num {
@@ -335,23 +325,14 @@ impl SchemaState {
         }
     }
 
-    /// A byte of a bounded string: one the grammar takes that keeps its length within bounds.
-    fn str_byte(
-        &mut self,
-        s: &Compiled,
-        (node, state, len): (NodeId, JsonState, StrLen),
-        b: u8,
-    ) -> bool {
-        let Node::BoundedString { min, max } = s.nodes[node as usize] else {
+    /// A byte of a bounded string: one the grammar takes that keeps it within its rule.
+    fn str_byte(&mut self, s: &Compiled, (node, at): (NodeId, StrAt), b: u8) -> bool {
+        let Node::BoundedString(rule) = &s.nodes[node as usize] else {
             return false;
         };
-        let mut state = state;
-        if !state.feed(&[b]) {
-            return false;
-        }
-        match len.step(b, (min, max)) {
-            Some(StrStep::Open(len)) => self.leaf = Leaf::Str { node, state, len },
-            Some(StrStep::Closed) => {
+        match at.step(rule, &s.patterns, b) {
+            Some(StrNext::Open(at)) => self.leaf = Leaf::Str { node, at },
+            Some(StrNext::Closed) => {
                 self.leaf = Leaf::None;
                 self.value_done();
             }

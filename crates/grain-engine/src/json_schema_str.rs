@@ -1,8 +1,16 @@
-//! `minLength` / `maxLength` on strings ([`crate::json_schema::Node::BoundedString`]): the length
+//! `minLength`, `maxLength` and `pattern` on strings ([`crate::json_schema::Node::BoundedString`]).
+//!
+//! The length
 //! of a string as written so far, counted as JSON Schema counts it (Unicode code points of the
 //! decoded string: an escape is one character, a `\uD83D\uDE00` surrogate pair one), and which
 //! bytes keep it within its bounds. The string's grammar itself (escapes, UTF-8, control
 //! characters) is [`crate::json_grammar::JsonState`]'s; this only counts.
+
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::nfa::thompson;
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::start;
+use regex_automata::{Anchored, MatchKind};
 
 use crate::json_grammar::JsonState;
 
@@ -102,22 +110,199 @@ impl StrLen {
     }
 }
 
-/// Whether `bytes` all continue a string of `bounds` (its grammar `state`, its count `len`)
-/// without closing it: [`crate::json_schema_state::SchemaState::accepts`] tests a token on a copy
-/// of these alone, as it does for a free value.
-pub(crate) fn continues(
-    mut state: JsonState,
-    mut len: StrLen,
-    bounds: (u32, u32),
-    bytes: &[u8],
-) -> bool {
-    bytes.iter().all(|&b| match len.step(b, bounds) {
-        Some(StrStep::Open(next)) if state.feed(&[b]) => {
-            len = next;
+/// What a schema asks of a string: `minLength ..= maxLength` characters and, where it gives
+/// one, a `pattern` (an index into [`crate::json_schema::Compiled::patterns`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StrRule {
+    pub min: u32,
+    pub max: u32,
+    pub pattern: Option<u16>,
+}
+
+/// A bounded string after its opening quote: its grammar, its length and, with a pattern, where
+/// the pattern's automaton stands on the decoded text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StrAt {
+    state: JsonState,
+    len: StrLen,
+    dfa: StateID,
+}
+
+/// What a byte does to a bounded string ([`StrAt::step`]).
+pub(crate) enum StrNext {
+    Open(StrAt),
+    Closed,
+}
+
+impl StrAt {
+    /// The string just opened (its quote read).
+    pub(crate) fn open(rule: &StrRule, patterns: &[Pattern]) -> StrAt {
+        let mut state = JsonState::any_value();
+        let opened = state.feed(b"\"");
+        debug_assert!(opened);
+        let dfa = rule
+            .pattern
+            .map_or(StateID::ZERO, |i| patterns[i as usize].start);
+        StrAt {
+            state,
+            len: StrLen::default(),
+            dfa,
+        }
+    }
+
+    /// The string after byte `b`, where the grammar, the bounds and the pattern all allow it.
+    pub(crate) fn step(self, rule: &StrRule, patterns: &[Pattern], b: u8) -> Option<StrNext> {
+        let mut next = self;
+        if !next.state.feed(&[b]) {
+            return None;
+        }
+        if let Some(i) = rule.pattern {
+            next.dfa = patterns[i as usize].step(self.dfa, self.len.role(b))?;
+        }
+        match self.len.step(b, (rule.min, rule.max))? {
+            StrStep::Open(len) => {
+                next.len = len;
+                Some(StrNext::Open(next))
+            }
+            StrStep::Closed => Some(StrNext::Closed),
+        }
+    }
+}
+
+/// Whether `bytes` all continue the string at `at` without closing it:
+/// [`crate::json_schema_state::SchemaState::accepts`] tests a token on a copy of the string's
+/// state alone, as it does for a free value.
+pub(crate) fn continues(at: StrAt, rule: &StrRule, patterns: &[Pattern], bytes: &[u8]) -> bool {
+    let mut at = at;
+    bytes.iter().all(|&b| match at.step(rule, patterns, b) {
+        Some(StrNext::Open(next)) => {
+            at = next;
             true
         }
         _ => false,
     })
+}
+
+/// The part a byte plays in a string, from the count's view of what came before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A byte of the decoded text: a raw byte, or what a one-letter escape stands for.
+    Text(u8),
+    /// The `\` that opens an escape.
+    Escape,
+    /// The `u` of a `\u` escape, or one of its hex digits.
+    Unicode,
+    /// The closing quote.
+    Close,
+}
+
+/// The bytes the one-letter escapes stand for.
+const ESCAPED: [u8; 8] = [b'"', b'\\', b'/', 0x08, 0x0C, b'\n', b'\r', b'\t'];
+
+impl StrLen {
+    /// The part byte `b` plays after the string's bytes so far.
+    pub(crate) fn role(&self, b: u8) -> Role {
+        if self.cont > 0 {
+            return Role::Text(b);
+        }
+        match (self.escape, b) {
+            (0, b'"') => Role::Close,
+            (0, b'\\') => Role::Escape,
+            (0, _) => Role::Text(b),
+            (1, b'u') | (2.., _) => Role::Unicode,
+            (1, _) => Role::Text(match b {
+                b'b' => 0x08,
+                b'f' => 0x0C,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                other => other,
+            }),
+        }
+    }
+}
+
+/// A string's `pattern` as a DFA over its decoded UTF-8 text. JSON Schema patterns are ECMA-262
+/// regular expressions that match anywhere in the string; this compiles `(?s:.)*(?:P)(?s:.)*`
+/// with the `regex` crate's syntax (the common subset: classes, groups, alternation, counted
+/// repetition, `^` and `$`; no look-around or back-references; `\d` and `\w` ASCII, as in
+/// ECMA-262, [`ecma_classes`]), and a string matches when the
+/// whole text takes the DFA to a match. Bytes that lead it to its dead state are not written;
+/// escapes in such a string are the one-letter ones (`\n`, `\"`, …), not `\u`.
+#[derive(Debug)]
+pub(crate) struct Pattern {
+    dfa: dense::DFA<Vec<u32>>,
+    start: StateID,
+}
+
+/// `pattern` with ECMA-262's ASCII meaning of `\d` and `\w` (and their negations), which the
+/// `regex` crate reads as Unicode classes: `\d` is `[0-9]`, as JSON Schema means it, so a
+/// pattern's digits are ASCII digits. Inside a class the replacement is a nested class.
+fn ecma_classes(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str("[0-9]"),
+            Some('D') => out.push_str("[^0-9]"),
+            Some('w') => out.push_str("[0-9A-Za-z_]"),
+            Some('W') => out.push_str("[^0-9A-Za-z_]"),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The largest DFA a pattern may compile to.
+const DFA_BYTES: usize = 4 << 20;
+
+impl Pattern {
+    pub(crate) fn compile(pattern: &str) -> Result<Pattern, String> {
+        let refused = |e: &dyn std::fmt::Display| format!("pattern {pattern:?}: {e}");
+        let wrapped = format!("(?s:.)*(?:{})(?s:.)*", ecma_classes(pattern));
+        let dfa = dense::Builder::new()
+            .thompson(thompson::Config::new().nfa_size_limit(Some(DFA_BYTES)))
+            .configure(
+                dense::Config::new()
+                    .match_kind(MatchKind::All)
+                    .minimize(true)
+                    .start_kind(StartKind::Anchored)
+                    .dfa_size_limit(Some(DFA_BYTES))
+                    .determinize_size_limit(Some(DFA_BYTES)),
+            )
+            .build(&wrapped)
+            .map_err(|e| refused(&e))?;
+        let start = dfa
+            .start_state(&start::Config::new().anchored(Anchored::Yes))
+            .map_err(|e| refused(&e))?;
+        Ok(Pattern { dfa, start })
+    }
+
+    /// The state after a byte in role `role`, or `None` where no completion can match.
+    fn step(&self, at: StateID, role: Role) -> Option<StateID> {
+        let alive = |s: StateID| (!self.dfa.is_dead_state(s)).then_some(s);
+        match role {
+            Role::Text(b) => alive(self.dfa.next_state(at, b)),
+            // Some one-letter escape must keep it alive; the letter then decides.
+            Role::Escape => ESCAPED
+                .iter()
+                .any(|&b| !self.dfa.is_dead_state(self.dfa.next_state(at, b)))
+                .then_some(at),
+            Role::Unicode => None,
+            Role::Close => self
+                .dfa
+                .is_match_state(self.dfa.next_eoi_state(at))
+                .then_some(at),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +348,23 @@ mod tests {
                 assert!(run(t, (0, want - 1)).is_err(), "{t} at max {}", want - 1);
             }
         }
+    }
+
+    #[test]
+    fn perl_classes_take_their_ascii_meaning() {
+        assert_eq!(
+            ecma_classes(r"^\d{3}-\w[^\D]\s\\d$"),
+            r"^[0-9]{3}-[0-9A-Za-z_][^[^0-9]]\s\\d$"
+        );
+        let p = Pattern::compile(r"^\d$").unwrap();
+        let matches = |text: &str| {
+            let mut at = p.start;
+            for &b in text.as_bytes() {
+                at = p.dfa.next_state(at, b);
+            }
+            p.dfa.is_match_state(p.dfa.next_eoi_state(at))
+        };
+        assert!(matches("7") && !matches("\u{0968}") && !matches("77"));
     }
 
     #[test]
