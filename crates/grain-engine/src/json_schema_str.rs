@@ -1,10 +1,10 @@
-//! `minLength`, `maxLength` and `pattern` on strings ([`crate::json_schema::Node::BoundedString`]).
-//!
-//! The length
-//! of a string as written so far, counted as JSON Schema counts it (Unicode code points of the
-//! decoded string: an escape is one character, a `\uD83D\uDE00` surrogate pair one), and which
-//! bytes keep it within its bounds. The string's grammar itself (escapes, UTF-8, control
-//! characters) is [`crate::json_grammar::JsonState`]'s; this only counts.
+//! `minLength`, `maxLength` and `pattern` on strings ([`crate::json_schema::Node::BoundedString`]):
+//! - [`StrLen`] counts a string's length as JSON Schema counts it (Unicode code points of the
+//!   decoded string: an escape is one character, a `\uD83D\uDE00` surrogate pair one) and says
+//!   which bytes keep it within its bounds;
+//! - [`Pattern`] follows the decoded text through the pattern's DFA;
+//! - [`StrAt`] is both, with the string's grammar (escapes, UTF-8, control characters), which is
+//!   [`crate::json_grammar::JsonState`]'s.
 
 use regex_automata::dfa::{dense, Automaton, StartKind};
 use regex_automata::nfa::thompson;
