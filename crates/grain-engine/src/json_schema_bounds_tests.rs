@@ -212,6 +212,20 @@ fn number_bounds_hold_at_extreme_magnitudes() {
     }
 }
 
+/// Every sequence of up to `most` indices below `pieces`, the empty one included.
+fn sequences(pieces: usize, most: usize) -> Vec<Vec<usize>> {
+    let mut seqs: Vec<Vec<usize>> = vec![Vec::new()];
+    for len in 1..=most {
+        let longer: Vec<Vec<usize>> = seqs
+            .iter()
+            .filter(|s| s.len() == len - 1)
+            .flat_map(|s| (0..pieces).map(move |p| [s.clone(), vec![p]].concat()))
+            .collect();
+        seqs.extend(longer);
+    }
+    seqs
+}
+
 /// Bounded strings against brute force: every sequence of up to four pieces (plain, two- and
 /// four-byte characters, escapes, a surrogate pair, the quote) is a whole value exactly when
 /// serde_json reads it as one string whose code points are within the bounds, and a string left
@@ -219,15 +233,7 @@ fn number_bounds_hold_at_extreme_magnitudes() {
 #[test]
 fn bounded_strings_write_only_lengths_in_range() {
     let pieces = ["a", "é", "😀", "\\n", "\\u00e9", "\\ud83d\\ude00", "\""];
-    let mut seqs: Vec<Vec<usize>> = vec![Vec::new()];
-    for len in 1..=4 {
-        let longer: Vec<Vec<usize>> = seqs
-            .iter()
-            .filter(|s| s.len() == len - 1)
-            .flat_map(|s| (0..pieces.len()).map(move |p| [s.clone(), vec![p]].concat()))
-            .collect();
-        seqs.extend(longer);
-    }
+    let seqs = sequences(pieces.len(), 4);
     for (min, max) in [(0, 0), (1, 1), (2, 3), (0, 2), (3, u32::MAX)] {
         let mut bounds = json!({"type": "string", "minLength": min});
         if max != u32::MAX {
@@ -287,15 +293,7 @@ fn bounded_strings_write_only_lengths_in_range() {
 #[test]
 fn patterns_hold_as_a_regex_search_of_the_decoded_string() {
     let pieces = ["a", "b", "1", "é", "\\n", "\\\"", "\\/", "\""];
-    let mut seqs: Vec<Vec<usize>> = vec![Vec::new()];
-    for len in 1..=4 {
-        let longer: Vec<Vec<usize>> = seqs
-            .iter()
-            .filter(|s| s.len() == len - 1)
-            .flat_map(|s| (0..pieces.len()).map(move |p| [s.clone(), vec![p]].concat()))
-            .collect();
-        seqs.extend(longer);
-    }
+    let seqs = sequences(pieces.len(), 4);
     // (the schema's pattern, the same in the `regex` crate's syntax: ECMA-262's `\d` and `\w`
     // are ASCII, the crate's Unicode).
     let patterns = [
