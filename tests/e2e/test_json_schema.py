@@ -137,16 +137,17 @@ class Rating(pydantic.BaseModel):
     stars: int = pydantic.Field(ge=1, le=5)
     votes: int = pydantic.Field(gt=-3, lt=40)
     confidence: float = pydantic.Field(ge=0, le=1)
+    stride: int = pydantic.Field(multiple_of=5, ge=-50)
     best: bool
 
 
 def test_bounded_numbers_from_pydantic_stay_in_range(client, model_id):
-    """`Field(ge=…, le=…)` on an int or a float: the strict schema's `minimum` /
-    `exclusiveMaximum` are enforced digit by digit, and pydantic's own validation in `parse` is
-    the judge."""
+    """`Field(ge=…, le=…)` on an int or a float, `Field(multiple_of=…)` on an int: the strict
+    schema's `minimum` / `exclusiveMaximum` / `multipleOf` are enforced digit by digit, and
+    pydantic's own validation in `parse` is the judge."""
     for rating in parsed_over_seeds(client, model_id, Rating, 6, 1.0):
         assert isinstance(rating, Rating) and 1 <= rating.stars <= 5 and -3 < rating.votes < 40
-        assert 0 <= rating.confidence <= 1
+        assert 0 <= rating.confidence <= 1 and rating.stride % 5 == 0 and rating.stride >= -50
 
 
 class Pet(pydantic.BaseModel):
@@ -216,7 +217,7 @@ def test_a_non_strict_schema_holds_the_structure_and_leaves_narrowing_keywords(c
 @pytest.mark.parametrize(
     "schema, says",
     [
-        ({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 3}}}, "multipleOf"),
+        ({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 0.5}}}, "multipleOf"),
         ({"type": "object", "properties": {"a": {"type": "string", "pattern": "a(?=b)"}}}, "pattern"),
         ({"type": "array", "items": {"type": "integer"}}, "root must be an object"),
         ({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}, "no such definition"),

@@ -12,9 +12,9 @@
 //!   may be left out), `additionalProperties` (only the listed properties are written; an object
 //!   schema without `properties` takes any object unless `additionalProperties` is `false`);
 //! - `items`, `minItems`, `maxItems`;
-//! - on integers and numbers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`
-//!   ([`crate::json_schema_int`], [`crate::json_schema_num`]: no digit that leads out of the
-//!   range is written);
+//! - on integers and numbers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, and
+//!   on integers a whole `multipleOf` ([`crate::json_schema_int`], [`crate::json_schema_num`]: no
+//!   digit that leads out of the range, or away from every multiple, is written);
 //! - on strings, `minLength` and `maxLength` (in code points, as JSON Schema counts them; no
 //!   character past the maximum, no closing quote before the minimum) and `pattern` (a DFA of
 //!   the decoded text: no byte after which it cannot match; [`crate::json_schema_str`]);
@@ -23,12 +23,12 @@
 //!   `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`, and `format` (an
 //!   annotation unless a schema opts into format assertions, JSON Schema 2020-12 §7.2).
 //!
-//! Any other keyword (`multipleOf`, `uniqueItems`, …), or a pattern beyond a DFA (look-around,
-//! back-references), is refused by name by
-//! [`JsonSchema::compile`] rather than ignored, since the output could then break it: what a
-//! `strict` schema needs. [`JsonSchema::compile_best_effort`], for OpenAI's non-strict schemas
-//! (which promise no more), leaves the keywords that only narrow a value's range
-//! (`NARROWING`) unenforced and holds the output to the rest. The root must be an object.
+//! Any other keyword (`uniqueItems`, a number's `multipleOf`, …), or a pattern beyond a DFA
+//! (look-around, back-references), is refused by name by [`JsonSchema::compile`] rather than
+//! ignored, since the output could then break it: what a `strict` schema needs.
+//! [`JsonSchema::compile_best_effort`], for OpenAI's non-strict schemas (which promise no more),
+//! leaves the keywords that only narrow a value's range (`NARROWING`) unenforced and holds the
+//! output to the rest. The root must be an object.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -260,7 +260,8 @@ impl<'a> Compiler<'a> {
                     | "definitions"
             ) || self.passed_over(key)
                 || (BOUNDS.contains(&key.as_str()) && numeric_only(map))
-                || (STRING_RULES.contains(&key.as_str()) && only_of(map, &["string"]));
+                || (STRING_RULES.contains(&key.as_str()) && only_of(map, &["string"]))
+                || (key == "multipleOf" && only_of(map, &["integer"]));
             if !known {
                 return Err(format!("{path}: keyword '{key}' is not supported"));
             }

@@ -7,17 +7,20 @@ use super::tests::{compile, refused, run};
 use super::SchemaState;
 use crate::json_schema::JsonSchema;
 
-/// Bounded integers against brute force: over small ranges, every text of up to four bytes from
-/// `-0123456789` is a whole value exactly when it is a JSON integer inside the range, and a
-/// prefix is taken exactly when some completion is.
+/// Bounded integers against brute force: over small ranges (some with a `multipleOf`), every
+/// text of up to four bytes from `-0123456789` is a whole value exactly when it is a JSON integer
+/// inside the range that is a multiple of the step, and a prefix is taken exactly when some
+/// completion is.
 #[test]
 fn bounded_integers_write_only_values_in_range() {
-    fn valid(t: &str, (lo, hi): (i64, i64)) -> bool {
+    fn valid(t: &str, (lo, hi, step): (i64, i64, i64)) -> bool {
         let digits = t.strip_prefix('-').unwrap_or(t);
         let json = !digits.is_empty()
             && digits.bytes().all(|b| b.is_ascii_digit())
             && (digits == "0" || !digits.starts_with('0'));
-        json && t.parse::<i64>().is_ok_and(|v| lo <= v && v <= hi)
+        json && t
+            .parse::<i64>()
+            .is_ok_and(|v| lo <= v && v <= hi && v % step == 0)
     }
     let alphabet = b"-0123456789";
     let mut texts = vec![String::new()];
@@ -30,22 +33,55 @@ fn bounded_integers_write_only_values_in_range() {
         }
         texts.extend(more);
     }
-    for (lo, hi) in [(0, 20), (-150, -3), (-7, 99), (5, 5), (1, 1000), (-999, 0)] {
-        let s = compile(json!({"type": "object", "properties": {
-            "a": {"type": "integer", "minimum": lo, "maximum": hi}}, "required": ["a"]}));
+    let cases = [
+        (0, 20, 1),
+        (-150, -3, 1),
+        (-7, 99, 1),
+        (5, 5, 1),
+        (1, 1000, 1),
+        (-999, 0, 1),
+        (0, 20, 3),
+        (-150, -3, 7),
+        (-7, 99, 5),
+        (1, 1000, 11),
+        (-999, 0, 4),
+        (-50, 50, 25),
+        (35, 35, 7),
+    ];
+    for (lo, hi, step) in cases {
+        let mut a = json!({"type": "integer", "minimum": lo, "maximum": hi});
+        if step > 1 {
+            a["multipleOf"] = json!(step);
+        }
+        let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
+        let rule = (lo, hi, step);
         for t in &texts {
             let whole = run(&s, &format!("{{\"a\":{t}}}"));
-            assert_eq!(whole.1, valid(t, (lo, hi)), "[{lo}, {hi}] {t:?}");
+            assert_eq!(whole.1, valid(t, rule), "{rule:?} {t:?}");
             let some_completion = texts
                 .iter()
-                .any(|u| u.starts_with(t.as_str()) && valid(u, (lo, hi)));
+                .any(|u| u.starts_with(t.as_str()) && valid(u, rule));
             assert_eq!(
                 run(&s, &format!("{{\"a\":{t}")).0,
                 some_completion,
-                "[{lo}, {hi}] prefix {t:?}"
+                "{rule:?} prefix {t:?}"
             );
         }
     }
+    // Without bounds a multiple is still all it writes (within i64); none in range is refused.
+    let s = compile(json!({"type": "object", "properties": {
+        "a": {"type": "integer", "multipleOf": 6}}, "required": ["a"]}));
+    assert_eq!(run(&s, r#"{"a":-120}"#), (true, true));
+    assert!(!run(&s, r#"{"a":-121}"#).1);
+    refused(
+        &json!({"type": "object", "properties": {
+            "a": {"type": "integer", "minimum": 6, "maximum": 9, "multipleOf": 10}}}),
+        "no multiple of 10",
+    );
+    refused(
+        &json!({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 0.5}}}),
+        "positive whole number",
+    );
 }
 
 #[test]

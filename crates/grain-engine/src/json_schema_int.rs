@@ -1,26 +1,44 @@
 //! `{"type": "integer"}` with `minimum`, `maximum`, `exclusiveMinimum` or `exclusiveMaximum`
-//! (what pydantic writes for `Field(ge=…, le=…)`): the bounds as one inclusive range, and whether
-//! a JSON integer written so far can still end inside it, so that decoding never writes a digit
-//! that leads out of the range.
+//! (what pydantic writes for `Field(ge=…, le=…)`), and `multipleOf` (`Field(multiple_of=…)`): the
+//! bounds as one inclusive range and a step, and whether a JSON integer written so far can still
+//! end on a multiple of the step inside the range, so that decoding never writes a digit that
+//! leads out of it.
 
 use serde_json::{Map, Value};
 
 /// The keywords read here.
 pub(crate) const BOUNDS: [&str; 4] = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
 
-/// Integers `lo ..= hi`.
+/// Integers `lo ..= hi` that are multiples of `step` (1 without `multipleOf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IntRange {
     pub lo: i64,
     pub hi: i64,
+    pub step: u64,
+}
+
+/// `multipleOf` on an integer: a positive whole number.
+fn step_of(map: &Map<String, Value>, path: &str) -> Result<u64, String> {
+    let Some(v) = map.get("multipleOf") else {
+        return Ok(1);
+    };
+    let whole = v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|x| x.fract() == 0.0 && *x >= 1.0 && *x < 1e18)
+            .map(|x| x as u64)
+    });
+    whole.filter(|&m| m > 0).ok_or(format!(
+        "{path}/multipleOf: on an integer, must be a positive whole number"
+    ))
 }
 
 impl IntRange {
     /// The range `map`'s bounds give an integer; `None` when it has none.
     pub fn of(map: &Map<String, Value>, path: &str) -> Result<Option<Self>, String> {
-        if !BOUNDS.iter().any(|k| map.contains_key(*k)) {
+        if !BOUNDS.iter().any(|k| map.contains_key(*k)) && !map.contains_key("multipleOf") {
             return Ok(None);
         }
+        let step = step_of(map, path)?;
         let (mut lo, mut hi) = (i128::from(i64::MIN), i128::from(i64::MAX));
         for k in BOUNDS {
             let Some(v) = map.get(k) else { continue };
@@ -60,18 +78,33 @@ impl IntRange {
         if lo > hi {
             return Err(format!("{path}: no integer lies within its bounds"));
         }
-        Ok(Some(Self {
+        let range = Self {
             lo: lo as i64,
             hi: hi as i64,
-        }))
+            step,
+        };
+        if !range.reachable(false, 0, 0) {
+            return Err(format!(
+                "{path}: no multiple of {step} lies within its bounds"
+            ));
+        }
+        Ok(Some(range))
     }
 
     /// Whether a JSON integer begun as `-` (`neg`) and `digits` digits whose value is `mag` can
     /// still end inside the range (`0` and `-0` take no more digits).
     pub fn reachable(self, neg: bool, mag: u64, digits: u8) -> bool {
         let (lo, hi) = (i128::from(self.lo), i128::from(self.hi));
+        let m = i128::from(self.step);
+        // A multiple of the step within `x ..= y`.
+        let multiple_in = |x: i128, y: i128| x <= y && (x + m - 1).div_euclid(m) * m <= y;
         if digits == 0 {
-            return !neg || lo <= 0;
+            // Anything left: zero, or a magnitude of either sign.
+            return if neg {
+                multiple_in(lo, hi.min(0))
+            } else {
+                multiple_in(lo, hi)
+            };
         }
         if mag == 0 {
             return lo <= 0 && 0 <= hi;
@@ -84,7 +117,7 @@ impl IntRange {
         };
         let (mut low, mut high) = (i128::from(mag), i128::from(mag));
         while low <= b {
-            if high >= a {
+            if multiple_in(low.max(a), high.min(b)) {
                 return true;
             }
             (low, high) = (low * 10, high * 10 + 9);
@@ -99,6 +132,9 @@ impl IntRange {
         } else {
             i128::from(mag)
         };
-        digits > 0 && i128::from(self.lo) <= v && v <= i128::from(self.hi)
+        digits > 0
+            && i128::from(self.lo) <= v
+            && v <= i128::from(self.hi)
+            && v % i128::from(self.step) == 0
     }
 }

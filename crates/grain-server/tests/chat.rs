@@ -433,7 +433,7 @@ async fn json_schema_is_compiled_and_unsupported_keywords_are_named() {
     let h = harness(ServerConfig::default()).await;
     let mut body = user("hi");
     let schema =
-        json!({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 3}}});
+        json!({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 0.5}}});
     body["response_format"] = json!({"type": "json_schema",
         "json_schema": {"name": "t", "schema": schema, "strict": true}});
     let err = assert_error(
