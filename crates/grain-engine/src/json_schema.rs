@@ -370,7 +370,7 @@ impl<'a> Compiler<'a> {
                 Some(range) => self.add(Node::BoundedNumber(range)),
                 None => self.add(Node::Number { integer: false }),
             },
-            "integer" => match IntRange::of(map, path)? {
+            "integer" => match IntRange::of(map, path, self.best_effort)? {
                 Some(range) => self.add(Node::Integer(range)),
                 None => self.add(Node::Number { integer: true }),
             },

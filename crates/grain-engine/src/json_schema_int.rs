@@ -17,8 +17,9 @@ pub(crate) struct IntRange {
     pub step: u64,
 }
 
-/// `multipleOf` on an integer: a positive whole number.
-fn step_of(map: &Map<String, Value>, path: &str) -> Result<u64, String> {
+/// `multipleOf` on an integer: a positive whole number. Best effort takes any other as no step
+/// (OpenAI's non-strict schemas promise no more); strict refuses it.
+fn step_of(map: &Map<String, Value>, path: &str, best_effort: bool) -> Result<u64, String> {
     let Some(v) = map.get("multipleOf") else {
         return Ok(1);
     };
@@ -27,18 +28,26 @@ fn step_of(map: &Map<String, Value>, path: &str) -> Result<u64, String> {
             .filter(|x| x.fract() == 0.0 && *x >= 1.0 && *x < 1e18)
             .map(|x| x as u64)
     });
-    whole.filter(|&m| m > 0).ok_or(format!(
-        "{path}/multipleOf: on an integer, must be a positive whole number"
-    ))
+    match whole.filter(|&m| m > 0) {
+        Some(m) => Ok(m),
+        None if best_effort => Ok(1),
+        None => Err(format!(
+            "{path}/multipleOf: on an integer, must be a positive whole number"
+        )),
+    }
 }
 
 impl IntRange {
-    /// The range `map`'s bounds give an integer; `None` when it has none.
-    pub fn of(map: &Map<String, Value>, path: &str) -> Result<Option<Self>, String> {
+    /// The range `map`'s bounds and step give an integer; `None` when it has none.
+    pub fn of(
+        map: &Map<String, Value>,
+        path: &str,
+        best_effort: bool,
+    ) -> Result<Option<Self>, String> {
         if !BOUNDS.iter().any(|k| map.contains_key(*k)) && !map.contains_key("multipleOf") {
             return Ok(None);
         }
-        let step = step_of(map, path)?;
+        let step = step_of(map, path, best_effort)?;
         let (mut lo, mut hi) = (i128::from(i64::MIN), i128::from(i64::MAX));
         for k in BOUNDS {
             let Some(v) = map.get(k) else { continue };
@@ -92,7 +101,7 @@ impl IntRange {
     }
 
     /// Whether a JSON integer begun as `-` (`neg`) and `digits` digits whose value is `mag` can
-    /// still end inside the range (`0` and `-0` take no more digits).
+    /// still end on a multiple of the step inside the range (`0` and `-0` take no more digits).
     pub fn reachable(self, neg: bool, mag: u64, digits: u8) -> bool {
         let (lo, hi) = (i128::from(self.lo), i128::from(self.hi));
         let m = i128::from(self.step);
@@ -125,7 +134,8 @@ impl IntRange {
         false
     }
 
-    /// Whether the integer written so far is in the range (it may end here).
+    /// Whether the integer written so far is a multiple of the step in the range (it may end
+    /// here).
     pub fn contains(self, neg: bool, mag: u64, digits: u8) -> bool {
         let v = if neg {
             -i128::from(mag)
