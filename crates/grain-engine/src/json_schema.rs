@@ -144,6 +144,8 @@ impl JsonSchema {
             refs: HashMap::new(),
             best_effort,
             patterns: Vec::new(),
+            pattern_tries: 0,
+            pattern_bytes: 0,
         };
         let root = c.node(schema, "#")?;
         let nodes: Vec<Node> = c.nodes.into_iter().map(|n| n.expect("filled")).collect();
@@ -213,7 +215,15 @@ struct Compiler<'a> {
     /// [`NARROWING`] keywords are passed over like annotations.
     best_effort: bool,
     patterns: Vec<Pattern>,
+    /// Patterns compiled (or tried) so far, and their DFAs' bytes.
+    pattern_tries: usize,
+    pattern_bytes: usize,
 }
+
+/// The most patterns a schema may hold, and the most memory their DFAs may take together: each
+/// request compiles its own schema.
+const MAX_PATTERNS: usize = 16;
+const PATTERN_BYTES: usize = 8 << 20;
 
 impl<'a> Compiler<'a> {
     fn reserve(&mut self) -> Result<NodeId, String> {
@@ -408,10 +418,23 @@ impl<'a> Compiler<'a> {
         let p = p
             .as_str()
             .ok_or(format!("{path}/pattern: must be a string"))?;
+        // Compiling is the costly part (a refused pattern too): bounded per schema in both modes.
+        self.pattern_tries += 1;
+        if self.pattern_tries > MAX_PATTERNS {
+            return Err(format!(
+                "{path}: at most {MAX_PATTERNS} patterns per schema are supported"
+            ));
+        }
         match Pattern::compile(p) {
             Ok(pattern) => {
-                let id = u16::try_from(self.patterns.len())
-                    .map_err(|_| format!("{path}: too many patterns"))?;
+                self.pattern_bytes += pattern.memory_usage();
+                if self.pattern_bytes > PATTERN_BYTES {
+                    return Err(format!(
+                        "{path}: the schema's patterns compile to more than {} MB",
+                        PATTERN_BYTES >> 20
+                    ));
+                }
+                let id = self.patterns.len() as u16; // At most MAX_PATTERNS.
                 self.patterns.push(pattern);
                 Ok(Some(id))
             }

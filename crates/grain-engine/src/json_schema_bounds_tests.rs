@@ -373,6 +373,13 @@ fn patterns_hold_as_a_regex_search_of_the_decoded_string() {
             assert_eq!(at.accepts(&s.0, body.as_bytes()), fed, "{pattern:?} {body}");
         }
     }
+    // A schema compiles at most 16 patterns, in both modes (each request compiles its own).
+    let many: serde_json::Map<String, Value> = (0..17)
+        .map(|i| (format!("p{i}"), json!({"type": "string", "pattern": "^a"})))
+        .collect();
+    let many = json!({"type": "object", "properties": many});
+    refused(&many, "at most 16 patterns");
+    assert!(JsonSchema::compile_best_effort(&many).is_err());
     // An unsatisfiable string (no text of length 0 starts with `a`): nothing may follow its
     // opening quote.
     let never = compile(json!({"type": "object", "properties": {

@@ -262,7 +262,7 @@ fn ecma_classes(pattern: &str) -> String {
 }
 
 /// The largest DFA a pattern may compile to.
-const DFA_BYTES: usize = 4 << 20;
+const DFA_BYTES: usize = 1 << 20;
 
 impl Pattern {
     pub(crate) fn compile(pattern: &str) -> Result<Pattern, String> {
@@ -284,6 +284,11 @@ impl Pattern {
             .start_state(&start::Config::new().anchored(Anchored::Yes))
             .map_err(|e| refused(&e))?;
         Ok(Pattern { dfa, start })
+    }
+
+    /// The bytes its DFA takes.
+    pub(crate) fn memory_usage(&self) -> usize {
+        self.dfa.memory_usage()
     }
 
     /// The state after a byte in role `role`, or `None` where no completion can match.
