@@ -59,10 +59,7 @@ pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchem
                 let Some(Value::Object(own)) = obj.remove(key) else {
                     continue;
                 };
-                let slot = defs
-                    .entry(key)
-                    .or_insert_with(|| Value::Object(Default::default()));
-                let slot = slot.as_object_mut().expect("an object");
+                let slot = definitions(&mut defs, key);
                 for (name, schema) in own {
                     match slot.get(&name) {
                         Some(other) if *other != schema => {
@@ -82,16 +79,12 @@ pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchem
                 }
             }
         }
-        if refers_to_root(&parameters) {
-            // The function's own root is no longer the schema's: it becomes a definition, and
-            // its `$ref`s to `#` point there.
-            let home = format!("grain_tool_{}", t.name);
-            let target = format!("#/$defs/{home}");
-            point_root_refs(&mut parameters, &target);
-            let slot = defs
-                .entry("$defs")
-                .or_insert_with(|| Value::Object(Default::default()));
-            let slot = slot.as_object_mut().expect("an object");
+        // The function's own root is no longer the schema's: where its `$ref`s point to `#`,
+        // it becomes a definition and they point there.
+        let home = format!("grain_tool_{}", t.name);
+        let target = format!("#/$defs/{home}");
+        if point_root_refs(&mut parameters, &target) {
+            let slot = definitions(&mut defs, "$defs");
             if slot.contains_key(&home) {
                 return Err(wire::RequestError::InvalidValue {
                     param: param(t),
@@ -120,29 +113,38 @@ pub(crate) fn call_schema(call: &wire::CallPlan<'_>) -> Result<engine::JsonSchem
     )
 }
 
-/// Points every `$ref` to the schema's root (`#`) at `target`.
-fn point_root_refs(v: &mut Value, target: &str) {
+/// The envelope's definitions under `key` (`$defs` or `definitions`), made on first use.
+fn definitions<'a>(
+    defs: &'a mut serde_json::Map<String, Value>,
+    key: &str,
+) -> &'a mut serde_json::Map<String, Value> {
+    let slot = defs
+        .entry(key)
+        .or_insert_with(|| Value::Object(Default::default()));
+    slot.as_object_mut().expect("an object")
+}
+
+/// Points every `$ref` to the schema's root (`#`) at `target`; whether there was one.
+fn point_root_refs(v: &mut Value, target: &str) -> bool {
+    let mut found = false;
     match v {
         Value::Object(m) => {
             if m.get("$ref").and_then(|r| r.as_str()) == Some("#") {
                 m.insert("$ref".into(), Value::String(target.to_owned()));
+                found = true;
             }
-            m.values_mut().for_each(|v| point_root_refs(v, target));
+            for v in m.values_mut() {
+                found |= point_root_refs(v, target);
+            }
         }
-        Value::Array(a) => a.iter_mut().for_each(|v| point_root_refs(v, target)),
+        Value::Array(a) => {
+            for v in a {
+                found |= point_root_refs(v, target);
+            }
+        }
         _ => {}
     }
-}
-
-/// Whether a schema has a `$ref` to its own root anywhere.
-fn refers_to_root(v: &Value) -> bool {
-    match v {
-        Value::Object(m) => {
-            m.get("$ref").and_then(|r| r.as_str()) == Some("#") || m.values().any(refers_to_root)
-        }
-        Value::Array(a) => a.iter().any(refers_to_root),
-        _ => false,
-    }
+    found
 }
 
 /// The system prompt's part that offers the tools: each as one line of JSON (name, description,
