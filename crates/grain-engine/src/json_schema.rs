@@ -27,8 +27,8 @@
 //! (look-around, back-references), is refused by name by [`JsonSchema::compile`] rather than
 //! ignored, since the output could then break it: what a `strict` schema needs.
 //! [`JsonSchema::compile_best_effort`], for OpenAI's non-strict schemas (which promise no more),
-//! leaves the keywords that only narrow a value's range (`NARROWING`) unenforced and holds the
-//! output to the rest. The root must be an object.
+//! passes over the keywords that only narrow a value's range (`NARROWING`) where it cannot
+//! enforce them, and holds the output to the rest. The root must be an object.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -129,10 +129,11 @@ impl JsonSchema {
         Self::compile_with(schema, false)
     }
 
-    /// [`Self::compile`], but the keywords that only narrow a value's range (`pattern`,
-    /// `minimum`, `maxLength`, …: `NARROWING`) are left unenforced instead of refused: the
-    /// output has the schema's structure (types, properties, enums) and may break those. For
-    /// OpenAI's non-strict schemas, which promise no more.
+    /// [`Self::compile`], but the keywords that only narrow a value's range (`NARROWING`) are
+    /// passed over instead of refused where they cannot be enforced (`uniqueItems`, a number's
+    /// `multipleOf`, a pattern beyond a DFA, …): the output has the schema's structure (types,
+    /// properties, enums) and may break those. Bounds, lengths and patterns that compile are
+    /// enforced as in strict schemas. For OpenAI's non-strict schemas, which promise no more.
     pub fn compile_best_effort(schema: &Value) -> Result<Self, String> {
         Self::compile_with(schema, true)
     }
@@ -190,7 +191,8 @@ const ANNOTATIONS: [&str; 11] = [
 ];
 
 /// Assertions that only narrow the values of a type the schema already gives (dropping one
-/// admits more documents, never fewer): unenforced by [`JsonSchema::compile_best_effort`].
+/// admits more documents, never fewer): [`JsonSchema::compile_best_effort`] passes over those it
+/// cannot enforce.
 pub(crate) const NARROWING: [&str; 13] = [
     "pattern",
     "minLength",
@@ -269,7 +271,7 @@ impl<'a> Compiler<'a> {
                     | "$defs"
                     | "definitions"
             ) || self.passed_over(key)
-                || (BOUNDS.contains(&key.as_str()) && numeric_only(map))
+                || (BOUNDS.contains(&key.as_str()) && only_of(map, &["integer", "number"]))
                 || (STRING_RULES.contains(&key.as_str()) && only_of(map, &["string"]))
                 || (key == "multipleOf" && only_of(map, &["integer"]));
             if !known {
@@ -392,8 +394,7 @@ impl<'a> Compiler<'a> {
             "object" => self.object(map, path),
             "array" => {
                 let min = count(map, "minItems", path)?.unwrap_or(0);
-                let max = count(map, "maxItems", path)?;
-                let max = max.unwrap_or(u32::MAX);
+                let max = count(map, "maxItems", path)?.unwrap_or(u32::MAX);
                 if min > max {
                     return Err(format!("{path}: minItems is above maxItems"));
                 }
@@ -547,11 +548,6 @@ impl<'a> Compiler<'a> {
         self.nodes[id as usize] = Some(Node::Union(vec![inner]));
         Ok(id)
     }
-}
-
-/// Whether the schema's values are numbers (and `null`): its bounds are then enforced.
-fn numeric_only(map: &Map<String, Value>) -> bool {
-    only_of(map, &["integer", "number"])
 }
 
 /// Whether the schema's `type` is one of `types`, or a list of them (and maybe `null`).

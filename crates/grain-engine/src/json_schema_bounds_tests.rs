@@ -173,27 +173,15 @@ fn bounded_numbers_write_only_values_in_range() {
     ];
     for range in ranges {
         let mut bounds = serde_json::Map::new();
-        if let Some((v, closed)) = range.0 {
-            bounds.insert(
-                (if closed {
-                    "minimum"
-                } else {
-                    "exclusiveMinimum"
-                })
-                .into(),
-                json!(v),
-            );
-        }
-        if let Some((v, closed)) = range.1 {
-            bounds.insert(
-                (if closed {
-                    "maximum"
-                } else {
-                    "exclusiveMaximum"
-                })
-                .into(),
-                json!(v),
-            );
+        let ends = [
+            (range.0, "minimum", "exclusiveMinimum"),
+            (range.1, "maximum", "exclusiveMaximum"),
+        ];
+        for (end, closed_key, open_key) in ends {
+            if let Some((v, closed)) = end {
+                let key = if closed { closed_key } else { open_key };
+                bounds.insert(key.into(), json!(v));
+            }
         }
         let mut a = json!({"type": "number"});
         a.as_object_mut().unwrap().extend(bounds);

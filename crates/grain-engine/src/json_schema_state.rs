@@ -3,9 +3,10 @@
 //! accepts. Like [`JsonState`] it is `Copy` (a fixed stack of containers), so
 //! [`crate::json_mode`] tests each candidate token on a copy.
 //!
-//! Strings, numbers and free values (`{}` schemas) go through [`JsonState`], bounded integers
-//! through [`crate::json_schema_int`]; the schema's own objects, arrays and literals through the
-//! stack here. Objects write their properties in the
+//! Strings, numbers and free values (`{}` schemas) go through [`JsonState`]; bounded integers,
+//! numbers and strings through [`crate::json_schema_int`], [`crate::json_schema_num`] and
+//! [`crate::json_schema_str`]; the schema's own objects, arrays and literals through the stack
+//! here. Objects write their properties in the
 //! schema's order, optional ones may be skipped; whitespace between tokens is allowed as in
 //! [`JsonState`] (at most [`MAX_WHITESPACE`] bytes in a row). Schema containers nest at most
 //! [`MAX_NESTING`] deep: a recursive schema's document ends there.
