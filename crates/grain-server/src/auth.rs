@@ -4,8 +4,10 @@
 //! key without stopping at a match: the time taken says nothing about how much of a key was
 //! right, nor about how long the configured keys are.
 
+use axum::body::HttpBody as _;
 use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONNECTION};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -82,7 +84,17 @@ pub async fn require_api_key(State(state): State<AppState>, req: Request, next: 
         Ok(()) => next.run(req).await,
         Err(e) => {
             state.metrics().record_failure(e.describe().metric);
-            e.into_response()
+            let unread_body = !req.body().is_end_stream();
+            let mut response = e.into_response();
+            if unread_body {
+                // The body is never read, so hyper will not take another request on this
+                // connection: say so, or a keep-alive client sends its next request into a
+                // closing socket and gets a connection error instead of this 401.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     }
 }

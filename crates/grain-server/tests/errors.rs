@@ -146,6 +146,13 @@ async fn missing_and_wrong_api_keys_are_401() {
         "invalid_api_key",
     );
     assert!(err["message"].as_str().unwrap().contains("Incorrect"));
+    // A refused request's body is never read, so its connection cannot carry another request:
+    // keep-alive clients are told. A request without a body keeps its connection.
+    assert_eq!(resp.header("connection"), Some("close"));
+    let models = Request::get("/v1/models").body(Body::empty()).unwrap();
+    let resp = send(&h.app, models).await;
+    assert_error(&resp, 401, "invalid_request_error", "invalid_api_key");
+    assert_eq!(resp.header("connection"), None);
 }
 
 #[tokio::test]

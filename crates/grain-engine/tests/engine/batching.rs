@@ -56,18 +56,18 @@ pub(crate) async fn together(
     reqs: &[ChatRequest],
 ) -> Vec<Output> {
     probe.close_gate();
-    let tasks: Vec<_> = reqs
-        .iter()
-        .map(|r| {
-            let (h, r) = (h.clone(), r.clone());
-            tokio::spawn(async move { run(&h, r).await })
+    // One at a time, each queued before the next is sent, so the engine sees them in `reqs`'
+    // order every run (spawned together, they arrived in any order, and whether a tight budget
+    // preempted depended on it).
+    let mut tasks = Vec::with_capacity(reqs.len());
+    for (i, r) in reqs.iter().enumerate() {
+        let (h2, r) = (h.clone(), r.clone());
+        tasks.push(tokio::spawn(async move { run(&h2, r).await }));
+        until("the request queued at the gate", || {
+            probe.blocked().is_some_and(|k| k + h.stats().queued == i + 1)
         })
-        .collect();
-    let n = reqs.len();
-    until("all requests queued at the gate", || {
-        probe.blocked().is_some_and(|k| k + h.stats().queued == n)
-    })
-    .await;
+        .await;
+    }
     probe.open_gate();
     let mut out = Vec::new();
     for t in tasks {
