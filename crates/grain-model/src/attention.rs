@@ -118,7 +118,7 @@ pub(crate) fn paged_rows(
                     hd,
                     scale,
                 };
-                task.run(&mut scratch.scores, &mut scratch.probs, o);
+                task.run(&mut scratch.scores, o);
             });
         });
 }
@@ -129,7 +129,6 @@ pub(crate) fn paged_rows(
 struct Scratch {
     at: Vec<usize>,
     scores: Vec<f32>,
-    probs: Vec<f32>,
 }
 
 thread_local! {
@@ -149,18 +148,13 @@ struct ItemTask<'a> {
 }
 
 impl ItemTask<'_> {
-    /// `scores` and `probs` are scratch, resized here.
-    fn run(&self, scores: &mut Vec<f32>, probs: &mut Vec<f32>, o: &mut [f32]) {
+    /// `scores` is scratch, resized here.
+    fn run(&self, scores: &mut Vec<f32>, o: &mut [f32]) {
         let (group, hd, ctx) = (self.group, self.hd, self.at.len());
         scores.resize(group * ctx, 0.0);
-        probs.resize(group * ctx, 0.0);
-        let (scores, probs) = (&mut scores[..group * ctx], &mut probs[..group * ctx]);
-        simd::scores(self.qh, hd, self.kc, self.at, self.scale, scores);
-        for (s, p) in scores.chunks_exact(ctx).zip(probs.chunks_exact_mut(ctx)) {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let inv = 1.0 / simd::exp_shifted(s, max, p);
-            p.iter_mut().for_each(|x| *x *= inv);
-        }
+        let probs = &mut scores[..group * ctx];
+        simd::scores(self.qh, hd, self.kc, self.at, self.scale, probs);
+        probs.chunks_exact_mut(ctx).for_each(simd::softmax_in_place);
         for (g, og) in o.chunks_exact_mut(hd).enumerate() {
             let weights = &probs[g * ctx..(g + 1) * ctx];
             for (c, oc) in og.chunks_mut(LANES).enumerate() {

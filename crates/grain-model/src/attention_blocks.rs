@@ -2,8 +2,7 @@
 //! (causal) and the vision tower (full).
 //!
 //! The work is cut into (head, block of query rows) tasks that run in parallel on the rayon pool,
-//! each on one thread: `S = Q·Kᵀ`, the (masked) softmax with the vector `exp` in a per-thread
-//! score buffer, and `O = P·V`. Each head's keys and values are packed once into
+//! each on one thread: `S = Q·Kᵀ`, the (masked) softmax in place in a per-thread score buffer, and `O = P·V`. Each head's keys and values are packed once into
 //! [`crate::panel_gemm`]'s panels ([`Panels::keys`], [`Panels::values`]), which every block of
 //! that head then reads: the `gemm` crate packed `Kᵀ` (and `V`) again for every block, about as
 //! much work as the block's `S` product at `hd` = 64. Where the panels cannot run (no AVX2/FMA)
@@ -27,15 +26,14 @@ use crate::simd;
 const ROWS: usize = 32;
 
 thread_local! {
-    /// Per-thread scores `(ROWS, keys)`, one row of exponentials, and a block's output padded to
-    /// whole panels (where `hd` is not a multiple of 16).
+    /// Per-thread scores `(ROWS, keys)` and a block's output padded to whole panels (where `hd` is
+    /// not a multiple of 16).
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
 #[derive(Default)]
 struct Scratch {
     s: Vec<f32>,
-    e: Vec<f32>,
     o: Vec<f32>,
 }
 
@@ -107,22 +105,12 @@ fn softmax_rows(
     (stride, kmax): (usize, usize),
     (r0, keys): (usize, usize),
     mask: Mask,
-    e: &mut Vec<f32>,
 ) {
-    e.resize(kmax, 0.0);
     for (i, row) in s.chunks_mut(stride).enumerate() {
         let seen = mask.seen(r0 + i, keys);
         let (live, masked) = row[..kmax].split_at_mut(seen);
         masked.fill(0.0);
-        if seen == 0 {
-            continue;
-        }
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e = &mut e[..seen];
-        let inv = 1.0 / simd::exp_shifted(live, max, e);
-        for (p, x) in live.iter_mut().zip(e.iter()) {
-            *p = x * inv;
-        }
+        simd::softmax_in_place(live);
     }
 }
 
@@ -183,7 +171,7 @@ fn block_panels(
         hd,
         mask,
     }: Block,
-    Scratch { s, e, o }: &mut Scratch,
+    Scratch { s, o }: &mut Scratch,
     ob: &mut [f32],
 ) {
     let m = qb.len() / hd;
@@ -192,7 +180,7 @@ fn block_panels(
     s.resize(m * stride, 0.0);
     let s = &mut s[..m * stride];
     kp.apply_prefix(qb, (hd, hd), 0..kmax.div_ceil(16), s);
-    softmax_rows(s, (stride, kmax), (r0, keys), mask, e);
+    softmax_rows(s, (stride, kmax), (r0, keys), mask);
     // O = P·V over keys `..kmax`.
     if vp.n() == hd {
         vp.apply_prefix(s, (stride, kmax), 0..hd / 16, ob);
@@ -217,7 +205,7 @@ fn block(
         hd,
         mask,
     }: Block,
-    Scratch { s, e, .. }: &mut Scratch,
+    Scratch { s, .. }: &mut Scratch,
     ob: &mut [f32],
 ) {
     let m = qb.len() / hd;
@@ -225,7 +213,7 @@ fn block(
     let s = &mut s[..m * kmax];
     // S = Q·Kᵀ: Kᵀ (hd, kmax) read from K (keys, hd) row-major.
     matmul_serial(qb, &kh[..kmax * hd], (m, hd, kmax), (1, hd), s);
-    softmax_rows(s, (kmax, kmax), (r0, keys), mask, e);
+    softmax_rows(s, (kmax, kmax), (r0, keys), mask);
     // O = P·V: V (kmax, hd) row-major.
     matmul_serial(s, &vh[..kmax * hd], (m, kmax, hd), (hd, 1), ob);
 }

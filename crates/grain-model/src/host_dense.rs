@@ -156,18 +156,70 @@ pub(crate) fn matmul_serial(
     }
 }
 
-/// A LayerNorm's `f32` scale and shift (eps 1e-5).
+/// A LayerNorm's `f32` scale, shift and epsilon.
 pub(crate) struct NormF32 {
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
+    eps: f32,
 }
 
 impl NormF32 {
+    /// With PyTorch's default epsilon, 1e-5 (the router's norms).
     pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
         Ok(Self {
             weight: to_f32_vec(weight)?,
             bias: to_f32_vec(bias)?,
+            eps: 1e-5,
         })
+    }
+
+    pub(crate) fn with_eps(self, eps: f32) -> Self {
+        Self { eps, ..self }
+    }
+
+    /// `y ← LayerNorm(x)` for every row of `x` (rows as wide as the norm), in parallel over
+    /// blocks of rows; each row as [`Self::apply`] computes it.
+    pub(crate) fn rows_into(&self, x: &[f32], y: &mut [f32]) {
+        use rayon::prelude::*;
+        let d = self.weight.len();
+        assert!(
+            x.len() == y.len() && x.len().is_multiple_of(d.max(1)),
+            "x and y are rows of {d}"
+        );
+        if d == 0 {
+            return;
+        }
+        let per_task = (NORM_TASK / d).max(1) * d;
+        y.par_chunks_mut(per_task)
+            .zip(x.par_chunks(per_task))
+            .for_each(|(y, x)| {
+                #[cfg(target_arch = "x86_64")]
+                if crate::small_gemm::available() {
+                    // SAFETY: `available()` checked AVX2 and FMA; equal lengths, whole rows.
+                    #[allow(unsafe_code)]
+                    return unsafe { avx2::norm_rows(self, x, y) };
+                }
+                norm_rows_body(self, x, y)
+            });
+    }
+
+    /// [`Self::rows_into`] in place.
+    pub(crate) fn rows_in_place(&self, x: &mut [f32]) {
+        use rayon::prelude::*;
+        let d = self.weight.len();
+        assert!(x.len().is_multiple_of(d.max(1)), "x is rows of {d}");
+        if d == 0 {
+            return;
+        }
+        x.par_chunks_mut((NORM_TASK / d).max(1) * d).for_each(|x| {
+            #[cfg(target_arch = "x86_64")]
+            if crate::small_gemm::available() {
+                // SAFETY: `available()` checked AVX2 and FMA; whole rows.
+                #[allow(unsafe_code)]
+                return unsafe { avx2::norm_rows_in_place(self, x) };
+            }
+            norm_rows_in_place_body(self, x)
+        });
     }
 
     /// LayerNorm of one row in place (inlined, so the callers' AVX2 copies vectorise it too).
@@ -189,7 +241,7 @@ impl NormF32 {
             .map(|v| (v - mean) * (v - mean))
             .sum();
         let var = (tree8(&dev) + tail) * inv_d;
-        let inv = 1.0 / (var + 1e-5).sqrt();
+        let inv = 1.0 / (var + self.eps).sqrt();
         for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
             *v = (*v - mean) * inv * w + b;
         }
@@ -222,6 +274,26 @@ impl NormF32 {
     }
 }
 
+/// Values per task of [`NormF32::rows_into`] and [`NormF32::rows_in_place`].
+const NORM_TASK: usize = 1 << 14;
+
+/// [`NormF32::rows_into`] on the calling thread.
+#[inline(always)]
+fn norm_rows_body(n: &NormF32, x: &[f32], y: &mut [f32]) {
+    let d = n.weight.len();
+    for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        yr.copy_from_slice(xr);
+        n.apply(yr);
+    }
+}
+
+/// [`NormF32::rows_in_place`] on the calling thread.
+#[inline(always)]
+fn norm_rows_in_place_body(n: &NormF32, x: &mut [f32]) {
+    x.chunks_exact_mut(n.weight.len())
+        .for_each(|row| n.apply(row));
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
@@ -229,6 +301,20 @@ mod avx2 {
 
     use super::NormF32;
     use crate::simd::avx2::hsum;
+
+    /// # Safety
+    /// AVX2 and FMA; `x` and `y` of equal length, whole rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn norm_rows(n: &NormF32, x: &[f32], y: &mut [f32]) {
+        super::norm_rows_body(n, x, y)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; whole rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn norm_rows_in_place(n: &NormF32, x: &mut [f32]) {
+        super::norm_rows_in_place_body(n, x)
+    }
 
     /// [`NormF32::residual_rows`] on whole groups of four rows; returns how many values it did.
     ///
@@ -268,7 +354,7 @@ mod avx2 {
                 let var = _mm_mul_ps(var, _mm_set1_ps(inv_d));
                 let inv = _mm_div_ps(
                     _mm_set1_ps(1.0),
-                    _mm_sqrt_ps(_mm_add_ps(var, _mm_set1_ps(1e-5))),
+                    _mm_sqrt_ps(_mm_add_ps(var, _mm_set1_ps(n.eps))),
                 );
                 let mut lanes = [0f32; 4];
                 _mm_storeu_ps(lanes.as_mut_ptr(), inv);

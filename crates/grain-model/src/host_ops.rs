@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::host_dense::{gelu_erf as gelu_erf_scalar, with_values};
+use crate::host_dense::with_values;
 use crate::simd;
 
 /// Elements per parallel task (and below which a call runs on one thread).
@@ -78,11 +78,118 @@ pub(crate) fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if !on_host(x) {
         return Ok(x.gelu_erf()?);
     }
-    map_rows(x, x.dim(D::Minus1)?, |x, o| {
-        for (o, v) in o.iter_mut().zip(x) {
-            *o = gelu_erf_scalar(*v);
+    map_rows(x, x.dim(D::Minus1)?, simd::gelu_erf)
+}
+
+/// `(x + d, rms_norm(x + d) · w)` in one parallel pass ([`simd::add_rms_norm`]); `None` unless
+/// all three are host `f32` and `x` and `d` are rows as wide as `w`.
+pub(crate) fn add_rms_norm(
+    x: &Tensor,
+    d: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let width = w.elem_count();
+    if !(on_host(x) && on_host(d) && on_host(w))
+        || x.dims() != d.dims()
+        || width == 0
+        || x.dim(D::Minus1)? != width
+    {
+        return Ok(None);
+    }
+    let (x, d, w) = (x.contiguous()?, d.contiguous()?, w.contiguous()?);
+    let n = x.elem_count();
+    let (mut s, mut y) = (vec![0f32; n], vec![0f32; n]);
+    with_values(&x, |xv| {
+        with_values(&d, |dv| {
+            with_values(&w, |wv| {
+                let per = (TASK / width).max(1) * width;
+                s.par_chunks_mut(per)
+                    .zip(y.par_chunks_mut(per))
+                    .zip(xv.par_chunks(per).zip(dv.par_chunks(per)))
+                    .for_each(|((s, y), (x, d))| simd::add_rms_norm(x, d, wv, eps, s, y));
+            })
+        })
+    })???;
+    Ok(Some((
+        Tensor::from_vec(s, x.dims(), &Device::Cpu)?,
+        Tensor::from_vec(y, x.dims(), &Device::Cpu)?,
+    )))
+}
+
+/// Splits a stacked `(t, (q + 2·kv) · dim)` projection into q `(t, heads.q, dim)` and k, v
+/// `(t, heads.kv, dim)`, with RoPE (the rotate-half form, `cos` and `sin` `(t, dim / 2)`) on q
+/// and k, in one parallel pass over the rows: candle's `rope_thd` runs a sequence on one thread.
+/// Each rotated value is computed as `rope_thd` computes it, so the bits are the same. `None`
+/// unless all three are host `f32` of those shapes.
+pub(crate) fn qkv_rope(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    (nh, nkv, hd): (usize, usize, usize),
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    let half = hd / 2;
+    let width = (nh + 2 * nkv) * hd;
+    let Ok((t, w)) = qkv.dims2() else {
+        return Ok(None);
+    };
+    if !(on_host(qkv) && on_host(cos) && on_host(sin))
+        || w != width
+        || hd % 2 != 0
+        || cos.dims() != [t, half]
+        || sin.dims() != [t, half]
+    {
+        return Ok(None);
+    }
+    let (qkv, cos, sin) = (qkv.contiguous()?, cos.contiguous()?, sin.contiguous()?);
+    let (mut q, mut k, mut v) = (
+        vec![0f32; t * nh * hd],
+        vec![0f32; t * nkv * hd],
+        vec![0f32; t * nkv * hd],
+    );
+    with_values(&qkv, |src| {
+        with_values(&cos, |cos| {
+            with_values(&sin, |sin| {
+                let per = (TASK / width).max(1);
+                q.par_chunks_mut(per * nh * hd)
+                    .zip(k.par_chunks_mut(per * nkv * hd))
+                    .zip(v.par_chunks_mut(per * nkv * hd))
+                    .enumerate()
+                    .for_each(|(chunk, ((q, k), v))| {
+                        let rows = q.len() / (nh * hd);
+                        for r in 0..rows {
+                            let i = chunk * per + r;
+                            let row = &src[i * width..][..width];
+                            let (c, s) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                            let (rq, rest) = row.split_at(nh * hd);
+                            let (rk, rv) = rest.split_at(nkv * hd);
+                            rope(rq, c, s, &mut q[r * nh * hd..][..nh * hd]);
+                            rope(rk, c, s, &mut k[r * nkv * hd..][..nkv * hd]);
+                            v[r * nkv * hd..][..nkv * hd].copy_from_slice(rv);
+                        }
+                    });
+            })
+        })
+    })???;
+    Ok(Some((
+        Tensor::from_vec(q, (t, nh, hd), &Device::Cpu)?,
+        Tensor::from_vec(k, (t, nkv, hd), &Device::Cpu)?,
+        Tensor::from_vec(v, (t, nkv, hd), &Device::Cpu)?,
+    )))
+}
+
+/// The rotate-half RoPE of one position's heads `x` (each `2·half` wide) into `out`.
+#[inline]
+fn rope(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = cos.len();
+    for (xh, oh) in x.chunks_exact(2 * half).zip(out.chunks_exact_mut(2 * half)) {
+        let (x1, x2) = xh.split_at(half);
+        let (o1, o2) = oh.split_at_mut(half);
+        for j in 0..half {
+            o1[j] = x1[j] * cos[j] - x2[j] * sin[j];
+            o2[j] = x1[j] * sin[j] + x2[j] * cos[j];
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +235,15 @@ mod tests {
             assert!(worst(&quick_gelu(&x).unwrap(), &want) <= 1.0);
             let want = x.gelu_erf().unwrap();
             assert!(worst(&gelu_erf(&x).unwrap(), &want) <= 1.0);
+            // The residual add and RMSNorm: the sum is exact, the norm within the tolerance (its
+            // mean of squares is summed in another order).
+            let d = (sample(shape) * -0.75).unwrap();
+            let w = (sample((1, shape.1)).flatten_all().unwrap() * 0.125).unwrap();
+            let (s, y) = add_rms_norm(&x, &d, &w, 1e-5).unwrap().expect("host f32");
+            let want_s = (&x + &d).unwrap();
+            assert!(worst(&s, &want_s) == 0.0);
+            let want_y = candle_nn::ops::rms_norm(&want_s, &w, 1e-5).unwrap();
+            assert!(worst(&y, &want_y) <= 1.0);
         }
         // Higher-rank input keeps its shape (map_rows works on the last dimension).
         let x = sample((24, 10)).reshape((2, 3, 4, 10)).unwrap();
@@ -135,5 +251,51 @@ mod tests {
         assert_eq!(got.dims(), &[2, 3, 4, 10]);
         let want = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
         assert!(worst(&got, &want) <= 1.0);
+    }
+
+    /// The host split and RoPE give candle's `rope_thd` bits, on both sides of the parallel
+    /// split (700 rows), with grouped heads.
+    #[test]
+    fn qkv_rope_gives_ropes_bits() {
+        for (t, nh, nkv, hd) in [(3usize, 4usize, 2usize, 8usize), (700, 8, 4, 64)] {
+            let half = hd / 2;
+            let qkv = sample((t, (nh + 2 * nkv) * hd));
+            let angle: Vec<f32> = (0..t * half).map(|i| i as f32 * 0.37).collect();
+            let cos: Vec<f32> = angle.iter().map(|a| a.cos()).collect();
+            let sin: Vec<f32> = angle.iter().map(|a| a.sin()).collect();
+            let cos = Tensor::from_vec(cos, (t, half), &Device::Cpu).unwrap();
+            let sin = Tensor::from_vec(sin, (t, half), &Device::Cpu).unwrap();
+            let (q, k, v) = qkv_rope(&qkv, &cos, &sin, (nh, nkv, hd))
+                .unwrap()
+                .expect("host f32");
+            let part = |from: usize, heads: usize| {
+                qkv.narrow(1, from * hd, heads * hd)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .reshape((1, t, heads, hd))
+                    .unwrap()
+            };
+            let roped = |x: Tensor, heads: usize| {
+                candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)
+                    .unwrap()
+                    .reshape((t, heads, hd))
+                    .unwrap()
+            };
+            let bits = |x: &Tensor| -> Vec<u32> {
+                let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|f| f.to_bits()).collect()
+            };
+            assert_eq!(bits(&q), bits(&roped(part(0, nh), nh)), "q {t}x{nh}x{hd}");
+            assert_eq!(
+                bits(&k),
+                bits(&roped(part(nh, nkv), nkv)),
+                "k {t}x{nkv}x{hd}"
+            );
+            let want_v = part(nh + nkv, nkv).reshape((t, nkv, hd)).unwrap();
+            assert_eq!(bits(&v), bits(&want_v), "v");
+            assert_eq!(q.dims(), &[t, nh, hd]);
+            assert_eq!(k.dims(), &[t, nkv, hd]);
+        }
     }
 }

@@ -6,6 +6,9 @@
 //!   On an H200 at 7B shapes this saved 5 % of a decode step at batch 8 and 16 and nothing at
 //!   batch 1, where the GPU, not the launching, is the bound (docs/gpu.md). The prefill's causal
 //!   softmax is one kernel too, with its mask computed in place;
+//! - on host `f32` tensors, one parallel pass each ([`crate::host_ops`]): candle's CPU `rope_thd`
+//!   runs a sequence on one thread, its RMSNorm sums each row in one serial chain, and its add
+//!   runs on a thread pool of candle's own that spins beside rayon's;
 //! - elsewhere (and on CUDA when [`set_fused_kernels`] turned them off), the same steps as a chain
 //!   of candle ops. That chain is what `grain check-device kernels` checks the fused kernels
 //!   against.
@@ -40,6 +43,9 @@ pub(crate) fn add_rms_norm(
     #[cfg(feature = "cuda")]
     if fused(x) {
         return crate::fused_cuda::add_rms(x, d, w, eps);
+    }
+    if let Some(pair) = crate::host_ops::add_rms_norm(x, d, w, eps)? {
+        return Ok(pair);
     }
     let s = (x + d)?;
     let y = candle_nn::ops::rms_norm(&s, w, eps)?;
@@ -98,6 +104,9 @@ pub(crate) fn qkv_rope(
     let _ = cache;
     let (t, _) = qkv.dims2()?;
     let (nh, nkv, hd) = (heads.q, heads.kv, heads.dim);
+    if let Some((q, k, v)) = crate::host_ops::qkv_rope(qkv, cos, sin, (nh, nkv, hd))? {
+        return Ok((q, k, v, false));
+    }
     let q = qkv.narrow(1, 0, nh * hd)?.reshape((1, t, nh, hd))?;
     let k = qkv.narrow(1, nh * hd, nkv * hd)?.reshape((1, t, nkv, hd))?;
     let v = qkv

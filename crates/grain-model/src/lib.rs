@@ -37,6 +37,7 @@ mod small_gemm;
 mod test_util;
 pub mod tiny;
 pub mod vision;
+mod vision_host;
 pub mod weights;
 
 pub use attention::set_prefill_query_block;

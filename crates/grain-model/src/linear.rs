@@ -72,6 +72,14 @@ impl Linear {
         }
     }
 
+    /// The packed weight and bias, where the layer runs the packed kernel.
+    pub(crate) fn host_panels(&self) -> Option<(&Panels, Option<&[f32]>)> {
+        match &self.kind {
+            Kind::Packed { panels, bias } => Some((panels, bias.as_deref())),
+            Kind::Candle { .. } => None,
+        }
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.kind {
             Kind::Packed { panels, bias } => forward_packed(panels, bias.as_deref(), x),

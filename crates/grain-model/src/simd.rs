@@ -132,30 +132,59 @@ pub(crate) fn exp(x: f32) -> f32 {
     e * pow2
 }
 
-/// `out[i] = e^(s[i] − max)` (with [`exp`]), returning `Σ out[i]`: a softmax's exponentials.
+/// The softmax of `row`, in place: `row[i] = e^(row[i] − max) / Σ_j e^(row[j] − max)` (with
+/// [`exp`]). An empty row stays empty.
+///
+/// Its three passes (the maximum, the exponentials and their sum, the scaling) are compiled for
+/// the widest vectors the CPU has. A plain `fold(f32::max)` is one serial chain that LLVM keeps
+/// scalar for `f32::max`'s NaN rule, and code outside a `target_feature` function gets SSE's four
+/// lanes: together they made up most of a softmax's time.
 #[inline]
-pub(crate) fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
-    assert_eq!(s.len(), out.len(), "exp_shifted of unequal lengths");
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if small_gemm::avx512_available() {
         // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
-        return unsafe { avx512::exp_shifted(s, max, out) };
+        return unsafe { avx512::softmax_in_place(row) };
     }
     #[cfg(target_arch = "x86_64")]
     if small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA.
-        return unsafe { avx2::exp_shifted(s, max, out) };
+        return unsafe { avx2::softmax_in_place(row) };
     }
-    exp_shifted_body(s, max, out)
+    softmax_body(row)
 }
 
-/// [`exp_shifted`]'s loops: branch-free, then [`lane_sum`], so both vectorise.
+/// [`softmax_in_place`]'s loops: branch-free, and sums and maxima in interleaved lanes, so all
+/// three vectorise.
 #[inline(always)]
-fn exp_shifted_body(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
-    for (o, &x) in out.iter_mut().zip(s) {
-        *o = exp(x - max);
+fn softmax_body(row: &mut [f32]) {
+    if row.is_empty() {
+        return;
     }
-    lane_sum(out)
+    let max = lane_max(row);
+    for x in row.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let inv = 1.0 / lane_sum(row);
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// The largest value, NaNs passed over (`f32::max`'s answer where no value is NaN), taken in 16
+/// interleaved lanes with a compare-and-select, which vectorises to `max` instructions.
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let pick = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = values.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = pick(*l, v);
+        }
+    }
+    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, pick);
+    chunks.remainder().iter().copied().fold(max, pick)
 }
 
 /// `out[i] = silu(gate[i]) · up[i]` with `silu(x) = x / (1 + e⁻ˣ)` (the SwiGLU of a gated MLP),
@@ -212,6 +241,90 @@ fn quick_gelu_body(x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The exact (erf) GELU of each value ([`crate::host_dense::gelu_erf`]).
+#[inline]
+pub(crate) fn gelu_erf(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "gelu_erf of unequal lengths");
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
+        return unsafe { avx512::gelu_erf(x, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA.
+        return unsafe { avx2::gelu_erf(x, out) };
+    }
+    gelu_erf_body(x, out)
+}
+
+/// [`gelu_erf`]'s loop: branch-free, so it vectorises.
+#[inline(always)]
+fn gelu_erf_body(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::host_dense::gelu_erf(v);
+    }
+}
+
+/// `s = x + d` and `y = s / rms(s) · w` for every row of `x` (rows as wide as `w`), with
+/// `rms(s) = √(mean(s²) + eps)`: a pre-norm decoder layer's residual add and the next RMSNorm.
+/// The mean of squares is taken in [`lane_sum`]'s eight lanes (candle's is one serial chain).
+#[inline]
+pub(crate) fn add_rms_norm(
+    x: &[f32],
+    d: &[f32],
+    w: &[f32],
+    eps: f32,
+    s: &mut [f32],
+    y: &mut [f32],
+) {
+    let n = x.len();
+    assert!(
+        d.len() == n && s.len() == n && y.len() == n && n.is_multiple_of(w.len().max(1)),
+        "add_rms_norm: rows of {} and equal lengths",
+        w.len()
+    );
+    if w.is_empty() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::avx512_available() {
+        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA); lengths checked.
+        return unsafe { avx512::add_rms_norm(x, d, w, eps, s, y) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if small_gemm::available() {
+        // SAFETY: `available()` checked AVX2 and FMA; lengths checked.
+        return unsafe { avx2::add_rms_norm(x, d, w, eps, s, y) };
+    }
+    add_rms_norm_body(x, d, w, eps, s, y)
+}
+
+/// [`add_rms_norm`]'s loops: elementwise, and the squares summed in eight lanes, so they
+/// vectorise.
+#[inline(always)]
+fn add_rms_norm_body(x: &[f32], d: &[f32], w: &[f32], eps: f32, s: &mut [f32], y: &mut [f32]) {
+    let width = w.len();
+    let rows = x.chunks_exact(width).zip(d.chunks_exact(width));
+    for ((xr, dr), (sr, yr)) in rows.zip(s.chunks_exact_mut(width).zip(y.chunks_exact_mut(width))) {
+        for ((s, a), b) in sr.iter_mut().zip(xr).zip(dr) {
+            *s = a + b;
+        }
+        let mut lanes = [0f32; 8];
+        let mut chunks = sr.chunks_exact(8);
+        for c in &mut chunks {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += v * v;
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        let m = ((tree8(&lanes) + tail) / width as f32 + eps).sqrt();
+        for ((y, s), w) in yr.iter_mut().zip(sr.iter()).zip(w) {
+            *y = s / m * w;
+        }
+    }
+}
+
 /// `Σ values`, accumulated in 8 interleaved partial sums so the loop vectorises (a single running
 /// sum is one serial chain of dependent adds).
 #[inline]
@@ -240,10 +353,10 @@ pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2 and FMA; equal lengths.
+    /// AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
-        super::exp_shifted_body(s, max, out)
+    pub(super) unsafe fn softmax_in_place(row: &mut [f32]) {
+        super::softmax_body(row)
     }
 
     /// # Safety
@@ -258,6 +371,27 @@ pub(crate) mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn quick_gelu(x: &[f32], out: &mut [f32]) {
         super::quick_gelu_body(x, out)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; equal lengths.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_erf(x: &[f32], out: &mut [f32]) {
+        super::gelu_erf_body(x, out)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; lengths as [`super::add_rms_norm`] checks them.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn add_rms_norm(
+        x: &[f32],
+        d: &[f32],
+        w: &[f32],
+        eps: f32,
+        s: &mut [f32],
+        y: &mut [f32],
+    ) {
+        super::add_rms_norm_body(x, d, w, eps, s, y)
     }
 
     /// The sum of a vector's eight lanes, added in [`super::tree8`]'s order (also used by

@@ -1,6 +1,7 @@
 //! [`super`]'s loops in 16-lane AVX-512 registers, chosen at run time where the CPU has AVX-512F
 //! (`crate::small_gemm::avx512_available`):
-//! - the elementwise loops (softmax exponentials, SwiGLU, QuickGELU) are the same Rust bodies
+//! - the elementwise loops (the softmax, SwiGLU, QuickGELU, the erf GELU, the
+//!   residual add and RMSNorm) are the same Rust bodies
 //!   compiled for 16 lanes, so the same bits: each output is computed alone, and
 //!   [`super::lane_sum`] keeps its eight partial sums whatever the width;
 //! - [`super::weighted_sum`]: each output is still one FMA chain over the positions in order, so
@@ -11,6 +12,9 @@
 //! The workspace denies `unsafe`; like `simd.rs`, this file is the exception, for the intrinsics.
 
 use std::arch::x86_64::*;
+
+/// How many positions ahead the attention loops prefetch their key and value rows.
+const AHEAD: usize = 32;
 
 /// # Safety
 /// AVX-512F; `out.len()` 16, 32, 48 or 64; every value row in bounds.
@@ -57,6 +61,16 @@ pub(super) unsafe fn scores(
     while p < octs {
         // SAFETY (all loads): rows are in bounds (caller), i + 16 <= hd.
         let rows: [*const f32; 8] = std::array::from_fn(|j| unsafe { kp.add(at[p + j]) });
+        // The keys `AHEAD` positions on, whose rows often start a new cache block (a new page,
+        // where the hardware prefetcher stops). A prefetch never faults.
+        if p + AHEAD + 8 <= ctx {
+            for j in 0..8 {
+                let row = kp.wrapping_add(at[p + AHEAD + j]);
+                for line in (0..hd).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(line).cast());
+                }
+            }
+        }
         for g in 0..heads {
             let qg = unsafe { q.as_ptr().add(g * hd) };
             let mut acc = [_mm512_setzero_ps(); 8];
@@ -100,7 +114,14 @@ unsafe fn wsum<const N: usize>(
     out: &mut [f32],
 ) {
     let mut acc = [_mm512_setzero_ps(); N];
-    for (&p, &a) in weights.iter().zip(at) {
+    let ahead = at.get(AHEAD..).unwrap_or(&[]);
+    for (i, (&p, &a)) in weights.iter().zip(at).enumerate() {
+        if let Some(&next) = ahead.get(i) {
+            let row = vc.as_ptr().wrapping_add(next + offset);
+            for j in 0..N {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * j).cast());
+            }
+        }
         let pv = _mm512_set1_ps(p);
         // SAFETY: the row's N·16 values are in bounds (caller).
         let row = unsafe { vc.as_ptr().add(a + offset) };
@@ -114,10 +135,10 @@ unsafe fn wsum<const N: usize>(
 }
 
 /// # Safety
-/// AVX-512F, AVX2 and FMA; equal lengths.
+/// AVX-512F, AVX2 and FMA.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn exp_shifted(s: &[f32], max: f32, out: &mut [f32]) -> f32 {
-    super::exp_shifted_body(s, max, out)
+pub(super) unsafe fn softmax_in_place(row: &mut [f32]) {
+    super::softmax_body(row)
 }
 
 /// # Safety
@@ -132,4 +153,25 @@ pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn quick_gelu(x: &[f32], out: &mut [f32]) {
     super::quick_gelu_body(x, out)
+}
+
+/// # Safety
+/// AVX-512F, AVX2 and FMA; equal lengths.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn gelu_erf(x: &[f32], out: &mut [f32]) {
+    super::gelu_erf_body(x, out)
+}
+
+/// # Safety
+/// AVX-512F, AVX2 and FMA; lengths as [`super::add_rms_norm`] checks them.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn add_rms_norm(
+    x: &[f32],
+    d: &[f32],
+    w: &[f32],
+    eps: f32,
+    s: &mut [f32],
+    y: &mut [f32],
+) {
+    super::add_rms_norm_body(x, d, w, eps, s, y)
 }

@@ -28,22 +28,49 @@ fn exp_matches_libm() {
 }
 
 #[test]
-fn exp_shifted_matches_libm_and_sums() {
-    let s: Vec<f32> = (0..203).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut out = vec![0f32; s.len()];
-    let sum = exp_shifted(&s, max, &mut out);
-    let mut want_sum = 0f64;
-    for (o, x) in out.iter().zip(&s) {
-        let want = ((x - max) as f64).exp();
-        want_sum += want;
-        // 1e-6 relative, or absolute where the result is below f32's normal range.
-        assert!(
-            (*o as f64 - want).abs() <= 1e-6 * want + 1e-37,
-            "{o} vs {want}"
-        );
+fn softmax_matches_f64() {
+    for len in [1usize, 5, 16, 17, 203, 2377] {
+        let s: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
+        let max = s
+            .iter()
+            .map(|&x| x as f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|&x| (x as f64 - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        let mut got = s.clone();
+        softmax_in_place(&mut got);
+        for ((g, e), &x) in got.iter().zip(&e).zip(&s) {
+            let want = e / z;
+            // 2e-6 relative (the exponential's and the sum's few ulp), plus the rounding of the
+            // f32 difference `x − max` (half an ulp of it, which scales the result by up to
+            // `e^(|x − max|·2⁻²⁴)`), or absolute where the result is below f32's normal range.
+            let shift = (x as f64 - max).abs() * 6e-8;
+            assert!(
+                (*g as f64 - want).abs() <= (2e-6 + shift) * want + 1e-37,
+                "len {len}: {g} vs {want}"
+            );
+        }
     }
-    assert!((sum as f64 - want_sum).abs() <= 1e-5 * want_sum);
+    let mut empty: [f32; 0] = [];
+    softmax_in_place(&mut empty);
+}
+
+/// The vector passes give the bits of the plain composition (maximum by `f32::max`, [`exp`] of
+/// each shifted value, [`lane_sum`], one reciprocal), whichever lanes the CPU has: the maximum is
+/// exact in any order, and the sum keeps [`lane_sum`]'s order.
+#[test]
+fn softmax_gives_the_plain_compositions_bits() {
+    for len in [1usize, 7, 8, 15, 16, 17, 33, 100, 577, 2400] {
+        let mut row = values(len, 7 * len as u32);
+        row[len / 2] = 3.5; // the maximum somewhere in the middle
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = row.iter().map(|&x| exp(x - max)).collect();
+        let inv = 1.0 / lane_sum(&e);
+        let want: Vec<u32> = e.iter().map(|x| (x * inv).to_bits()).collect();
+        softmax_in_place(&mut row);
+        let got: Vec<u32> = row.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want, "len {len}");
+    }
 }
 
 /// The 16-lane copies of the elementwise loops give the AVX2 copies' bits, sums included.
@@ -56,18 +83,12 @@ fn avx512_loops_give_the_avx2_bits() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for len in [1usize, 7, 8, 15, 16, 17, 33, 100, 577] {
         let (a, b) = (values(len, len as u32), values(len, 3 * len as u32 + 1));
-        let (mut wide, mut narrow) = (vec![0f32; len], vec![0f32; len]);
+        let (mut wide, mut narrow) = (a.clone(), a.clone());
         // SAFETY: AVX-512F, AVX2 and FMA detected; equal lengths.
         unsafe {
-            let (sw, sn) = (
-                avx512::exp_shifted(&a, 0.5, &mut wide),
-                avx2::exp_shifted(&a, 0.5, &mut narrow),
-            );
-            assert_eq!(
-                (sw.to_bits(), bits(&wide)),
-                (sn.to_bits(), bits(&narrow)),
-                "exp {len}"
-            );
+            avx512::softmax_in_place(&mut wide);
+            avx2::softmax_in_place(&mut narrow);
+            assert_eq!(bits(&wide), bits(&narrow), "softmax {len}");
             avx512::silu_mul(&a, &b, &mut wide);
             avx2::silu_mul(&a, &b, &mut narrow);
             assert_eq!(bits(&wide), bits(&narrow), "silu {len}");

@@ -3,15 +3,19 @@
 //! The tower returns the hidden state selected by `FeatureSelect` (LLaVA: the second-to-last layer)
 //! with the CLS token dropped — not the last layer, which is what candle-transformers' llava does.
 
+use std::sync::Mutex;
+
 use candle_core::{Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
 use crate::attention_blocks::{self, Mask};
 use crate::config::{FeatureSelect, VisionAct, VisionConfig};
 use crate::error::{ModelError, Result};
-use crate::host_dense::with_values;
+use crate::host_dense::{to_f32_vec, with_values, NormF32};
 use crate::host_ops;
 use crate::linear::Linear as PackedLinear;
+use crate::panel_gemm::Panels;
+use crate::vision_host::{self, HostEmbed, HostLayer, Scratch};
 use crate::weights::Weights;
 
 pub(crate) fn linear(
@@ -62,22 +66,66 @@ struct EncoderLayer {
     fc2: PackedLinear,
     heads: usize,
     act: VisionAct,
+    /// `ln1` and `ln2` as host `f32` (where their weights are), for [`Self::host`].
+    host_norms: Option<(NormF32, NormF32)>,
+}
+
+/// A LayerNorm as host `f32`, where its weights are.
+fn host_norm(ln: &LayerNorm, eps: f64) -> Result<Option<NormF32>> {
+    match ln.bias() {
+        Some(b) if host_ops::on_host(ln.weight()) && host_ops::on_host(b) => {
+            Ok(Some(NormF32::new(ln.weight(), b)?.with_eps(eps as f32)))
+        }
+        _ => Ok(None),
+    }
 }
 
 impl EncoderLayer {
     fn load(w: &Weights, p: &str, c: &VisionConfig) -> Result<Self> {
         let h = c.hidden_size;
+        let ln1 = layer_norm(w, &format!("{p}.layer_norm1"), h, c.layer_norm_eps)?;
+        let ln2 = layer_norm(w, &format!("{p}.layer_norm2"), h, c.layer_norm_eps)?;
+        let host_norms = match (
+            host_norm(&ln1, c.layer_norm_eps)?,
+            host_norm(&ln2, c.layer_norm_eps)?,
+        ) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
         Ok(Self {
             q: packed_linear(w, &format!("{p}.self_attn.q_proj"), h, h, true)?,
             k: packed_linear(w, &format!("{p}.self_attn.k_proj"), h, h, true)?,
             v: packed_linear(w, &format!("{p}.self_attn.v_proj"), h, h, true)?,
             out: packed_linear(w, &format!("{p}.self_attn.out_proj"), h, h, true)?,
-            ln1: layer_norm(w, &format!("{p}.layer_norm1"), h, c.layer_norm_eps)?,
-            ln2: layer_norm(w, &format!("{p}.layer_norm2"), h, c.layer_norm_eps)?,
+            ln1,
+            ln2,
             fc1: packed_linear(w, &format!("{p}.mlp.fc1"), c.intermediate_size, h, true)?,
             fc2: packed_linear(w, &format!("{p}.mlp.fc2"), h, c.intermediate_size, true)?,
             heads: c.num_attention_heads,
             act: c.hidden_act,
+            host_norms,
+        })
+    }
+
+    /// The layer on host `f32` rows ([`crate::vision_host`]), where all its weights are host
+    /// `f32` and its projections packed.
+    fn host(&self) -> Option<HostLayer<'_>> {
+        fn dense(l: &PackedLinear) -> Option<vision_host::Dense<'_>> {
+            let (panels, bias) = l.host_panels()?;
+            Some(vision_host::Dense { panels, bias })
+        }
+        let (ln1, ln2) = self.host_norms.as_ref()?;
+        Some(HostLayer {
+            q: dense(&self.q)?,
+            k: dense(&self.k)?,
+            v: dense(&self.v)?,
+            out: dense(&self.out)?,
+            fc1: dense(&self.fc1)?,
+            fc2: dense(&self.fc2)?,
+            ln1,
+            ln2,
+            heads: self.heads,
+            act: self.act,
         })
     }
 
@@ -133,6 +181,11 @@ pub struct VisionTower {
     layers: Vec<EncoderLayer>,
     config: VisionConfig,
     drop_cls: bool,
+    /// The embeddings on host `f32` rows, where the weights are host `f32` and the patch
+    /// convolution packs ([`crate::vision_host`]).
+    host_embed: Option<HostEmbed>,
+    /// The host path's buffers, kept between passes.
+    scratch: Mutex<Scratch>,
 }
 
 impl VisionTower {
@@ -162,15 +215,38 @@ impl VisionTower {
             .reshape((h, 3 * p * p))?
             .t()?
             .contiguous()?;
+        let class_embedding = w.get("vision.embeddings.class_embedding", &[h])?;
+        let position_embedding =
+            w.get("vision.embeddings.position_embedding.weight", &[n_pos, h])?;
+        let pre_ln = layer_norm(w, "vision.pre_layrnorm", h, c.layer_norm_eps)?;
+        let host_embed = match host_norm(&pre_ln, c.layer_norm_eps)? {
+            Some(norm) if host_ops::on_host(&patch_weight) => {
+                // The convolution's weight as `(hidden, 3·p·p)` rows, for the panels.
+                let rows = to_f32_vec(&patch_weight.t()?)?;
+                Panels::new(&rows, h, 3 * p * p)
+                    .map(|patch| -> Result<HostEmbed> {
+                        Ok(HostEmbed {
+                            patch,
+                            class: to_f32_vec(&class_embedding)?,
+                            position: to_f32_vec(&position_embedding)?,
+                            pre_ln: norm,
+                            patch_size: p,
+                        })
+                    })
+                    .transpose()?
+            }
+            _ => None,
+        };
         Ok(Self {
             patch_weight,
-            class_embedding: w.get("vision.embeddings.class_embedding", &[h])?,
-            position_embedding: w
-                .get("vision.embeddings.position_embedding.weight", &[n_pos, h])?,
-            pre_ln: layer_norm(w, "vision.pre_layrnorm", h, c.layer_norm_eps)?,
+            class_embedding,
+            position_embedding,
+            pre_ln,
             layers,
             config: c.clone(),
             drop_cls: select.drop_cls,
+            host_embed,
+            scratch: Mutex::default(),
         })
     }
 
@@ -196,7 +272,7 @@ impl VisionTower {
     }
 
     fn forward_pass(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (n, c, s, s2) = pixels.dims4()?;
+        let (_, c, s, s2) = pixels.dims4()?;
         let cfg = &self.config;
         if c != 3 || s != cfg.image_size || s2 != cfg.image_size {
             return Err(ModelError::Input(format!(
@@ -205,9 +281,24 @@ impl VisionTower {
                 pixels.dims()
             )));
         }
-        let p = cfg.patch_size;
+        let x = match self.forward_host(pixels)? {
+            Some(x) => x,
+            None => self.forward_tensors(pixels)?,
+        };
+        let g = s / cfg.patch_size;
+        Ok(if self.drop_cls {
+            x.narrow(1, 1, g * g)?
+        } else {
+            x
+        })
+    }
+
+    /// A checked pass through candle's tensor ops, CLS kept.
+    fn forward_tensors(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (n, _, s, _) = pixels.dims4()?;
+        let cfg = &self.config;
+        let (p, h) = (cfg.patch_size, cfg.hidden_size);
         let g = s / p;
-        let h = cfg.hidden_size;
         // A stride-p, bias-free p×p convolution is a matmul over flattened patches.
         let patches = pixels
             .to_dtype(self.patch_weight.dtype())?
@@ -226,10 +317,36 @@ impl VisionTower {
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }
-        if self.drop_cls {
-            x = x.narrow(1, 1, g * g)?;
-        }
         Ok(x)
+    }
+
+    /// A checked pass on host `f32` rows ([`crate::vision_host`]), CLS kept; `None` where the
+    /// pixels or any weight are not host `f32`, or a projection is not packed.
+    fn forward_host(&self, pixels: &Tensor) -> Result<Option<Tensor>> {
+        let Some(embed) = self.host_embed.as_ref() else {
+            return Ok(None);
+        };
+        let layers: Option<Vec<HostLayer<'_>>> =
+            self.layers.iter().map(EncoderLayer::host).collect();
+        let Some(layers) = layers else {
+            return Ok(None);
+        };
+        if !host_ops::on_host(pixels) {
+            return Ok(None);
+        }
+        let (b, _, side, _) = pixels.dims4()?;
+        let h = self.config.hidden_size;
+        let pixels = pixels.contiguous()?;
+        // A pass runs on one thread at a time; another one meanwhile gets buffers of its own.
+        let mut own = Scratch::default();
+        let mut shared = self.scratch.try_lock().ok();
+        let scratch = shared.as_deref_mut().unwrap_or(&mut own);
+        let mut x = with_values(&pixels, |px| embed.forward(px, (b, side), scratch))?;
+        let t = x.len() / b / h;
+        for layer in &layers {
+            layer.forward(&mut x, (b, t), scratch);
+        }
+        Ok(Some(Tensor::from_vec(x, (b, t, h), pixels.device())?))
     }
 }
 
@@ -251,3 +368,7 @@ impl Projector {
         self.l2.forward(&host_ops::gelu_erf(&self.l1.forward(x)?)?)
     }
 }
+
+#[cfg(test)]
+#[path = "vision_tests.rs"]
+mod tests;
