@@ -154,21 +154,39 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
     softmax_body(row)
 }
 
-/// [`softmax_in_place`]'s loops: branch-free, and sums and maxima in interleaved lanes, so all
-/// three vectorise.
+/// [`softmax_in_place`]'s loops: branch-free, and sums and maxima in interleaved lanes, so they
+/// vectorise.
 #[inline(always)]
 fn softmax_body(row: &mut [f32]) {
     if row.is_empty() {
         return;
     }
     let max = lane_max(row);
-    for x in row.iter_mut() {
-        *x = exp(*x - max);
+    // The exponentials and their sum in one pass, in 16 interleaved lanes (a separate pass of
+    // eight-lane adds was a sixth of the softmax's time).
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(c.iter_mut()) {
+            *x = exp(*x - max);
+            *l += *x;
+        }
     }
-    let inv = 1.0 / lane_sum(row);
+    let mut tail = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        tail += *x;
+    }
+    let inv = 1.0 / (sum16(&lanes) + tail);
     for x in row.iter_mut() {
         *x *= inv;
     }
+}
+
+/// The sum of 16 lanes: the two halves added lane by lane, then [`tree8`].
+#[inline(always)]
+fn sum16(l: &[f32; 16]) -> f32 {
+    tree8(&std::array::from_fn(|i| l[i] + l[i + 8]))
 }
 
 /// The largest value, NaNs passed over (`f32::max`'s answer where no value is NaN), taken in 16

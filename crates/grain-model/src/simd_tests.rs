@@ -56,8 +56,8 @@ fn softmax_matches_f64() {
 }
 
 /// The vector passes give the bits of the plain composition (maximum by `f32::max`, [`exp`] of
-/// each shifted value, [`lane_sum`], one reciprocal), whichever lanes the CPU has: the maximum is
-/// exact in any order, and the sum keeps [`lane_sum`]'s order.
+/// each shifted value, their sum in 16 interleaved lanes, one reciprocal), whichever lanes the CPU
+/// has: the maximum is exact in any order, and the sum keeps its lanes' order.
 #[test]
 fn softmax_gives_the_plain_compositions_bits() {
     for len in [1usize, 7, 8, 15, 16, 17, 33, 100, 577, 2400] {
@@ -65,7 +65,14 @@ fn softmax_gives_the_plain_compositions_bits() {
         row[len / 2] = 3.5; // the maximum somewhere in the middle
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = row.iter().map(|&x| exp(x - max)).collect();
-        let inv = 1.0 / lane_sum(&e);
+        let whole = len / 16 * 16;
+        let mut lanes = [0f32; 16];
+        for (i, v) in e[..whole].iter().enumerate() {
+            lanes[i % 16] += v;
+        }
+        let halves: [f32; 8] = std::array::from_fn(|i| lanes[i] + lanes[i + 8]);
+        let tail = e[whole..].iter().fold(0f32, |a, v| a + v);
+        let inv = 1.0 / (tree8(&halves) + tail);
         let want: Vec<u32> = e.iter().map(|x| (x * inv).to_bits()).collect();
         softmax_in_place(&mut row);
         let got: Vec<u32> = row.iter().map(|x| x.to_bits()).collect();
