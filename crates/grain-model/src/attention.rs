@@ -237,9 +237,27 @@ pub(crate) fn causal_host(
     let (nkv, group) = (heads.kv, heads.group());
     let keys = start + len;
     // (kv heads, len · group, dim), scaled: the query heads sharing a KV head are adjacent rows.
-    let q = (q.reshape((len, nkv, group, hd))?.permute((1, 0, 2, 3))? * heads.scale())?
-        .to_dtype(DType::F32)?
-        .contiguous()?;
+    // For f32 one parallel pass (candle's multiply walks the permuted view one value at a time).
+    let q = if q.dtype() == DType::F32 {
+        let scale = heads.scale() as f32;
+        let width = group * hd;
+        let mut out = vec![0f32; nkv * len * width];
+        with_values(&q.contiguous()?, |src| {
+            out.par_chunks_mut(len * width)
+                .enumerate()
+                .for_each(|(h, oh)| {
+                    for (p, dst) in oh.chunks_exact_mut(width).enumerate() {
+                        let row = &src[(p * nkv + h) * width..][..width];
+                        dst.iter_mut().zip(row).for_each(|(d, x)| *d = x * scale);
+                    }
+                });
+        })?;
+        Tensor::from_vec(out, (nkv, len * group, hd), q.device())?
+    } else {
+        (q.reshape((len, nkv, group, hd))?.permute((1, 0, 2, 3))? * heads.scale())?
+            .to_dtype(DType::F32)?
+            .contiguous()?
+    };
     let k = k.narrow(1, 0, keys)?.to_dtype(DType::F32)?.contiguous()?;
     let v = v.narrow(1, 0, keys)?.to_dtype(DType::F32)?.contiguous()?;
     let width = group * hd;
@@ -257,11 +275,13 @@ pub(crate) fn causal_host(
     })???;
     // (kv heads, len, group · dim) → (len, kv heads · group · dim).
     let mut out = vec![0f32; len * nkv * width];
-    for (h, oh) in o.chunks_exact(len * width).enumerate() {
-        for (p, src) in oh.chunks_exact(width).enumerate() {
-            out[(p * nkv + h) * width..][..width].copy_from_slice(src);
-        }
-    }
+    out.par_chunks_mut(nkv * width)
+        .enumerate()
+        .for_each(|(p, dst)| {
+            for (h, d) in dst.chunks_exact_mut(width).enumerate() {
+                d.copy_from_slice(&o[(h * len + p) * width..][..width]);
+            }
+        });
     Ok(out)
 }
 

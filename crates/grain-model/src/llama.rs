@@ -9,6 +9,7 @@ use crate::attention::{causal_host, paged_rows, Heads, KernelRow};
 use crate::attention_device::{attention_device, DeviceStep};
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
+use crate::host_dense::with_values;
 use crate::kv_cache::KvCache;
 use crate::layer_ops::{self, add_rms_norm};
 use crate::linear::Linear;
@@ -361,18 +362,22 @@ fn attention_host(
     let t = q.dim(0)?;
     let row = heads.kv * heads.dim;
     let width = heads.q * heads.dim;
-    let kf = k.flatten_all()?.to_vec1::<f32>()?;
-    let vf = v.flatten_all()?.to_vec1::<f32>()?;
-    let mut offset = 0;
-    for s in chunks {
-        let span = offset * row..(offset + s.len) * row;
-        cache.write_host(li, s.block_table, s.start, &kf[span.clone()], &vf[span])?;
-        offset += s.len;
-    }
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    with_values(&k, |kf| {
+        with_values(&v, |vf| -> Result<()> {
+            let mut offset = 0;
+            for s in chunks {
+                let span = offset * row..(offset + s.len) * row;
+                cache.write_host(li, s.block_table, s.start, &kf[span.clone()], &vf[span])?;
+                offset += s.len;
+            }
+            Ok(())
+        })
+    })???;
     let mut out = vec![0f32; t * width];
     let mut rows = Vec::new();
     let mut at = Vec::new();
-    offset = 0;
+    let mut offset = 0;
     for s in chunks {
         if s.is_paged() {
             for i in 0..s.len {
@@ -386,17 +391,19 @@ fn attention_host(
         offset += s.len;
     }
     if !rows.is_empty() {
-        let qf = q.flatten_all()?.to_vec1::<f32>()?;
-        let qk: Vec<f32> = if rows.len() == t {
-            qf
-        } else {
-            at.iter()
-                .flat_map(|&r| qf[r * width..(r + 1) * width].iter().copied())
-                .collect()
-        };
         let mut o = vec![0f32; rows.len() * width];
         let layer = cache.host_layer(li)?;
-        paged_rows(&qk, &rows, &layer, heads, &mut o);
+        with_values(&q.contiguous()?, |qf| {
+            if rows.len() == t {
+                paged_rows(qf, &rows, &layer, heads, &mut o);
+            } else {
+                let qk: Vec<f32> = at
+                    .iter()
+                    .flat_map(|&r| qf[r * width..(r + 1) * width].iter().copied())
+                    .collect();
+                paged_rows(&qk, &rows, &layer, heads, &mut o);
+            }
+        })?;
         for (j, &r) in at.iter().enumerate() {
             out[r * width..(r + 1) * width].copy_from_slice(&o[j * width..(j + 1) * width]);
         }

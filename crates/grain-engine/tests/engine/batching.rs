@@ -64,7 +64,9 @@ pub(crate) async fn together(
         let (h2, r) = (h.clone(), r.clone());
         tasks.push(tokio::spawn(async move { run(&h2, r).await }));
         until("the request queued at the gate", || {
-            probe.blocked().is_some_and(|k| k + h.stats().queued == i + 1)
+            probe
+                .blocked()
+                .is_some_and(|k| k + h.stats().queued == i + 1)
         })
         .await;
     }
