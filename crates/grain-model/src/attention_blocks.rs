@@ -2,7 +2,8 @@
 //! (causal) and the vision tower (full).
 //!
 //! The work is cut into (head, block of query rows) tasks that run in parallel on the rayon pool,
-//! each on one thread: `S = Q·Kᵀ`, the (masked) softmax in place in a per-thread score buffer, and `O = P·V`. Each head's keys and values are packed once into
+//! each on one thread: `S = Q·Kᵀ`, the (masked) softmax in place in a per-thread score buffer,
+//! and `O = P·V`. Each head's keys and values are packed once into
 //! [`crate::panel_gemm`]'s panels ([`Panels::keys`], [`Panels::values`]), which every block of
 //! that head then reads: the `gemm` crate packed `Kᵀ` (and `V`) again for every block, about as
 //! much work as the block's `S` product at `hd` = 64. Where the panels cannot run (no AVX2/FMA)

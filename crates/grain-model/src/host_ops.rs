@@ -135,6 +135,7 @@ pub(crate) fn qkv_rope(
     };
     if !(on_host(qkv) && on_host(cos) && on_host(sin))
         || w != width
+        || width == 0
         || hd % 2 != 0
         || cos.dims() != [t, half]
         || sin.dims() != [t, half]

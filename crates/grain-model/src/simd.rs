@@ -237,50 +237,38 @@ fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// `out[i] = x[i] · sigmoid(1.702 · x[i])` (CLIP's QuickGELU), with [`exp`].
 #[inline]
 pub(crate) fn quick_gelu(x: &[f32], out: &mut [f32]) {
-    assert_eq!(x.len(), out.len(), "quick_gelu of unequal lengths");
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::avx512_available() {
-        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
-        return unsafe { avx512::quick_gelu(x, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::available() {
-        // SAFETY: `available()` checked AVX2 and FMA.
-        return unsafe { avx2::quick_gelu(x, out) };
-    }
-    quick_gelu_body(x, out)
-}
-
-/// [`quick_gelu`]'s loop: branch-free, so it vectorises.
-#[inline(always)]
-fn quick_gelu_body(x: &[f32], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = v / (1.0 + exp(-1.702 * v));
-    }
+    map(x, out, |v| v / (1.0 + exp(-1.702 * v)))
 }
 
 /// The exact (erf) GELU of each value ([`crate::host_dense::gelu_erf`]).
 #[inline]
 pub(crate) fn gelu_erf(x: &[f32], out: &mut [f32]) {
-    assert_eq!(x.len(), out.len(), "gelu_erf of unequal lengths");
+    map(x, out, crate::host_dense::gelu_erf)
+}
+
+/// `out[i] = f(x[i])` with the loop compiled for the CPU's widest vectors: `f` is inlined into
+/// each `target_feature` copy, so a branch-free `f` vectorises there.
+#[inline]
+fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+    assert_eq!(x.len(), out.len(), "map over unequal lengths");
     #[cfg(target_arch = "x86_64")]
     if small_gemm::avx512_available() {
         // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
-        return unsafe { avx512::gelu_erf(x, out) };
+        return unsafe { avx512::map(x, out, f) };
     }
     #[cfg(target_arch = "x86_64")]
     if small_gemm::available() {
         // SAFETY: `available()` checked AVX2 and FMA.
-        return unsafe { avx2::gelu_erf(x, out) };
+        return unsafe { avx2::map(x, out, f) };
     }
-    gelu_erf_body(x, out)
+    map_body(x, out, f)
 }
 
-/// [`gelu_erf`]'s loop: branch-free, so it vectorises.
+/// [`map`]'s loop.
 #[inline(always)]
-fn gelu_erf_body(x: &[f32], out: &mut [f32]) {
+fn map_body(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = crate::host_dense::gelu_erf(v);
+        *o = f(v);
     }
 }
 
@@ -387,15 +375,8 @@ pub(crate) mod avx2 {
     /// # Safety
     /// AVX2 and FMA; equal lengths.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn quick_gelu(x: &[f32], out: &mut [f32]) {
-        super::quick_gelu_body(x, out)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA; equal lengths.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gelu_erf(x: &[f32], out: &mut [f32]) {
-        super::gelu_erf_body(x, out)
+    pub(super) unsafe fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+        super::map_body(x, out, f)
     }
 
     /// # Safety

@@ -1,9 +1,9 @@
 //! [`super`]'s loops in 16-lane AVX-512 registers, chosen at run time where the CPU has AVX-512F
 //! (`crate::small_gemm::avx512_available`):
-//! - the elementwise loops (the softmax, SwiGLU, QuickGELU, the erf GELU, the
-//!   residual add and RMSNorm) are the same Rust bodies
-//!   compiled for 16 lanes, so the same bits: each output is computed alone, and
-//!   [`super::lane_sum`] keeps its eight partial sums whatever the width;
+//! - the elementwise loops (the softmax, SwiGLU, QuickGELU, the erf GELU, the residual add and
+//!   RMSNorm) are the same Rust bodies compiled for 16 lanes, so the same bits: each output is
+//!   computed alone, and each sum keeps its own interleaved lanes whatever the register width;
+//! - the attention loops prefetch key and value rows [`AHEAD`] positions on;
 //! - [`super::weighted_sum`]: each output is still one FMA chain over the positions in order, so
 //!   the same bits as the AVX2 copy;
 //! - [`super::scores`]: eight keys at a time per head; its sums are ordered differently from the
@@ -151,15 +151,8 @@ pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// # Safety
 /// AVX-512F, AVX2 and FMA; equal lengths.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn quick_gelu(x: &[f32], out: &mut [f32]) {
-    super::quick_gelu_body(x, out)
-}
-
-/// # Safety
-/// AVX-512F, AVX2 and FMA; equal lengths.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn gelu_erf(x: &[f32], out: &mut [f32]) {
-    super::gelu_erf_body(x, out)
+pub(super) unsafe fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+    super::map_body(x, out, f)
 }
 
 /// # Safety

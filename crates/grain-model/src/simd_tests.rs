@@ -99,9 +99,13 @@ fn avx512_loops_give_the_avx2_bits() {
             avx512::silu_mul(&a, &b, &mut wide);
             avx2::silu_mul(&a, &b, &mut narrow);
             assert_eq!(bits(&wide), bits(&narrow), "silu {len}");
-            avx512::quick_gelu(&a, &mut wide);
-            avx2::quick_gelu(&a, &mut narrow);
+            let quick = |v: f32| v / (1.0 + exp(-1.702 * v));
+            avx512::map(&a, &mut wide, quick);
+            avx2::map(&a, &mut narrow, quick);
             assert_eq!(bits(&wide), bits(&narrow), "quick_gelu {len}");
+            avx512::map(&a, &mut wide, crate::host_dense::gelu_erf);
+            avx2::map(&a, &mut narrow, crate::host_dense::gelu_erf);
+            assert_eq!(bits(&wide), bits(&narrow), "gelu_erf {len}");
             // The weighted sum of `len` rows of 64 values, every width it takes.
             let vc = values(len * 64 + 64, 5);
             let at: Vec<usize> = (0..len).map(|p| (p * 37) % len * 64).collect();
