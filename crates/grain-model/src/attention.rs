@@ -237,42 +237,32 @@ pub(crate) fn causal_host(
     let (nkv, group) = (heads.kv, heads.group());
     let keys = start + len;
     // (kv heads, len · group, dim), scaled: the query heads sharing a KV head are adjacent rows.
-    // For f32 one parallel pass (candle's multiply walks the permuted view one value at a time).
-    let q = if q.dtype() == DType::F32 {
-        let scale = heads.scale() as f32;
-        let width = group * hd;
-        let mut out = vec![0f32; nkv * len * width];
-        with_values(&q.contiguous()?, |src| {
-            out.par_chunks_mut(len * width)
-                .enumerate()
-                .for_each(|(h, oh)| {
-                    for (p, dst) in oh.chunks_exact_mut(width).enumerate() {
-                        let row = &src[(p * nkv + h) * width..][..width];
-                        dst.iter_mut().zip(row).for_each(|(d, x)| *d = x * scale);
-                    }
-                });
-        })?;
-        Tensor::from_vec(out, (nkv, len * group, hd), q.device())?
-    } else {
-        (q.reshape((len, nkv, group, hd))?.permute((1, 0, 2, 3))? * heads.scale())?
-            .to_dtype(DType::F32)?
-            .contiguous()?
-    };
+    // One parallel pass (candle's multiply walked the permuted view one value at a time).
+    let scale = heads.scale() as f32;
+    let width = group * hd;
+    let mut qh = vec![0f32; nkv * len * width];
+    with_values(&q.to_dtype(DType::F32)?.contiguous()?, |src| {
+        qh.par_chunks_mut(len * width)
+            .enumerate()
+            .for_each(|(h, oh)| {
+                for (p, dst) in oh.chunks_exact_mut(width).enumerate() {
+                    let row = &src[(p * nkv + h) * width..][..width];
+                    dst.iter_mut().zip(row).for_each(|(d, x)| *d = x * scale);
+                }
+            });
+    })?;
     let k = k.narrow(1, 0, keys)?.to_dtype(DType::F32)?.contiguous()?;
     let v = v.narrow(1, 0, keys)?.to_dtype(DType::F32)?.contiguous()?;
-    let width = group * hd;
     let mut o = vec![0f32; nkv * len * width];
     let mask = Mask::Causal {
         first: start + 1,
         per_query: group,
     };
-    with_values(&q, |q| {
-        with_values(&k, |k| {
-            with_values(&v, |v| {
-                attention_blocks::attend(q, k, v, (nkv, len * group, keys, hd), mask, &mut o)
-            })
+    with_values(&k, |k| {
+        with_values(&v, |v| {
+            attention_blocks::attend(&qh, k, v, (nkv, len * group, keys, hd), mask, &mut o)
         })
-    })???;
+    })??;
     // (kv heads, len, group · dim) → (len, kv heads · group · dim).
     let mut out = vec![0f32; len * nkv * width];
     out.par_chunks_mut(nkv * width)

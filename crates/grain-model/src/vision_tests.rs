@@ -4,14 +4,22 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
+use crate::config::LlavaConfig;
 use crate::tiny::{write_tiny, TinyLayout, TinySize};
+
+/// A tiny HF-layout checkpoint from `seed`: its directory (kept while the weights are read),
+/// config and weights.
+fn tiny(seed: u64) -> (tempfile::TempDir, LlavaConfig, Weights) {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny(dir.path(), TinyLayout::Hf, TinySize::TINY, seed).unwrap();
+    let config = LlavaConfig::from_dir(dir.path()).unwrap();
+    let w = Weights::from_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    (dir, config, w)
+}
 
 #[test]
 fn host_layers_match_the_tensor_path() {
-    let dir = tempfile::tempdir().unwrap();
-    write_tiny(dir.path(), TinyLayout::Hf, TinySize::TINY, 3).unwrap();
-    let config = crate::config::LlavaConfig::from_dir(dir.path()).unwrap();
-    let w = Weights::from_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let (_dir, config, w) = tiny(3);
     let c = &config.vision;
     let h = c.hidden_size;
     // Three crops of 41 rows (the block size of the attention does not divide it), values of
@@ -49,10 +57,7 @@ fn host_layers_match_the_tensor_path() {
 /// the tiny model's 336-pixel images.
 #[test]
 fn the_host_tower_matches_the_tensor_path() {
-    let dir = tempfile::tempdir().unwrap();
-    write_tiny(dir.path(), TinyLayout::Hf, TinySize::TINY, 5).unwrap();
-    let config = crate::config::LlavaConfig::from_dir(dir.path()).unwrap();
-    let w = Weights::from_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
+    let (_dir, config, w) = tiny(5);
     let c = &config.vision;
     let tower = VisionTower::load(&w, c, config.feature_select).unwrap();
     let s = c.image_size;
