@@ -43,7 +43,7 @@ if ((DRY)); then
   [[ -z ${GRAIN_PYTHON:-} && -x .venv-parity/bin/python ]] && PY=.venv-parity/bin/python
   BIN=${GRAIN_BIN:-$(ls -t target/release/grain target/debug/grain 2>/dev/null | head -1)}
   DEVICE=cpu SHAPES=small BW=${GRAIN_HBM_GBPS:-20}
-  BENCH_ARGS=(--steps 3 --warmup 1 --prefill-runs 1 --ab-fused --ab-row-gemv --ab-fixed-partition
+  BENCH_ARGS=(--steps 3 --warmup 1 --prefill-runs 1 --ab-fused --ab-gemv --ab-fixed-partition
     --ab-query-block 128)
   HF_ENV=(HF_SHAPES=small HF_DEVICE=cpu HF_STEPS=3)
 else
@@ -79,7 +79,7 @@ PYEOF
     *) bw=3350 ;;
   esac
   BW=${GRAIN_HBM_GBPS:-$bw}
-  BENCH_ARGS=(--ab-fused --ab-row-gemv --ab-fixed-partition --ab-query-block 128,512)
+  BENCH_ARGS=(--ab-fused --ab-gemv --ab-fixed-partition --ab-query-block 128,512)
   HF_ENV=(HF_SHAPES=7b HF_DEVICE=cuda HF_STEPS=20)
   log "GPU: ${name:-unknown} (HBM ${BW} GB/s for the floor); driver: $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
   log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
@@ -318,7 +318,7 @@ if grain:
     print("host time to enqueue a step (before the logits are fetched): " + ", ".join(
         f"batch {d['batch']} {d.get('enqueue_ms_median', float('nan')):.2f} ms" for d in grain["decode"]))
     for key, what in (("decode_unfused", "fused kernels off"),
-                      ("decode_row_gemv", "one-row projections as weight x column"),
+                      ("decode_no_gemv", "one-row projections on cuBLAS"),
                       ("decode_partition256", "attention partition fixed at 256")):
         if grain.get(key):
             print(f"decode, {what} (same process): " + ", ".join(

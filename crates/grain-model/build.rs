@@ -1,8 +1,8 @@
 //! With the `cuda` feature, compiles Grain's own CUDA kernels to PTX with nvcc:
-//! `cuda/paged_attention.cu` (the paged KV cache, embedded by `src/paged_device/cuda.rs`) and
-//! `cuda/decoder_fused.cu` (fused decoder-layer steps, embedded by `src/fused_cuda.rs`). Each is
-//! loaded once per device. Without the feature this does nothing, so default builds need no CUDA
-//! toolkit.
+//! `cuda/paged_attention.cu` (the paged KV cache, embedded by `src/paged_device/cuda.rs`),
+//! `cuda/decoder_fused.cu` (fused decoder-layer steps) and `cuda/gemv.cu` (a decode step's
+//! few-row projections), both embedded by `src/fused_cuda.rs`. Each is loaded once per device.
+//! Without the feature this does nothing, so default builds need no CUDA toolkit.
 //!
 //! nvcc: `$NVCC`, else `$CUDA_HOME/bin/nvcc` or `$CUDA_PATH/bin/nvcc`, else `nvcc` on `PATH`.
 //! Target: `compute_$CUDA_COMPUTE_CAP` (default 80: the PTX is JIT-compiled by the driver for
@@ -12,7 +12,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 2] = ["paged_attention", "decoder_fused"];
+const KERNELS: [&str; 3] = ["paged_attention", "decoder_fused", "gemv"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -1,5 +1,6 @@
 //! Launches the fused decoder kernels of `cuda/decoder_fused.cu` (PTX from `build.rs`, loaded
-//! once per device as module `grain_fused`); [`crate::layer_ops`] decides when.
+//! once per device as module `grain_fused`; [`crate::layer_ops`] decides when) and the one-row
+//! projections of `cuda/gemv.cu` (module `grain_gemv`; [`crate::linear`] decides when).
 //!
 //! The workspace denies `unsafe`; this module allows it for uninitialised output buffers that the
 //! kernels fill, and for the launches.
@@ -8,7 +9,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
-use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor,
+};
 
 use crate::attention::Heads;
 use crate::cuda_ops::{dtype_name, view, with_cuda};
@@ -16,6 +19,8 @@ use crate::error::Result;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decoder_fused.ptx"));
 const MODULE: &str = "grain_fused";
+const GEMV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gemv.ptx"));
+const GEMV_MODULE: &str = "grain_gemv";
 
 /// Runs `$body` with `$T` bound to the element type of storage `$s` (f32, bf16 or f16).
 macro_rules! typed {
@@ -238,7 +243,7 @@ impl CustomOp2 for AddRms<'_> {
         dl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let (rows, cols) = xl.shape().dims2()?;
-        if dl.shape() != xl.shape() || self.w.dims1()? != cols {
+        if dl.shape() != xl.shape() || self.w.dims1()? != cols || cols > ADD_RMS_MAX_COLS {
             bail!(
                 "add_rms: {:?} + {:?}, weight {:?}",
                 xl.shape(),
@@ -267,7 +272,7 @@ impl CustomOp2 for AddRms<'_> {
                     candle_core::builder_arg!(b, cols as i32, self.eps);
                     let cfg = LaunchConfig {
                         grid_dim: (rows as u32, 1, 1),
-                        block_dim: (256, 1, 1),
+                        block_dim: (add_rms_threads(cols), 1, 1),
                         shared_mem_bytes: 0,
                     };
                     // SAFETY: arguments match the kernel.
@@ -278,6 +283,17 @@ impl CustomOp2 for AddRms<'_> {
         });
         Ok((out, Shape::from((2, rows, cols))))
     }
+}
+
+/// Columns per thread of `add_rms_*` (`ADD_RMS_PER_THREAD` in `cuda/decoder_fused.cu`).
+const ADD_RMS_PER_THREAD: usize = 8;
+/// The widest row `add_rms_*` takes: eight columns for each of 1024 threads.
+pub(crate) const ADD_RMS_MAX_COLS: usize = ADD_RMS_PER_THREAD * 1024;
+
+/// Threads per row of `add_rms_*`: about four columns each (eight above 4096 columns), a whole
+/// number of warps.
+fn add_rms_threads(cols: usize) -> u32 {
+    (cols.div_ceil(4).div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
 /// See [`crate::layer_ops::add_rms_norm`].
@@ -354,4 +370,99 @@ pub(crate) fn causal_softmax(scores: &Tensor, first: usize, group: usize) -> Res
     Ok(scores
         .contiguous()?
         .apply_op1_no_bwd(&CausalSoftmax { group, first })?)
+}
+
+/// `y = x · wᵀ` for one row `x (1, k)` and `w (n, k)`, by `cuda/gemv.cu`.
+struct Gemv;
+
+impl CustomOp2 for Gemv {
+    fn name(&self) -> &'static str {
+        "grain-gemv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        no_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let ((rows, k), (n, k2)) = (xl.shape().dims2()?, wl.shape().dims2()?);
+        let size = xs.dtype().size_in_bytes();
+        let aligned = |l: &Layout| l.start_offset() * size % 16 == 0;
+        if k != k2 || rows != 1 || k * size % 16 != 0 {
+            bail!("gemv: {:?} · {:?}ᵀ", xl.shape(), wl.shape());
+        }
+        if !aligned(xl) || !aligned(wl) {
+            bail!("gemv: an operand does not start on 16 bytes");
+        }
+        let dev = xs.device.clone();
+        let name = dtype_name(xs)?;
+        let out = typed!(xs, T => {
+            let x = view(xs.as_cuda_slice::<T>()?, xl)?;
+            let w = view(ws.as_cuda_slice::<T>()?, wl)?;
+            // SAFETY: the kernel writes every element.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            if n > 0 {
+                let f =
+                    dev.get_or_load_custom_func(&format!("gemv_{name}"), GEMV_MODULE, GEMV_PTX)?;
+                let mut b = f.builder();
+                b.arg(&x);
+                b.arg(&w);
+                b.arg(&out);
+                candle_core::builder_arg!(b, n as i32, k as i32);
+                // One warp per output column, eight per block.
+                let cfg = LaunchConfig {
+                    grid_dim: (n.div_ceil(8) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: arguments match the kernel; shapes and alignment were checked above.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            T::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((out, Shape::from((1, n))))
+    }
+}
+
+/// `x (…, k) · wᵀ` for `w (n, k)` with `cuda/gemv.cu`, where it applies: both on a CUDA device,
+/// one dtype (f32, bf16 or f16), one row, `k` a whole number of 16-byte vectors, and both
+/// operands contiguous from a 16-byte boundary. `None` elsewhere.
+pub(crate) fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let Ok((n, k)) = w.dims2() else {
+        return Ok(None);
+    };
+    let (size, dims) = (w.dtype().size_in_bytes(), x.dims());
+    let applies = x.device().is_cuda()
+        && w.device().same_device(x.device())
+        && x.dtype() == w.dtype()
+        && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && dims.last() == Some(&k)
+        && x.elem_count() == k
+        && k * size % 16 == 0
+        && w.is_contiguous()
+        && w.layout().start_offset() * size % 16 == 0;
+    if !applies {
+        return Ok(None);
+    }
+    // A contiguous view keeps its offset: a whole row's is aligned (k is), others fall back.
+    let x = x.contiguous()?.reshape((1, k))?;
+    if x.layout().start_offset() * size % 16 != 0 {
+        return Ok(None);
+    }
+    let y = x.apply_op2_no_bwd(w, &Gemv)?;
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("dims end in k") = n;
+    Ok(Some(y.reshape(out)?))
 }

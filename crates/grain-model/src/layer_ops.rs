@@ -41,7 +41,7 @@ pub(crate) fn add_rms_norm(
     eps: f32,
 ) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if fused(x) {
+    if fused(x) && x.dim(candle_core::D::Minus1)? <= crate::fused_cuda::ADD_RMS_MAX_COLS {
         return crate::fused_cuda::add_rms(x, d, w, eps);
     }
     if let Some(pair) = crate::host_ops::add_rms_norm(x, d, w, eps)? {

@@ -46,7 +46,7 @@ pub use config::{Layout, LlavaConfig};
 pub use error::{ModelError, Result};
 pub use kv_cache::KvCache;
 pub use layer_ops::set_fused_kernels;
-pub use linear::set_row_gemv;
+pub use linear::set_gemv;
 pub use llama::SeqChunk;
 pub use llava::LlavaModel;
 pub use paged_device::check::{check_fused_kernels, check_paged_kernels, FusedCase, KernelCase};

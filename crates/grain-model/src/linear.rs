@@ -3,7 +3,7 @@
 //! copy is dropped) and every call, a decode step's few rows or a prefill's thousands, runs that
 //! kernel on the rayon pool. Elsewhere it is candle's `Linear`, except that few-row `f32` inputs on
 //! the CPU go through [`crate::small_gemm`], which reads each weight once for all rows instead of
-//! re-packing it on every call.
+//! re-packing it on every call, and one-row inputs on CUDA through `cuda/gemv.cu`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -87,7 +87,7 @@ impl Linear {
                 if let Some(y) = forward_small(inner, bias_f32.as_deref(), x)? {
                     return Ok(y);
                 }
-                if let Some(y) = forward_row_gemv(inner, x)? {
+                if let Some(y) = forward_gemv(inner, x)? {
                     return Ok(y);
                 }
                 Ok(inner.forward(x)?)
@@ -96,33 +96,32 @@ impl Linear {
     }
 }
 
-static ROW_GEMV: AtomicBool = AtomicBool::new(false);
+static GEMV: AtomicBool = AtomicBool::new(true);
 
-/// Off a CPU, computes a one-row projection as `weight · xᵀ` (a matrix-vector product with the
-/// weight as the non-transposed operand) instead of `x · weightᵀ`: the two ask cuBLAS for
-/// different kernels. Off by default; `grain check-device bench --ab-row-gemv` compares them.
-pub fn set_row_gemv(on: bool) {
-    ROW_GEMV.store(on, Ordering::Relaxed);
+/// On CUDA, one-row projections (a batch-1 decode step's) run Grain's own matrix-vector kernel
+/// (`cuda/gemv.cu`) instead of cuBLAS's product (on by default); `grain check-device bench
+/// --ab-gemv` compares the two.
+pub fn set_gemv(on: bool) {
+    GEMV.store(on, Ordering::Relaxed);
 }
 
-fn forward_row_gemv(inner: &candle_nn::Linear, x: &Tensor) -> Result<Option<Tensor>> {
-    if !ROW_GEMV.load(Ordering::Relaxed) || x.device().is_cpu() {
+#[cfg(feature = "cuda")]
+fn forward_gemv(inner: &candle_nn::Linear, x: &Tensor) -> Result<Option<Tensor>> {
+    if !GEMV.load(Ordering::Relaxed) || !x.device().is_cuda() {
         return Ok(None);
     }
-    let (Ok((1, k)), Ok((n, k2))) = (x.dims2(), inner.weight().dims2()) else {
+    let Some(y) = crate::fused_cuda::gemv(x, inner.weight())? else {
         return Ok(None);
     };
-    if k != k2 {
-        return Ok(None);
-    }
-    let y = inner
-        .weight()
-        .matmul(&x.contiguous()?.reshape((k, 1))?)?
-        .reshape((1, n))?;
     Ok(Some(match inner.bias() {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     }))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn forward_gemv(_: &candle_nn::Linear, _: &Tensor) -> Result<Option<Tensor>> {
+    Ok(None)
 }
 
 /// `x (…, k) → (…, n)` through the packed kernel.

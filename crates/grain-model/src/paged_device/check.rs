@@ -4,7 +4,8 @@
 //!   heads, blocks of 16), on scattered block tables and contexts around the kernels' partition
 //!   edges (1 … 3001);
 //! - the fused decoder kernels against the candle ops they replace, on the same device (the
-//!   causal softmax through the whole blocked prefill attention, with and without a cached prefix).
+//!   causal softmax through the whole blocked prefill attention, with and without a cached prefix),
+//!   and the one-row projection of `cuda/gemv.cu` against cuBLAS.
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -12,6 +13,7 @@ use serde::Serialize;
 use super::{paged_attention, write_slots, PagedRows};
 use crate::attention::{causal_blocked, CausalPlan, Heads};
 use crate::error::Result;
+use crate::linear::{set_gemv, Linear};
 use crate::test_util::values;
 
 /// One (head shape, dtype, partition) case.
@@ -275,9 +277,38 @@ pub fn check_fused_kernels(device: &Device) -> Result<Vec<FusedCase>> {
                 let name = format!("causal_softmax:32/{kv} heads, {start} cached");
                 cases.push(fused_case(name, dtype, len, &a, &b)?);
             }
+            // The one-row projection (`cuda/gemv.cu`) against cuBLAS: 7B's widths (4096, and
+            // 11008 into `down`), a tiny model's 64, and output widths that are not multiples of
+            // the kernel's eight columns per block; the first and the last row of three (a view
+            // at an offset, as a prefill's logits row is).
+            for (n, k) in [(3000usize, 4096usize), (250, 11_008), (33, 64)] {
+                let w = Tensor::from_vec(values(n * k, 31, 0.05), (n, k), &Device::Cpu)?
+                    .to_dtype(dtype)?
+                    .to_device(device)?;
+                let layer = Linear::new(candle_nn::Linear::new(w, None));
+                let three = Tensor::from_vec(values(3 * k, 32, 1.0), (3, k), &Device::Cpu)?
+                    .to_dtype(dtype)?
+                    .to_device(device)?;
+                for (what, x) in [
+                    ("first row", three.narrow(0, 0, 1)?),
+                    ("last row", three.narrow(0, 2, 1)?),
+                ] {
+                    let run = |on: bool| -> Result<Tensor> {
+                        set_gemv(on);
+                        Ok(layer
+                            .forward(&x)?
+                            .to_device(&Device::Cpu)?
+                            .to_dtype(DType::F32)?)
+                    };
+                    let (a, b) = (run(true)?, run(false)?);
+                    let name = format!("gemv:{n}x{k} {what}");
+                    cases.push(fused_case(name, dtype, 1, &a, &b)?);
+                }
+            }
         }
         Ok(())
     })();
     set_fused_kernels(true);
+    set_gemv(true);
     result.map(|()| cases)
 }

@@ -68,10 +68,10 @@ pub struct BenchArgs {
     /// `prefill_unfused`).
     #[arg(long)]
     pub ab_fused: bool,
-    /// Also time them with single-row projections computed as weight × column
-    /// (`decode_row_gemv`).
+    /// Also time them with one-row projections on cuBLAS instead of Grain's matrix-vector kernel
+    /// (`decode_no_gemv`).
     #[arg(long)]
-    pub ab_row_gemv: bool,
+    pub ab_gemv: bool,
     /// Also time them with the decode attention's partition fixed at 256 positions
     /// (`decode_partition256`), against the per-launch choice.
     #[arg(long)]
@@ -358,7 +358,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     }
 
     // The same steps with one switch flipped, in the same process and sitting: the fused CUDA
-    // kernels off (`--ab-fused`), single-row projections as weight × column (`--ab-row-gemv`),
+    // kernels off (`--ab-fused`), one-row projections on cuBLAS (`--ab-gemv`),
     // the decode attention's partition fixed at 256 (`--ab-fixed-partition`).
     let variant = |on: bool, flip: fn(bool)| -> anyhow::Result<Vec<serde_json::Value>> {
         if !on {
@@ -382,7 +382,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             .collect())
     };
     let decode_unfused = variant(a.ab_fused, |on| grain_model::set_fused_kernels(!on))?;
-    let decode_row_gemv = variant(a.ab_row_gemv, grain_model::set_row_gemv)?;
+    let decode_no_gemv = variant(a.ab_gemv, |on| grain_model::set_gemv(!on))?;
     let decode_part256 = variant(a.ab_fixed_partition, |on| {
         grain_model::set_paged_partition(if on { 256 } else { 0 })
     })?;
@@ -465,7 +465,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "load_seconds": load_s,
         "decode": decode,
         "decode_unfused": decode_unfused,
-        "decode_row_gemv": decode_row_gemv,
+        "decode_no_gemv": decode_no_gemv,
         "decode_partition256": decode_part256,
         "prefill": prefill,
         "prefill_unfused": prefill_unfused,

@@ -59,7 +59,7 @@ fn the_dry_run_reports_every_batch_and_prefill_and_cleans_up() {
         hbm_gbps: 20.0,
         scratch: Some(scratch.path().to_path_buf()),
         ab_fused: true,
-        ab_row_gemv: true,
+        ab_gemv: true,
         ab_fixed_partition: true,
         ab_query_block: vec![4],
         json: None,
@@ -83,7 +83,7 @@ fn the_dry_run_reports_every_batch_and_prefill_and_cleans_up() {
         assert!(d["enqueue_ms_median"].as_f64().unwrap() <= step);
     }
     // Each A/B variant times every batch size again.
-    for key in ["decode_unfused", "decode_row_gemv", "decode_partition256"] {
+    for key in ["decode_unfused", "decode_no_gemv", "decode_partition256"] {
         let v = r[key].as_array().unwrap();
         let batches: Vec<u64> = v.iter().map(|d| d["batch"].as_u64().unwrap()).collect();
         assert_eq!(batches, [1, 3], "{key}");
@@ -138,7 +138,7 @@ fn the_bench_refuses_more_than_the_context() {
         hbm_gbps: 20.0,
         scratch: None,
         ab_fused: false,
-        ab_row_gemv: false,
+        ab_gemv: false,
         ab_fixed_partition: false,
         ab_query_block: vec![],
         json: None,
@@ -243,14 +243,22 @@ fn the_kernel_checks_run_on_the_cpu_with_zero_difference() {
         .all(|c| c.pass && c.write_exact && c.max_abs_diff == 0.0));
     assert!(paged.iter().any(|c| c.partition == 64));
     let fused = grain_model::check_fused_kernels(&Device::Cpu).unwrap();
-    // Per dtype: 3 row counts × 8 outputs, and 3 prefill attention cases.
-    assert_eq!(fused.len(), 2 * (3 * 8 + 3));
+    // Per dtype: 3 row counts × 8 outputs, 3 prefill attention cases, 3 shapes × 2 inputs of the
+    // one-row projection.
+    assert_eq!(fused.len(), 2 * (3 * 8 + 3 + 3 * 2));
     assert_eq!(
         fused
             .iter()
             .filter(|c| c.kernel.starts_with("causal_softmax"))
             .count(),
         6
+    );
+    assert_eq!(
+        fused
+            .iter()
+            .filter(|c| c.kernel.starts_with("gemv"))
+            .count(),
+        12
     );
     assert!(fused.iter().all(|c| c.pass && c.max_abs_diff == 0.0));
     // The references are not all zero: the comparisons compare something.
