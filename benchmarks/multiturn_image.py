@@ -8,22 +8,14 @@ caching the second turn finds the system prompt, the image and the first questio
 cache. benchmarks/run.sh prefix runs it against a server with the cache on and one with it off.
 Needs the `openai` package (the e2e venv); standard library otherwise.
 """
-import base64, io, statistics, sys, time
+import statistics, sys, time
 import openai
-import struct, zlib
+from png_data_url import png
 
 url, n = sys.argv[1], int(sys.argv[2])
 client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
 model = client.models.list().data[0].id
 
-def png(seed, w=640, h=480):
-    rows = b"".join(b"\0" + bytes(((x * seed) % 256, (y * 3 + seed) % 256, (x + y) % 256)[c]
-                                   for x in range(w) for c in range(3)) for y in range(h))
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    raw = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
-    return "data:image/png;base64," + base64.b64encode(raw).decode()
 
 def ttft(messages):
     t0 = time.perf_counter(); first = None; text = ""; usage = None

@@ -31,6 +31,7 @@ pub mod policy;
 pub mod router;
 mod router_attend;
 mod router_cpu;
+mod router_memo;
 mod router_pool;
 mod simd;
 mod small_gemm;

@@ -15,6 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::host_dense::{to_f32_vec, with_values};
 use crate::router_attend;
 use crate::router_cpu::{CpuRouter, DenseF32, NormF32};
+use crate::router_memo::VisualMemo;
 use crate::weights::Weights;
 
 /// What the router needs for one image.
@@ -52,6 +53,8 @@ pub struct Router {
     /// The `f32` layers of the fused CPU path ([`crate::router_cpu`]); `None` on other devices
     /// and when differentiable.
     cpu: Option<CpuRouter>,
+    /// The fused path's visual parts of recent images, by features tensor.
+    visual_memo: VisualMemo,
 }
 
 /// A source of router tensors by canonical name and expected shape (see [`Router::from_source`]).
@@ -166,6 +169,7 @@ impl Router {
             hidden: d,
             differentiable,
             cpu,
+            visual_memo: VisualMemo::default(),
         })
     }
 
@@ -283,7 +287,10 @@ impl Router {
         }
     }
 
-    /// [`Self::logits_of`] on the CPU, one image at a time (rows never mix across images).
+    /// [`Self::logits_of`] on the CPU, one image at a time (rows never mix across images). An
+    /// image whose features tensor was routed before (a later turn about it, through the encoder
+    /// cache) reuses its visual part ([`crate::router_memo`]): the same logits, bit for bit, for
+    /// the text rows' work alone.
     fn logits_fused(&self, cpu: &CpuRouter, inputs: &[&RouterInput]) -> Result<Tensor> {
         let e = self.granularities.len();
         let mut all = Vec::with_capacity(inputs.len() * e);
@@ -303,14 +310,20 @@ impl Router {
                 )));
             }
             let text = to_f32_vec(&input.text_embeds)?;
-            let logits = with_values(&f, |fv| {
+            let id = input.features.id();
+            let known = self.visual_memo.get(id);
+            let (logits, computed) = with_values(&f, |fv| {
                 cpu.image_logits(
                     fv,
                     &text,
                     (n, side, d, self.text_queries),
                     &self.granularities,
+                    known.as_ref().map(|v| v.as_slice()),
                 )
             })??;
+            if let Some(part) = computed {
+                self.visual_memo.insert(id, part);
+            }
             all.extend(logits);
         }
         Ok(Tensor::from_vec(
@@ -456,124 +469,5 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_util::values;
-
-    /// The one-pass CPU attention equals the tensor-op attention (batched matrix products and
-    /// candle's softmax) on random inputs, for several crop counts.
-    #[test]
-    fn cpu_attention_matches_tensor_attention() {
-        let b = 7usize;
-        // Head counts below, at and above the 8-head register path, head widths 1 to 8.
-        for (n, (d, heads)) in [1usize, 2, 5]
-            .into_iter()
-            .flat_map(|n| [(16usize, 4usize), (16, 8), (64, 8), (32, 16), (24, 6)].map(|c| (n, c)))
-        {
-            let qkv: Vec<f32> = (0..n * b * 3 * d)
-                .map(|i| (((i * 2654435761) % 1000) as f32 / 250.0) - 2.0)
-                .collect();
-            let t =
-                Tensor::from_vec(qkv.clone(), (n, b, 3 * d), &candle_core::Device::Cpu).unwrap();
-            let want: Vec<f32> = attention(&t, heads, true)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let mut got = vec![0f32; n * b * d];
-            router_attend::cross_crop_attention_standard(&qkv, (n, b, d), heads, &mut got);
-            assert_eq!(got.len(), want.len());
-            for (i, (a, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - w).abs() <= 1e-5,
-                    "n={n} d={d} h={heads} [{i}]: {a} vs {w}"
-                );
-            }
-        }
-    }
-
-    /// The fused CPU path equals the tensor-op path (candle's matmuls, pooling, attention, GELU
-    /// and LayerNorms) on random weights and inputs: several crop counts, a prompt shorter than
-    /// the text queries (zero padding) and a longer one, two images batched together.
-    #[test]
-    fn fused_cpu_path_matches_tensor_path() {
-        let dev = candle_core::Device::Cpu;
-        let d = 16;
-        let config = LlavaConfig::from_json(&serde_json::json!({
-            "hidden_size": d, "num_attention_heads": 4, "intermediate_size": 32,
-            "mm_vision_tower": "openai/clip-vit-large-patch14-336",
-            "router_select": true, "filtered_text_num": 4,
-        }))
-        .unwrap();
-        let rc = config.router.clone().unwrap();
-        let mut seed = 0u64;
-        let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            seed += 1;
-            let len: usize = shape.iter().product();
-            // Weights ~ 1/√fan_in; LayerNorm scales around 1; biases and the voter small.
-            let v = if name.ends_with("norm1.weight")
-                || name.ends_with("norm2.weight")
-                || name == "router.norm.weight"
-            {
-                values(len, seed, 0.5).iter().map(|v| 1.0 + v).collect()
-            } else if shape.len() == 2 && shape[1] > 1 {
-                values(len, seed, 1.5 / (shape[1] as f32).sqrt())
-            } else {
-                values(len, seed, 0.3)
-            };
-            Ok(Tensor::from_vec(v, shape, &candle_core::Device::Cpu)?)
-        };
-        let router = Router::from_source(&mut get, &config, &rc, false).unwrap();
-        let cpu = router.cpu.as_ref().expect("CPU router has the fused path");
-        for (n, texts) in [(1usize, [2usize, 9]), (3, [9, 2]), (5, [6, 3])] {
-            let inputs: Vec<RouterInput> = texts
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| RouterInput {
-                    features: Tensor::from_vec(
-                        values(n * 576 * d, (n * 10 + i) as u64, 1.0),
-                        (n, 576, d),
-                        &dev,
-                    )
-                    .unwrap(),
-                    text_embeds: Tensor::from_vec(
-                        values(t * d, (n * 10 + i + 5) as u64, 1.0),
-                        (t, d),
-                        &dev,
-                    )
-                    .unwrap(),
-                })
-                .collect();
-            let refs: Vec<&RouterInput> = inputs.iter().collect();
-            let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-            let fused_on = |threads: usize| -> Vec<f32> {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| flat(router.logits_fused(cpu, &refs).unwrap()))
-            };
-            let fused = fused_on(1);
-            // Positions and row blocks are shared out among threads, but partial sums are added
-            // in a fixed order: the same bits on any thread count.
-            assert_eq!(
-                fused,
-                fused_on(3),
-                "n={n}: logits depend on the thread count"
-            );
-            let want = flat(router.logits_tensor(&refs).unwrap());
-            assert_eq!(fused.len(), want.len());
-            // Both are f32 with different summation orders, a polynomial erf/exp in the fused
-            // path and libm's in candle: LayerNorm'd logits (O(1)) agree to 1e-4.
-            for (i, (a, w)) in fused.iter().zip(&want).enumerate() {
-                assert!((a - w).abs() <= 1e-4, "n={n} [{i}]: {a} vs {w}");
-            }
-            // Not trivially equal: the logits differ between the two images.
-            assert!(fused[..5]
-                .iter()
-                .zip(&fused[5..])
-                .any(|(a, b)| (a - b).abs() > 1e-3));
-        }
-    }
-}
+#[path = "router_tests.rs"]
+mod tests;

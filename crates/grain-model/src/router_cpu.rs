@@ -16,8 +16,10 @@
 //! The last layer, `mlp2`, is affine, so it is applied once to the total: `Σ_t v_t·(W·g_t + b) =
 //! W·Σ_t v_t·g_t + b·Σ_t v_t`. The text rows are the same in every crop (same q, k, v), so their
 //! attention output is their value and they go through the layers once per image (one more
-//! task), weighted `n` times `1/n`. Tasks' partial sums are added in task order, so the logits do
-//! not depend on the thread count. Matrix products are [`crate::panel_gemm`]'s (or the `gemm`
+//! task, beside the supercells), weighted `n` times `1/n`. The supercells' partial sums are added
+//! in order, then the text rows', so the logits do not depend on the thread count. No visual row
+//! sees a text row, so the supercells' sum (the *visual part*) depends on the features alone:
+//! [`crate::router_memo`] keeps it for the next prompt about the same image. Matrix products are [`crate::panel_gemm`]'s (or the `gemm`
 //! crate's) single-threaded kernels; the loops between them have AVX2/FMA copies.
 
 use rayon::prelude::*;
@@ -78,37 +80,23 @@ fn select_text(base: &[f32], text: &[f32], d: usize, k: usize) -> Vec<f32> {
 }
 
 impl CpuRouter {
-    /// LayerNorm'd logits of one image: its crop features `f` `(n, side², D)` and its prompt's
-    /// token embeddings `text_embeds` `(T, D)`; `k` text rows are selected.
-    pub(crate) fn image_logits(
+    /// The visual rows' share of the voter's sum for one image with crop features `f`
+    /// `(n, side², D)`: `Σ_r w_r · GELU(mlp1(row_r))` over every crop's pooled rows, the supercells'
+    /// parts added in order. The merger attends across crops position by position, so no visual
+    /// row sees a text row: this depends on the features alone, and another prompt about the
+    /// same image can reuse it ([`Self::image_logits`]).
+    pub(crate) fn visual_part(
         &self,
         f: &[f32],
-        text_embeds: &[f32],
         (n, side, d, k): (usize, usize, usize, usize),
         grans: &[u32],
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Vec<f64>> {
         let plan = PoolPlan::new(grans, side)?;
-        let vis = plan.order.len();
-        let text = select_text(&f[..side * side * d], text_embeds, d, k);
-        let supercells = plan.supercells();
-        let partials: Vec<Vec<f64>> = (0..=supercells)
+        let partials: Vec<Vec<f64>> = (0..plan.supercells())
             .into_par_iter()
             .map(|s| {
                 Task::with(&plan, n, (d, k), self, |task| {
-                    if s < supercells {
-                        self.supercell(f, (&plan, s, side), task)
-                    } else {
-                        // The text rows, once: their attention output is their value.
-                        let rows = text.len() / d;
-                        let (x, o) = (&mut task.x[..rows * d], &mut task.o[..rows * d]);
-                        x.copy_from_slice(&text);
-                        let qkv = &mut task.qkv[..rows * 3 * d];
-                        self.in_proj.apply_biased(&text, false, qkv);
-                        for (o, t) in o.chunks_exact_mut(d).zip(qkv.chunks_exact(3 * d)) {
-                            o.copy_from_slice(&t[2 * d..]);
-                        }
-                        self.block(o, x, &self.voter[vis..vis + rows], &mut task.h)
-                    }
+                    self.supercell(f, (&plan, s, side), task)
                 })
             })
             .collect();
@@ -116,10 +104,65 @@ impl CpuRouter {
         for part in &partials {
             acc.iter_mut().zip(part).for_each(|(a, p)| *a += p);
         }
+        Ok(acc)
+    }
+
+    /// The text rows' share of the voter's sum: the `k` prompt rows selected against the base
+    /// crop (the first `side²` rows of `f`), through the layers once (they are the same in every
+    /// crop, so their attention output is their value).
+    fn text_part(
+        &self,
+        f: &[f32],
+        text_embeds: &[f32],
+        (n, side, d, k): (usize, usize, usize, usize),
+        grans: &[u32],
+    ) -> Result<Vec<f64>> {
+        let plan = PoolPlan::new(grans, side)?;
+        let vis = plan.order.len();
+        let text = select_text(&f[..side * side * d], text_embeds, d, k);
+        Ok(Task::with(&plan, n, (d, k), self, |task| {
+            let rows = text.len() / d;
+            let (x, o) = (&mut task.x[..rows * d], &mut task.o[..rows * d]);
+            x.copy_from_slice(&text);
+            let qkv = &mut task.qkv[..rows * 3 * d];
+            self.in_proj.apply_biased(&text, false, qkv);
+            for (o, t) in o.chunks_exact_mut(d).zip(qkv.chunks_exact(3 * d)) {
+                o.copy_from_slice(&t[2 * d..]);
+            }
+            self.block(o, x, &self.voter[vis..vis + rows], &mut task.h)
+        }))
+    }
+
+    /// LayerNorm'd logits of one image: its crop features `f` `(n, side², D)` and its prompt's
+    /// token embeddings `text_embeds` `(T, D)`; `k` text rows are selected. `known` is the image's
+    /// [`Self::visual_part`] where it was kept; else it is computed beside the text rows and
+    /// returned with the logits.
+    pub(crate) fn image_logits(
+        &self,
+        f: &[f32],
+        text_embeds: &[f32],
+        dims: (usize, usize, usize, usize),
+        grans: &[u32],
+        known: Option<&[f64]>,
+    ) -> Result<(Vec<f32>, Option<Vec<f64>>)> {
+        let (computed, text) = match known {
+            Some(_) => (None, self.text_part(f, text_embeds, dims, grans)?),
+            None => {
+                let (v, t) = rayon::join(
+                    || self.visual_part(f, dims, grans),
+                    || self.text_part(f, text_embeds, dims, grans),
+                );
+                (Some(v?), t?)
+            }
+        };
+        let visual = known.or(computed.as_deref()).expect("known or computed");
+        // The same sum, in the same order, as adding every part in turn: the visual rows', then
+        // the text rows'.
+        let acc: Vec<f64> = visual.iter().zip(&text).map(|(v, t)| v + t).collect();
         let vsum: f32 = self.voter.iter().sum();
         let mut logits: Vec<f32> = self
             .mlp2_weight
-            .chunks_exact(d)
+            .chunks_exact(dims.2)
             .zip(&self.mlp2_bias)
             .map(|(w, b)| {
                 let s: f64 = w.iter().zip(&acc).map(|(w, a)| *w as f64 * a).sum();
@@ -127,7 +170,7 @@ impl CpuRouter {
             })
             .collect();
         self.norm.apply(&mut logits);
-        Ok(logits)
+        Ok((logits, computed))
     }
 
     /// One block of rows on the calling thread: attention output `o`, residual `x` (overwritten),
