@@ -2,7 +2,7 @@
 //! (each sequence with `CTX` positions already cached) and one prefill of `N` tokens. Medians of
 //! several runs; a measuring tool for iterating on the decoder, not a test.
 //!
-//! cargo run --release -p grain-model --example decode_step -- [tiny|small] [CTX] [N]
+//! cargo run --release -p grain-model --example decode_step -- [tiny|small|medium] [CTX] [N]
 //!
 //! `GRAIN_WAVE=15` also times 15 prefills of `N` tokens in one forward (a wave of concurrent
 //! requests' first step).
@@ -34,7 +34,7 @@ fn time<F: FnMut() -> Result<(), Box<dyn std::error::Error>>>(
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let size = TinySize::by_name(args.get(1).map(String::as_str).unwrap_or("small"))
-        .ok_or("size: tiny|small")?;
+        .ok_or_else(|| format!("size: one of {}", TinySize::NAMES.join("|")))?;
     let ctx: usize = args.get(2).map_or(Ok(128), |s| s.parse())?;
     let n: usize = args.get(3).map_or(Ok(2377), |s| s.parse())?;
     let tmp = std::env::temp_dir().join(format!("grain-decode-step-{}", std::process::id()));

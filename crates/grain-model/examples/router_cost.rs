@@ -1,7 +1,7 @@
 //! How much of a request's time the granularity router costs, next to the vision tower and the
 //! prefill it decides, on a tiny (or `--size small`) AVG checkpoint. Means of several runs.
 //!
-//! cargo run --release -p grain-model --example router_cost -- [tiny|small] [WxH] [runs]
+//! cargo run --release -p grain-model --example router_cost -- [tiny|small|medium] [WxH] [runs]
 //!
 //! Times are means over the runs (the router's median is printed too, and the median of routing the
 //! same features tensor again with another prompt, as a later turn about the image does). With `GRAIN_ROUTER_ONLY=1`
@@ -52,7 +52,7 @@ fn mean(v: &[f64]) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let size = TinySize::by_name(args.get(1).map(String::as_str).unwrap_or("tiny"))
-        .ok_or("size: tiny|small")?;
+        .ok_or_else(|| format!("size: one of {}", TinySize::NAMES.join("|")))?;
     let (w, h) = match args.get(2) {
         Some(s) => {
             let (a, b) = s.split_once('x').ok_or("size as WxH")?;

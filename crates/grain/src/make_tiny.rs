@@ -20,7 +20,7 @@ pub struct MakeTinyArgs {
     /// wide and deep as `small`, 377 MB: weights far larger than a CPU's caches, like a real
     /// model's) or `7b` (AVG-LLaVA-7B's shapes with the tiny vocabulary, in bf16: 13.8 GB, for
     /// GPU benchmarks).
-    #[arg(long, default_value = "tiny", value_parser = ["tiny", "small", "medium", "7b"])]
+    #[arg(long, default_value = "tiny", value_parser = TinySize::NAMES)]
     size: String,
 }
 

@@ -91,14 +91,16 @@ impl TinySize {
         bf16_parallel: true,
     };
 
+    /// The presets' names, as [`Self::by_name`] takes them (smallest first).
+    pub const NAMES: [&'static str; 4] = ["tiny", "small", "medium", "7b"];
+
     pub fn by_name(name: &str) -> Option<Self> {
-        match name {
-            "tiny" => Some(Self::TINY),
-            "small" => Some(Self::SMALL),
-            "7b" => Some(Self::SEVEN_B),
-            "medium" => Some(Self::MEDIUM),
-            _ => None,
-        }
+        let all = [Self::TINY, Self::SMALL, Self::MEDIUM, Self::SEVEN_B];
+        Self::NAMES
+            .iter()
+            .zip(all)
+            .find(|(n, _)| **n == name)
+            .map(|(_, size)| size)
     }
 }
 
