@@ -138,16 +138,20 @@ class Rating(pydantic.BaseModel):
     votes: int = pydantic.Field(gt=-3, lt=40)
     confidence: float = pydantic.Field(ge=0, le=1)
     stride: int = pydantic.Field(multiple_of=5, ge=-50)
+    tens: float = pydantic.Field(multiple_of=10, gt=-100, lt=100)
+    halves: float = pydantic.Field(multiple_of=0.5, ge=0, le=5)
     best: bool
 
 
 def test_bounded_numbers_from_pydantic_stay_in_range(client, model_id):
-    """`Field(ge=…, le=…)` on an int or a float, `Field(multiple_of=…)` on an int: the strict
-    schema's `minimum` / `exclusiveMaximum` / `multipleOf` are enforced digit by digit, and
-    pydantic's own validation in `parse` is the judge."""
+    """`Field(ge=…, le=…)` on an int or a float, `Field(multiple_of=…)` on an int and a whole or a
+    fractional one on a float: the strict schema's `minimum` / `exclusiveMaximum` / `multipleOf` are enforced
+    digit by digit, and pydantic's own validation in `parse` is the judge."""
     for rating in parsed_over_seeds(client, model_id, Rating, 6, 1.0):
         assert isinstance(rating, Rating) and 1 <= rating.stars <= 5 and -3 < rating.votes < 40
         assert 0 <= rating.confidence <= 1 and rating.stride % 5 == 0 and rating.stride >= -50
+        assert rating.tens % 10 == 0 and -100 < rating.tens < 100
+        assert (2 * rating.halves).is_integer() and 0 <= rating.halves <= 5
 
 
 class Pet(pydantic.BaseModel):
@@ -217,7 +221,8 @@ def test_a_non_strict_schema_holds_the_structure_and_leaves_narrowing_keywords(c
 @pytest.mark.parametrize(
     "schema, says",
     [
-        ({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 0.5}}}, "multipleOf"),
+        ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}, "uniqueItems"),
+        ({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 1e-30}}}, "multipleOf"),
         ({"type": "object", "properties": {"a": {"type": "string", "pattern": "a(?=b)"}}}, "pattern"),
         ({"type": "array", "items": {"type": "integer"}}, "root must be an object"),
         ({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}, "no such definition"),

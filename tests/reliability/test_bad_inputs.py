@@ -151,7 +151,7 @@ CASES = [
                                       tool_choice="required"), code="invalid_value"),
     Case("tools-bad-parameters-schema", msg(
         tools=[{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
-            "type": "object", "properties": {"a": {"type": "number", "multipleOf": 0.5}}}}}],
+            "type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}}}],
         tool_choice="required"), code="invalid_value"),
     Case("tools-unsupported-keyword-even-loose", msg(
         tools=[{"type": "function", "function": {"name": "f", "parameters": {

@@ -337,8 +337,18 @@ mod tests {
         for &b in b"{\"p\": 0.1" {
             in_bounded.advance(u32::from(b), &toy);
         }
+        let stepped = crate::json_schema::JsonSchema::compile(&serde_json::json!({
+            "type": "object",
+            "properties": {"p": {"type": "number", "minimum": -50, "maximum": 1e6, "multipleOf": 0.05}}
+        }))
+        .unwrap();
+        let mut in_stepped = JsonConstraint::schema(&stepped);
+        for &b in b"{\"p\": 12" {
+            in_stepped.advance(u32::from(b), &toy);
+        }
         for (what, c) in [
             ("schema, inside a bounded number", in_bounded),
+            ("schema, inside a multiple of 0.05", in_stepped),
             ("inside a string", in_string),
             ("at the start", JsonConstraint::default()),
             ("schema, inside a string", schema_string),

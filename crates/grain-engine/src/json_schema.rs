@@ -12,9 +12,11 @@
 //!   may be left out), `additionalProperties` (only the listed properties are written; an object
 //!   schema without `properties` takes any object unless `additionalProperties` is `false`);
 //! - `items`, `minItems`, `maxItems`;
-//! - on integers and numbers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`, and
-//!   on integers a whole `multipleOf` ([`crate::json_schema_int`], [`crate::json_schema_num`]: no
-//!   digit that leads out of the range, or away from every multiple, is written);
+//! - on integers and numbers, `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum` and
+//!   `multipleOf` (on integers a whole one; a number with a whole one is written as an integer,
+//!   since every multiple of a whole number is one, and with a fractional `a · 10^-p` in at most
+//!   `p` fraction digits) ([`crate::json_schema_int`], [`crate::json_schema_num`]: no digit that
+//!   leads out of the range, or away from every multiple, is written);
 //! - on strings, `minLength` and `maxLength` (in code points, as JSON Schema counts them; no
 //!   character past the maximum, no closing quote before the minimum) and `pattern` (a DFA of
 //!   the decoded text: no byte after which it cannot match; [`crate::json_schema_str`]);
@@ -23,7 +25,7 @@
 //!   `$schema`, `$id`, `$comment`, `readOnly`, `writeOnly`, `deprecated`, and `format` (an
 //!   annotation unless a schema opts into format assertions, JSON Schema 2020-12 §7.2).
 //!
-//! Any other keyword (`uniqueItems`, a number's `multipleOf`, …), or a pattern beyond a DFA
+//! Any other keyword (`uniqueItems`, `minProperties`, …), or a pattern beyond a DFA
 //! (look-around, back-references), is refused by name by [`JsonSchema::compile`] rather than
 //! ignored, since the output could then break it: what a `strict` schema needs.
 //! [`JsonSchema::compile_best_effort`], for OpenAI's non-strict schemas (which promise no more),
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::json_schema_first::{first_bytes, keyed_objects};
-use crate::json_schema_int::{IntRange, BOUNDS};
+use crate::json_schema_int::{whole_step, IntRange, BOUNDS};
 use crate::json_schema_num::NumRange;
 use crate::json_schema_str::{Pattern, StrRule};
 
@@ -130,10 +132,10 @@ impl JsonSchema {
     }
 
     /// [`Self::compile`], but the keywords that only narrow a value's range (`NARROWING`) are
-    /// passed over instead of refused where they cannot be enforced (`uniqueItems`, a number's
-    /// `multipleOf`, a pattern beyond a DFA, …): the output has the schema's structure (types,
-    /// properties, enums) and may break those. Bounds, lengths and patterns that compile are
-    /// enforced as in strict schemas. For OpenAI's non-strict schemas, which promise no more.
+    /// passed over instead of refused where they cannot be enforced (`uniqueItems`, an integer's
+    /// fractional `multipleOf`, a pattern beyond a DFA, …): the output has the schema's structure
+    /// (types, properties, enums) and may break those. Bounds, lengths and patterns that compile
+    /// are enforced as in strict schemas. For OpenAI's non-strict schemas, which promise no more.
     pub fn compile_best_effort(schema: &Value) -> Result<Self, String> {
         Self::compile_with(schema, true)
     }
@@ -273,7 +275,7 @@ impl<'a> Compiler<'a> {
             ) || self.passed_over(key)
                 || (BOUNDS.contains(&key.as_str()) && only_of(map, &["integer", "number"]))
                 || (STRING_RULES.contains(&key.as_str()) && only_of(map, &["string"]))
-                || (key == "multipleOf" && only_of(map, &["integer"]));
+                || (key == "multipleOf" && only_of(map, &["integer", "number"]));
             if !known {
                 return Err(format!("{path}: keyword '{key}' is not supported"));
             }
@@ -378,7 +380,14 @@ impl<'a> Compiler<'a> {
                 }
                 self.add(Node::BoundedString(StrRule { min, max, pattern }))
             }
-            "number" => match NumRange::of(map, path)? {
+            // Every multiple of a whole number is an integer: written as one, in the bounds.
+            "number" if map.get("multipleOf").and_then(whole_step).is_some() => {
+                match IntRange::of(map, path, self.best_effort)? {
+                    Some(range) => self.add(Node::Integer(range)),
+                    None => self.add(Node::Number { integer: true }),
+                }
+            }
+            "number" => match NumRange::of(map, path, self.best_effort)? {
                 Some(range) => self.add(Node::BoundedNumber(range)),
                 None => self.add(Node::Number { integer: false }),
             },

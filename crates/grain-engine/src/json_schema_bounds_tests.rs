@@ -22,17 +22,7 @@ fn bounded_integers_write_only_values_in_range() {
             .parse::<i64>()
             .is_ok_and(|v| lo <= v && v <= hi && v % step == 0)
     }
-    let alphabet = b"-0123456789";
-    let mut texts = vec![String::new()];
-    for len in 1..=4 {
-        let mut more = Vec::new();
-        for t in texts.iter().filter(|t| t.len() == len - 1) {
-            for &b in alphabet {
-                more.push(format!("{t}{}", b as char));
-            }
-        }
-        texts.extend(more);
-    }
+    let texts = short_texts(b"-0123456789", 4);
     let cases = [
         (0, 20, 1),
         (-150, -3, 1),
@@ -84,6 +74,84 @@ fn bounded_integers_write_only_values_in_range() {
     // Not strict, it is passed over: any integer.
     let s = JsonSchema::compile_best_effort(&halves).unwrap();
     assert_eq!(run(&s, r#"{"a":7}"#), (true, true));
+}
+
+/// Every text of at most `max` bytes from `alphabet`, the empty one included.
+fn short_texts(alphabet: &[u8], max: usize) -> Vec<String> {
+    let mut texts = vec![String::new()];
+    for len in 1..=max {
+        let mut more = Vec::new();
+        for t in texts.iter().filter(|t| t.len() == len - 1) {
+            for &b in alphabet {
+                more.push(format!("{t}{}", b as char));
+            }
+        }
+        texts.extend(more);
+    }
+    texts
+}
+
+/// A number with a whole `multipleOf` is written as an integer multiple inside its bounds (every
+/// multiple of a whole number is an integer): against brute force over texts of up to four bytes
+/// from `-.0123456789`, as for integers.
+#[test]
+fn numbers_with_a_whole_multiple_of_are_written_as_integer_multiples() {
+    fn valid(t: &str, (lo, hi, step): (f64, f64, i64)) -> bool {
+        let digits = t.strip_prefix('-').unwrap_or(t);
+        let json = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        json && t
+            .parse::<i64>()
+            .is_ok_and(|v| lo <= v as f64 && v as f64 <= hi && v % step == 0)
+    }
+    let texts = short_texts(b"-.0123456789", 4);
+    // Bounds as written (fractional, exclusive) and the inclusive range they leave.
+    let cases = [
+        (
+            json!({"minimum": -20.5, "exclusiveMaximum": 40}),
+            (-20.5, 39.0, 5),
+        ),
+        (
+            json!({"exclusiveMinimum": 0, "maximum": 99.9}),
+            (1.0, 99.9, 7),
+        ),
+        (json!({"minimum": -999, "maximum": -2.5}), (-999.0, -2.5, 4)),
+        (json!({"minimum": -99, "maximum": 99.5}), (-99.0, 99.5, 3)),
+    ];
+    for (bounds, rule) in cases {
+        let mut a = bounds.clone();
+        a["type"] = json!("number");
+        // A float `multipleOf` (as pydantic writes `multiple_of=7.0`) counts as whole too.
+        a["multipleOf"] = if rule.2 == 7 {
+            json!(7.0)
+        } else {
+            json!(rule.2)
+        };
+        let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
+        for t in &texts {
+            let whole = run(&s, &format!("{{\"a\":{t}}}"));
+            assert_eq!(whole.1, valid(t, rule), "{bounds} {t:?}");
+            let some_completion = texts
+                .iter()
+                .any(|u| u.starts_with(t.as_str()) && valid(u, rule));
+            assert_eq!(
+                run(&s, &format!("{{\"a\":{t}")).0,
+                some_completion,
+                "{bounds} prefix {t:?}"
+            );
+        }
+    }
+    refused(
+        &json!({"type": "object", "properties": {
+            "a": {"type": "number", "minimum": 0.5, "maximum": 0.9, "multipleOf": 5}}}),
+        "no integer lies within its bounds",
+    );
+    refused(
+        &json!({"type": "object", "properties": {
+            "a": {"type": "number", "minimum": 6.5, "maximum": 9.5, "multipleOf": 10}}}),
+        "no multiple of 10",
+    );
 }
 
 #[test]
@@ -373,4 +441,105 @@ fn patterns_hold_as_a_regex_search_of_the_decoded_string() {
     let never = compile(json!({"type": "object", "properties": {
         "s": {"type": "string", "pattern": "^a", "maxLength": 0}}, "required": ["s"]}));
     assert!(!run(&never, "{\"s\":\"\"").0 && !run(&never, "{\"s\":\"a").0);
+}
+
+/// A number with a fractional `multipleOf` `a · 10^-p` is written as a multiple inside its bounds,
+/// in at most `p` fraction digits: against brute force as for bounded numbers (whole texts of up
+/// to four bytes from `-.0123456789`; prefixes of up to three, against the prefixes of the valid
+/// texts of up to five). What cannot be enforced is refused when strict, passed over otherwise.
+#[test]
+fn numbers_with_a_fractional_multiple_of_are_written_as_multiples() {
+    type Range = (Option<(f64, bool)>, Option<(f64, bool)>);
+    /// `t` as a JSON number in the range, a multiple of `a · 10^-p` with at most `p` fraction
+    /// digits; exact, in units of 10^-p.
+    fn valid(t: &str, (lo, hi): Range, (a, p): (i64, u32)) -> bool {
+        let (neg, body) = match t.strip_prefix('-') {
+            Some(b) => (true, b),
+            None => (false, t),
+        };
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        let json = !int.is_empty()
+            && digits(int)
+            && (int == "0" || !int.starts_with('0'))
+            && digits(frac)
+            && (body.contains('.') != frac.is_empty());
+        if !json || frac.len() > p as usize {
+            return false;
+        }
+        let units = int.parse::<i64>().unwrap() * 10i64.pow(p)
+            + format!("{frac:0<width$}", width = p as usize)
+                .parse::<i64>()
+                .unwrap_or(0);
+        let units = if neg { -units } else { units };
+        let scale = 10f64.powi(p as i32);
+        let v = units as f64 / scale;
+        units % a == 0
+            && lo.is_none_or(|(l, closed)| v > l || (closed && v == l))
+            && hi.is_none_or(|(h, closed)| v < h || (closed && v == h))
+    }
+    fn texts(max: usize) -> Vec<String> {
+        short_texts(b"-.0123456789", max)
+    }
+    let (short, long) = (texts(4), texts(5));
+    let cases: [(f64, (i64, u32), Range); 9] = [
+        (0.5, (5, 1), (Some((0.0, true)), Some((3.0, true)))),
+        (0.25, (25, 2), (Some((-1.0, false)), Some((1.0, false)))),
+        (0.1, (1, 1), (Some((0.05, true)), Some((0.95, false)))),
+        (0.3, (3, 1), (Some((-2.0, true)), Some((2.0, true)))),
+        (0.05, (5, 2), (Some((0.0, true)), Some((0.5, true)))),
+        (2.5, (25, 1), (Some((-10.0, true)), Some((10.0, true)))),
+        (0.5, (5, 1), (Some((0.0, false)), None)),
+        (1.5, (15, 1), (None, Some((3.0, true)))),
+        // An open lower bound between multiples: 0.5 is the first.
+        (0.5, (5, 1), (Some((0.45, false)), Some((2.0, true)))),
+    ];
+    for (m, step, range) in cases {
+        let mut a = json!({"type": "number", "multipleOf": m});
+        let ends = [
+            (range.0, "minimum", "exclusiveMinimum"),
+            (range.1, "maximum", "exclusiveMaximum"),
+        ];
+        for (end, closed_key, open_key) in ends {
+            if let Some((v, closed)) = end {
+                a[if closed { closed_key } else { open_key }] = json!(v);
+            }
+        }
+        let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
+        for t in &short {
+            let whole = run(&s, &format!("{{\"a\":{t}}}"));
+            assert_eq!(whole.1, valid(t, range, step), "{m} {range:?} {t:?}");
+        }
+        let completed: std::collections::HashSet<&str> = long
+            .iter()
+            .filter(|u| valid(u, range, step))
+            .flat_map(|u| (0..=u.len()).map(move |i| &u[..i]))
+            .collect();
+        for t in short.iter().filter(|t| t.len() <= 3) {
+            assert_eq!(
+                run(&s, &format!("{{\"a\":{t}")).0,
+                completed.contains(t.as_str()),
+                "{m} {range:?} prefix {t:?}"
+            );
+        }
+    }
+    // Without bounds: any multiple, of any length.
+    let s = compile(json!({"type": "object", "properties": {
+        "a": {"type": "number", "multipleOf": 0.05}}, "required": ["a"]}));
+    assert_eq!(run(&s, r#"{"a":-123456.35}"#), (true, true));
+    assert!(!run(&s, r#"{"a":-123456.36}"#).1);
+    assert!(!run(&s, r#"{"a":0.051"#).0, "a third fraction digit");
+    refused(
+        &json!({"type": "object", "properties": {
+            "a": {"type": "number", "minimum": 0.6, "maximum": 0.9, "multipleOf": 0.5}}}),
+        "no multiple",
+    );
+    for bad in [json!(-0.5), json!(1e-30), json!(0)] {
+        let schema = json!({"type": "object", "properties": {
+            "a": {"type": "number", "multipleOf": bad}}, "required": ["a"]});
+        refused(&schema, "multipleOf");
+        // Not strict, it is passed over: any number.
+        let s = JsonSchema::compile_best_effort(&schema).unwrap();
+        assert_eq!(run(&s, r#"{"a":2.75}"#), (true, true));
+    }
 }

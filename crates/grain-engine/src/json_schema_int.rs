@@ -1,5 +1,6 @@
 //! `{"type": "integer"}` with `minimum`, `maximum`, `exclusiveMinimum` or `exclusiveMaximum`
-//! (what pydantic writes for `Field(ge=…, le=…)`), and `multipleOf` (`Field(multiple_of=…)`): the
+//! (what pydantic writes for `Field(ge=…, le=…)`), and `multipleOf` (`Field(multiple_of=…)`; on a
+//! `number` too when it is whole, since every multiple of a whole number is an integer): the
 //! bounds as one inclusive range and a step, and whether a JSON integer written so far can still
 //! end on a multiple of the step inside the range, so that decoding never writes a digit that
 //! leads out of it.
@@ -17,18 +18,24 @@ pub(crate) struct IntRange {
     pub step: u64,
 }
 
+/// A `multipleOf` that is a positive whole number (below 10¹⁸), as one.
+pub(crate) fn whole_step(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| {
+            v.as_f64()
+                .filter(|x| x.fract() == 0.0 && *x >= 1.0 && *x < 1e18)
+                .map(|x| x as u64)
+        })
+        .filter(|&m| m > 0)
+}
+
 /// `multipleOf` on an integer: a positive whole number. Best effort takes any other as no step
 /// (OpenAI's non-strict schemas promise no more); strict refuses it.
 fn step_of(map: &Map<String, Value>, path: &str, best_effort: bool) -> Result<u64, String> {
     let Some(v) = map.get("multipleOf") else {
         return Ok(1);
     };
-    let whole = v.as_u64().or_else(|| {
-        v.as_f64()
-            .filter(|x| x.fract() == 0.0 && *x >= 1.0 && *x < 1e18)
-            .map(|x| x as u64)
-    });
-    match whole.filter(|&m| m > 0) {
+    match whole_step(v) {
         Some(m) => Ok(m),
         None if best_effort => Ok(1),
         None => Err(format!(

@@ -432,8 +432,8 @@ async fn json_mode_on_a_model_that_cannot_write_json_is_a_clear_error() {
 async fn json_schema_is_compiled_and_unsupported_keywords_are_named() {
     let h = harness(ServerConfig::default()).await;
     let mut body = user("hi");
-    let schema =
-        json!({"type": "object", "properties": {"a": {"type": "number", "multipleOf": 0.5}}});
+    let schema = json!({"type": "object", "properties": {
+        "a": {"type": "array", "items": {"type": "integer"}, "uniqueItems": true}}});
     body["response_format"] = json!({"type": "json_schema",
         "json_schema": {"name": "t", "schema": schema, "strict": true}});
     let err = assert_error(
@@ -444,7 +444,7 @@ async fn json_schema_is_compiled_and_unsupported_keywords_are_named() {
     );
     assert_eq!(err["param"], "response_format.json_schema.schema");
     assert!(
-        err["message"].as_str().unwrap().contains("'multipleOf'"),
+        err["message"].as_str().unwrap().contains("'uniqueItems'"),
         "{err}"
     );
     body["response_format"]["json_schema"]["strict"] = json!(false);
