@@ -14,13 +14,7 @@ use crate::json_schema::JsonSchema;
 #[test]
 fn bounded_integers_write_only_values_in_range() {
     fn valid(t: &str, (lo, hi, step): (i64, i64, i64)) -> bool {
-        let digits = t.strip_prefix('-').unwrap_or(t);
-        let json = !digits.is_empty()
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && (digits == "0" || !digits.starts_with('0'));
-        json && t
-            .parse::<i64>()
-            .is_ok_and(|v| lo <= v && v <= hi && v % step == 0)
+        json_integer(t).is_some_and(|v| lo <= v && v <= hi && v % step == 0)
     }
     let texts = short_texts(b"-0123456789", 4);
     let cases = [
@@ -45,18 +39,7 @@ fn bounded_integers_write_only_values_in_range() {
         }
         let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
         let rule = (lo, hi, step);
-        for t in &texts {
-            let whole = run(&s, &format!("{{\"a\":{t}}}"));
-            assert_eq!(whole.1, valid(t, rule), "{rule:?} {t:?}");
-            let some_completion = texts
-                .iter()
-                .any(|u| u.starts_with(t.as_str()) && valid(u, rule));
-            assert_eq!(
-                run(&s, &format!("{{\"a\":{t}")).0,
-                some_completion,
-                "{rule:?} prefix {t:?}"
-            );
-        }
+        holds(&s, &texts, &texts, |t| valid(t, rule), &format!("{rule:?}"));
     }
     // Without bounds a multiple is still all it writes (within i64); none in range is refused.
     let s = compile(json!({"type": "object", "properties": {
@@ -74,6 +57,51 @@ fn bounded_integers_write_only_values_in_range() {
     // Not strict, it is passed over: any integer.
     let s = JsonSchema::compile_best_effort(&halves).unwrap();
     assert_eq!(run(&s, r#"{"a":7}"#), (true, true));
+}
+
+/// `s` (an object whose property `a` is the schema under test) against brute force: each of
+/// `texts` is a whole value of `a` exactly when `valid` says so, and is taken as a prefix exactly
+/// when it begins some valid text of `completions`. Those are `texts` themselves, or texts a byte
+/// longer: then only the texts shorter than the longest are checked as prefixes (a prefix's
+/// completions must all be among them).
+fn holds(
+    s: &JsonSchema,
+    texts: &[String],
+    completions: &[String],
+    valid: impl Fn(&str) -> bool,
+    what: &str,
+) {
+    for t in texts {
+        let whole = run(s, &format!("{{\"a\":{t}}}"));
+        assert_eq!(whole.1, valid(t), "{what} {t:?}");
+    }
+    let completed: std::collections::HashSet<&str> = completions
+        .iter()
+        .filter(|u| valid(u))
+        .flat_map(|u| (0..=u.len()).map(move |i| &u[..i]))
+        .collect();
+    let longest = texts.iter().map(String::len).max().unwrap_or(0);
+    let prefixes = if completions.len() > texts.len() {
+        longest - 1
+    } else {
+        longest
+    };
+    for t in texts.iter().filter(|t| t.len() <= prefixes) {
+        assert_eq!(
+            run(s, &format!("{{\"a\":{t}")).0,
+            completed.contains(t.as_str()),
+            "{what} prefix {t:?}"
+        );
+    }
+}
+
+/// `t`'s value, if it is a JSON integer (no `+`, no leading zero, no fraction or exponent).
+fn json_integer(t: &str) -> Option<i64> {
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    let json = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    json.then(|| t.parse().ok()).flatten()
 }
 
 /// Every text of at most `max` bytes from `alphabet`, the empty one included.
@@ -97,13 +125,7 @@ fn short_texts(alphabet: &[u8], max: usize) -> Vec<String> {
 #[test]
 fn numbers_with_a_whole_multiple_of_are_written_as_integer_multiples() {
     fn valid(t: &str, (lo, hi, step): (f64, f64, i64)) -> bool {
-        let digits = t.strip_prefix('-').unwrap_or(t);
-        let json = !digits.is_empty()
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && (digits == "0" || !digits.starts_with('0'));
-        json && t
-            .parse::<i64>()
-            .is_ok_and(|v| lo <= v as f64 && v as f64 <= hi && v % step == 0)
+        json_integer(t).is_some_and(|v| lo <= v as f64 && v as f64 <= hi && v % step == 0)
     }
     let texts = short_texts(b"-.0123456789", 4);
     // Bounds as written (fractional, exclusive) and the inclusive range they leave.
@@ -129,18 +151,7 @@ fn numbers_with_a_whole_multiple_of_are_written_as_integer_multiples() {
             json!(rule.2)
         };
         let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
-        for t in &texts {
-            let whole = run(&s, &format!("{{\"a\":{t}}}"));
-            assert_eq!(whole.1, valid(t, rule), "{bounds} {t:?}");
-            let some_completion = texts
-                .iter()
-                .any(|u| u.starts_with(t.as_str()) && valid(u, rule));
-            assert_eq!(
-                run(&s, &format!("{{\"a\":{t}")).0,
-                some_completion,
-                "{bounds} prefix {t:?}"
-            );
-        }
+        holds(&s, &texts, &texts, |t| valid(t, rule), &bounds.to_string());
     }
     refused(
         &json!({"type": "object", "properties": {
@@ -213,22 +224,7 @@ fn bounded_numbers_write_only_values_in_range() {
         json && lo.is_none_or(|(l, closed)| v > l || (closed && v == l))
             && hi.is_none_or(|(h, closed)| v < h || (closed && v == h))
     }
-    fn texts(max: usize) -> Vec<String> {
-        let mut all = vec![String::new()];
-        let mut last = vec![String::new()];
-        for _ in 0..max {
-            last = last
-                .iter()
-                .flat_map(|t| {
-                    b"-.0123456789"
-                        .iter()
-                        .map(move |&b| format!("{t}{}", b as char))
-                })
-                .collect();
-            all.extend(last.iter().cloned());
-        }
-        all
-    }
+    let texts = |max| short_texts(b"-.0123456789", max);
     let (short, long) = (texts(4), texts(5));
     let ranges: [Range; 7] = [
         (Some((0.0, true)), Some((1.0, true))),
@@ -254,22 +250,13 @@ fn bounded_numbers_write_only_values_in_range() {
         let mut a = json!({"type": "number"});
         a.as_object_mut().unwrap().extend(bounds);
         let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
-        for t in &short {
-            let whole = run(&s, &format!("{{\"a\":{t}}}"));
-            assert_eq!(whole.1, valid(t, range), "{range:?} {t:?}");
-        }
-        let completed: std::collections::HashSet<&str> = long
-            .iter()
-            .filter(|u| valid(u, range))
-            .flat_map(|u| (0..=u.len()).map(move |i| &u[..i]))
-            .collect();
-        for t in short.iter().filter(|t| t.len() <= 3) {
-            assert_eq!(
-                run(&s, &format!("{{\"a\":{t}")).0,
-                completed.contains(t.as_str()),
-                "{range:?} prefix {t:?}"
-            );
-        }
+        holds(
+            &s,
+            &short,
+            &long,
+            |t| valid(t, range),
+            &format!("{range:?}"),
+        );
     }
 }
 
@@ -478,9 +465,7 @@ fn numbers_with_a_fractional_multiple_of_are_written_as_multiples() {
             && lo.is_none_or(|(l, closed)| v > l || (closed && v == l))
             && hi.is_none_or(|(h, closed)| v < h || (closed && v == h))
     }
-    fn texts(max: usize) -> Vec<String> {
-        short_texts(b"-.0123456789", max)
-    }
+    let texts = |max| short_texts(b"-.0123456789", max);
     let (short, long) = (texts(4), texts(5));
     let cases: [(f64, (i64, u32), Range); 9] = [
         (0.5, (5, 1), (Some((0.0, true)), Some((3.0, true)))),
@@ -506,22 +491,13 @@ fn numbers_with_a_fractional_multiple_of_are_written_as_multiples() {
             }
         }
         let s = compile(json!({"type": "object", "properties": {"a": a}, "required": ["a"]}));
-        for t in &short {
-            let whole = run(&s, &format!("{{\"a\":{t}}}"));
-            assert_eq!(whole.1, valid(t, range, step), "{m} {range:?} {t:?}");
-        }
-        let completed: std::collections::HashSet<&str> = long
-            .iter()
-            .filter(|u| valid(u, range, step))
-            .flat_map(|u| (0..=u.len()).map(move |i| &u[..i]))
-            .collect();
-        for t in short.iter().filter(|t| t.len() <= 3) {
-            assert_eq!(
-                run(&s, &format!("{{\"a\":{t}")).0,
-                completed.contains(t.as_str()),
-                "{m} {range:?} prefix {t:?}"
-            );
-        }
+        holds(
+            &s,
+            &short,
+            &long,
+            |t| valid(t, range, step),
+            &format!("{m} {range:?}"),
+        );
     }
     // Without bounds: any multiple, of any length.
     let s = compile(json!({"type": "object", "properties": {
