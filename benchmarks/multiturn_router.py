@@ -5,10 +5,11 @@
 Each of N conversations sends a fresh 640x480 PNG at granularity auto with "Describe the image.",
 then the second turn: the same image, the answer and a new question. The second turn's image comes
 from the encoder cache, and the router reuses its visual part (docs/architecture.md, "Router
-cost"). Reads grain_router_duration_seconds from /metrics before and after each turn. Needs the
-`openai` package (the e2e venv); standard library otherwise.
+cost"). Reads grain_router_duration_seconds from /metrics before and after each turn, and times
+each answer's first token (median per turn). Needs the `openai` package (the e2e venv); standard
+library otherwise.
 """
-import re, sys, urllib.request
+import re, statistics, sys, time, urllib.request
 
 import openai
 from png_data_url import png
@@ -26,9 +27,15 @@ def router():
 
 
 def ask(messages):
-    r = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0,
-                                       extra_body={"granularity": "auto"})
-    return r.choices[0].message.content
+    """The answer and the time to its first token (streamed)."""
+    t0, first, text = time.perf_counter(), None, ""
+    for c in client.chat.completions.create(model=model, messages=messages, max_tokens=8,
+                                            temperature=0, stream=True,
+                                            extra_body={"granularity": "auto"}):
+        if c.choices and c.choices[0].delta.content:
+            first = first or time.perf_counter() - t0
+            text += c.choices[0].delta.content
+    return text, first
 
 
 imgs = [png(s + 3) for s in range(n)]
@@ -37,8 +44,10 @@ first = [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url"
 s0, c0 = router()
 answers = [ask(m) for m in first]
 s1, c1 = router()
-for m, a in zip(first, answers):
-    ask(m + [{"role": "assistant", "content": a}, {"role": "user", "content": "What colour is it?"}])
+second = [ask(m + [{"role": "assistant", "content": a}, {"role": "user", "content": "What colour is it?"}])
+          for m, (a, _) in zip(first, answers)]
 s2, c2 = router()
-print(f"turn 1: {c1 - c0:.0f} router calls, {1e3 * (s1 - s0) / (c1 - c0):.2f} ms each; "
-      f"turn 2: {c2 - c1:.0f} calls, {1e3 * (s2 - s1) / (c2 - c1):.2f} ms each")
+ttft = lambda turn: 1e3 * statistics.median(t for _, t in turn if t is not None)
+print(f"turn 1: {c1 - c0:.0f} router calls, {1e3 * (s1 - s0) / (c1 - c0):.2f} ms each, TTFT p50 "
+      f"{ttft(answers):.0f} ms; turn 2: {c2 - c1:.0f} calls, {1e3 * (s2 - s1) / (c2 - c1):.2f} ms "
+      f"each, TTFT p50 {ttft(second):.0f} ms")
