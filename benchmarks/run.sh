@@ -5,7 +5,8 @@
 #   benchmarks/run.sh batching      # tokens/s at concurrency 1, 4, 16: text-only (medium and small), images at 36
 #   benchmarks/run.sh hf            # Grain vs HF transformers, same HF-layout checkpoint and requests
 #   benchmarks/run.sh hf-text       # the same on text-only requests (decoding dominates)
-#   benchmarks/run.sh prefix        # prefix caching on vs off at concurrency 8, text-only requests
+#   benchmarks/run.sh prefix        # prefix caching on vs off at concurrency 8, text-only requests;
+#                                   # image chats' second turns (cache on/off, router memo on/off)
 #   benchmarks/run.sh all
 #
 # Uses target/release/grain (built if missing; GRAIN_BIN overrides), writes checkpoints under
@@ -119,6 +120,17 @@ prefix() {
     until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.5; done
     echo "prefix caching $pc:"
     .venv-e2e/bin/python benchmarks/multiturn_image.py "http://127.0.0.1:$port" 4 | tee "$OUT/multiturn-$pc.txt"
+    kill "$pid"; wait "$pid" || true
+  done
+  # The same at granularity auto: the second turn's router, with the image's visual part kept and
+  # without (GRAIN_ROUTER_MEMO=off).
+  local memo
+  for memo in on off; do
+    GRAIN_ROUTER_MEMO=$memo "$GRAIN" serve --port "$port" --model "$model" >"$WORK/multiturn-router-$memo.log" 2>&1 &
+    local pid=$!
+    until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.5; done
+    echo "router memo $memo:"
+    .venv-e2e/bin/python benchmarks/multiturn_router.py "http://127.0.0.1:$port" 6 | tee "$OUT/multiturn-router-$memo.txt"
     kill "$pid"; wait "$pid" || true
   done
 }

@@ -311,7 +311,7 @@ impl Router {
             }
             let text = to_f32_vec(&input.text_embeds)?;
             let id = input.features.id();
-            let known = self.visual_memo.get(id);
+            let known = memo_enabled().then(|| self.visual_memo.get(id)).flatten();
             let (logits, computed) = with_values(&f, |fv| {
                 cpu.image_logits(
                     fv,
@@ -321,7 +321,7 @@ impl Router {
                     known.as_ref().map(|v| v.as_slice()),
                 )
             })??;
-            if let Some(part) = computed {
+            if let Some(part) = computed.filter(|_| memo_enabled()) {
                 self.visual_memo.insert(id, part);
             }
             all.extend(logits);
@@ -456,6 +456,13 @@ fn attention(qkv: &Tensor, h: usize, differentiable: bool) -> Result<Tensor> {
 fn fused_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("GRAIN_ROUTER_FUSED").map_or(true, |v| v != "off"))
+}
+
+/// Whether the fused path keeps visual parts (`GRAIN_ROUTER_MEMO=off` turns it off, for
+/// side-by-side measurements: `benchmarks/run.sh prefix`).
+fn memo_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRAIN_ROUTER_MEMO").map_or(true, |v| v != "off"))
 }
 
 fn argmax(v: &[f32]) -> usize {
