@@ -17,6 +17,7 @@ mod json_schema_first;
 mod json_schema_int;
 mod json_schema_num;
 mod json_schema_state;
+mod json_schema_step;
 mod json_schema_str;
 pub mod mock;
 mod prefix;
