@@ -40,6 +40,21 @@ checkpoint() {
   echo "$dir"
 }
 
+# `grain serve --port $SERVE_PORT` with the given arguments in the background, its output in the
+# file named first; returns once it is ready. `stop_server` ends it.
+SERVE_PORT=18391
+start_server() {
+  local log=$1
+  shift
+  "$GRAIN" serve --port "$SERVE_PORT" "$@" >"$log" 2>&1 &
+  SERVER_PID=$!
+  until curl -sf "http://127.0.0.1:$SERVE_PORT/ready" >/dev/null; do sleep 0.5; done
+}
+stop_server() {
+  kill "$SERVER_PID"
+  wait "$SERVER_PID" || true
+}
+
 # Common settings: the realistic spread of photo sizes, one image per request, greedy, MAX_TOKENS.
 # Prefix caching is off in the tables that compare run points or servers: each point replays the
 # same prompts, which a cache would serve from the points before; table `prefix` measures it.
@@ -112,26 +127,21 @@ prefix() {
   done
   python3 benchmarks/summarize.py prefix "$OUT/prefix-true.json" "$OUT/prefix-false.json"
   # The second turn of image chats (the image and the first turn are the cached prefix).
-  local port=18391 model
+  local url=http://127.0.0.1:$SERVE_PORT model memo
   model=$(checkpoint avg)
   for pc in true false; do
-    "$GRAIN" serve --port "$port" --model "$model" --prefix-caching=$pc >"$WORK/multiturn-$pc.log" 2>&1 &
-    local pid=$!
-    until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.5; done
+    start_server "$WORK/multiturn-$pc.log" --model "$model" --prefix-caching=$pc
     echo "prefix caching $pc:"
-    .venv-e2e/bin/python benchmarks/multiturn_image.py "http://127.0.0.1:$port" 4 | tee "$OUT/multiturn-$pc.txt"
-    kill "$pid"; wait "$pid" || true
+    .venv-e2e/bin/python benchmarks/multiturn_image.py "$url" 4 | tee "$OUT/multiturn-$pc.txt"
+    stop_server
   done
   # The same at granularity auto: the second turn's router, with the image's visual part kept and
   # without (GRAIN_ROUTER_MEMO=off).
-  local memo
   for memo in on off; do
-    GRAIN_ROUTER_MEMO=$memo "$GRAIN" serve --port "$port" --model "$model" >"$WORK/multiturn-router-$memo.log" 2>&1 &
-    local pid=$!
-    until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.5; done
+    GRAIN_ROUTER_MEMO=$memo start_server "$WORK/multiturn-router-$memo.log" --model "$model"
     echo "router memo $memo:"
-    .venv-e2e/bin/python benchmarks/multiturn_router.py "http://127.0.0.1:$port" 6 | tee "$OUT/multiturn-router-$memo.txt"
-    kill "$pid"; wait "$pid" || true
+    .venv-e2e/bin/python benchmarks/multiturn_router.py "$url" 6 | tee "$OUT/multiturn-router-$memo.txt"
+    stop_server
   done
 }
 
