@@ -10,6 +10,69 @@
 
 use crate::small_gemm;
 
+/// Runs elementwise loop `$name` in the widest vectors the CPU has: its `target_feature` copy in
+/// `avx512` or `avx2` (`elementwise_copies!`), else the portable `$body`. The caller has checked
+/// the lengths the loop relies on.
+macro_rules! widest {
+    ($name:ident, $body:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        if small_gemm::avx512_available() {
+            // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA); the caller
+            // checked the lengths.
+            return unsafe { avx512::$name($($arg),*) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if small_gemm::available() {
+            // SAFETY: `available()` checked AVX2 and FMA; the caller checked the lengths.
+            return unsafe { avx2::$name($($arg),*) };
+        }
+        $body($($arg),*)
+    }};
+}
+
+/// The `target_feature` copies of the elementwise loops, one set in each ISA module (`avx2`,
+/// `avx512`) with that module's features. Each only calls its `#[inline(always)]` `*_body`, which
+/// is thereby compiled for the module's vector width (and `map`'s closure inlined into it).
+#[cfg(target_arch = "x86_64")]
+macro_rules! elementwise_copies {
+    ($features:literal) => {
+        /// # Safety
+        /// The CPU has this module's features.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn softmax_in_place(row: &mut [f32]) {
+            super::softmax_body(row)
+        }
+
+        /// # Safety
+        /// The CPU has this module's features; equal lengths.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+            super::silu_mul_body(gate, up, out)
+        }
+
+        /// # Safety
+        /// The CPU has this module's features; equal lengths.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+            super::map_body(x, out, f)
+        }
+
+        /// # Safety
+        /// The CPU has this module's features; lengths as [`super::add_rms_norm`] checks them.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn add_rms_norm(
+            x: &[f32],
+            d: &[f32],
+            w: &[f32],
+            eps: f32,
+            s: &mut [f32],
+            y: &mut [f32],
+        ) {
+            super::add_rms_norm_body(x, d, w, eps, s, y)
+        }
+    };
+}
+
 /// `Σ a[i] · b[i]`.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -141,17 +204,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// lanes: together they made up most of a softmax's time.
 #[inline]
 pub(crate) fn softmax_in_place(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::avx512_available() {
-        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
-        return unsafe { avx512::softmax_in_place(row) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::available() {
-        // SAFETY: `available()` checked AVX2 and FMA.
-        return unsafe { avx2::softmax_in_place(row) };
-    }
-    softmax_body(row)
+    widest!(softmax_in_place, softmax_body(row))
 }
 
 /// [`softmax_in_place`]'s loops: branch-free, and sums and maxima in interleaved lanes, so they
@@ -213,17 +266,7 @@ pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         gate.len() == out.len() && up.len() == out.len(),
         "silu_mul of unequal lengths"
     );
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::avx512_available() {
-        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
-        return unsafe { avx512::silu_mul(gate, up, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::available() {
-        // SAFETY: `available()` checked AVX2 and FMA.
-        return unsafe { avx2::silu_mul(gate, up, out) };
-    }
-    silu_mul_body(gate, up, out)
+    widest!(silu_mul, silu_mul_body(gate, up, out))
 }
 
 /// [`silu_mul`]'s loop: branch-free, so it vectorises.
@@ -251,17 +294,7 @@ pub(crate) fn gelu_erf(x: &[f32], out: &mut [f32]) {
 #[inline]
 fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     assert_eq!(x.len(), out.len(), "map over unequal lengths");
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::avx512_available() {
-        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA).
-        return unsafe { avx512::map(x, out, f) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::available() {
-        // SAFETY: `available()` checked AVX2 and FMA.
-        return unsafe { avx2::map(x, out, f) };
-    }
-    map_body(x, out, f)
+    widest!(map, map_body(x, out, f))
 }
 
 /// [`map`]'s loop.
@@ -293,17 +326,7 @@ pub(crate) fn add_rms_norm(
     if w.is_empty() {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::avx512_available() {
-        // SAFETY: `avx512_available()` checked AVX-512F (and AVX2 and FMA); lengths checked.
-        return unsafe { avx512::add_rms_norm(x, d, w, eps, s, y) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if small_gemm::available() {
-        // SAFETY: `available()` checked AVX2 and FMA; lengths checked.
-        return unsafe { avx2::add_rms_norm(x, d, w, eps, s, y) };
-    }
-    add_rms_norm_body(x, d, w, eps, s, y)
+    widest!(add_rms_norm, add_rms_norm_body(x, d, w, eps, s, y))
 }
 
 /// [`add_rms_norm`]'s loops: elementwise, and the squares summed in eight lanes, so they
@@ -358,40 +381,7 @@ mod avx512;
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_in_place(row: &mut [f32]) {
-        super::softmax_body(row)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA; equal lengths.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-        super::silu_mul_body(gate, up, out)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA; equal lengths.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
-        super::map_body(x, out, f)
-    }
-
-    /// # Safety
-    /// AVX2 and FMA; lengths as [`super::add_rms_norm`] checks them.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn add_rms_norm(
-        x: &[f32],
-        d: &[f32],
-        w: &[f32],
-        eps: f32,
-        s: &mut [f32],
-        y: &mut [f32],
-    ) {
-        super::add_rms_norm_body(x, d, w, eps, s, y)
-    }
+    elementwise_copies!("avx2,fma");
 
     /// The sum of a vector's eight lanes, added in [`super::tree8`]'s order (also used by
     /// [`crate::small_gemm`] and by the four-row LayerNorm of [`crate::host_dense`], whose bits

@@ -134,37 +134,4 @@ unsafe fn wsum<const N: usize>(
     }
 }
 
-/// # Safety
-/// AVX-512F, AVX2 and FMA.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn softmax_in_place(row: &mut [f32]) {
-    super::softmax_body(row)
-}
-
-/// # Safety
-/// AVX-512F, AVX2 and FMA; equal lengths.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    super::silu_mul_body(gate, up, out)
-}
-
-/// # Safety
-/// AVX-512F, AVX2 and FMA; equal lengths.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
-    super::map_body(x, out, f)
-}
-
-/// # Safety
-/// AVX-512F, AVX2 and FMA; lengths as [`super::add_rms_norm`] checks them.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn add_rms_norm(
-    x: &[f32],
-    d: &[f32],
-    w: &[f32],
-    eps: f32,
-    s: &mut [f32],
-    y: &mut [f32],
-) {
-    super::add_rms_norm_body(x, d, w, eps, s, y)
-}
+elementwise_copies!("avx512f,avx2,fma");
